@@ -1,0 +1,231 @@
+"""The MLJob API (``mljob.io/v1alpha1``) as pydantic models.
+
+These models are the one source of truth: the CRD in ``crds/`` is generated from them
+(``mljob crd``), the CLI validates files with them and the operator parses every event body
+with them. Field names are camelCase on the wire (aliases) and snake_case in Python.
+
+Pod templates stay plain dicts here: they are checked against the real Kubernetes OpenAPI
+schema in :mod:`mljob.k8sschema`, which reports every problem with its path, something a
+hand-written pydantic copy of ``PodTemplateSpec`` would do worse and drift from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt
+from pydantic.alias_generators import to_camel
+
+GROUP = "mljob.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MLJob"
+PLURAL = "mljobs"
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 with a ``Z``, second precision: what Kubernetes itself writes."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Time = Annotated[datetime, PlainSerializer(format_time, return_type=str, when_used="json")]
+"""A timestamp that serialises the way the API server writes them."""
+
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class Model(BaseModel):
+    """Base for every API model: camelCase aliases, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        use_enum_values=False,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class RestartPolicy(StrEnum):
+    """What happens when a replica's container exits."""
+
+    ALWAYS = "Always"
+    ON_FAILURE = "OnFailure"
+    NEVER = "Never"
+    EXIT_CODE = "ExitCode"
+
+
+class CleanPodPolicy(StrEnum):
+    """Which pods are deleted once the job reaches a terminal phase."""
+
+    ALL = "All"
+    RUNNING = "Running"
+    NONE = "None"
+
+
+class Phase(StrEnum):
+    """The one phase a person reads; derived from the conditions, never set on its own."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ConditionType(StrEnum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class OwnerReference(Model):
+    """A Kubernetes ownerReference (metadata of the MLJob as read from the server)."""
+
+    api_version: str = Field(description="API version of the owner.")
+    kind: str = Field(description="Kind of the owner.")
+    name: str = Field(description="Name of the owner.")
+    uid: str = Field(description="UID of the owner.")
+    controller: bool | None = Field(None, description="Whether the owner is the managing controller.")
+    block_owner_deletion: bool | None = Field(None, description="Foreground deletion waits for this object.")
+
+
+class ObjectMeta(Model):
+    """The subset of Kubernetes ObjectMeta an MLJob carries; unknown keys are an error."""
+
+    name: str = Field(description="Name of the job; a DNS-1035 label (becomes the service name).")
+    namespace: str = Field("default", description="Namespace of the job.")
+    generate_name: str | None = Field(None, description="Not supported for MLJob; names must be stable.")
+    uid: str | None = Field(None, description="Set by the API server.")
+    resource_version: str | None = Field(None, description="Set by the API server.")
+    generation: int | None = Field(None, description="Set by the API server.")
+    creation_timestamp: str | None = Field(None, description="Set by the API server.")
+    deletion_timestamp: str | None = Field(None, description="Set by the API server.")
+    deletion_grace_period_seconds: int | None = Field(None, description="Set by the API server.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of the job.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the job.")
+    owner_references: list[OwnerReference] = Field(default_factory=list, description="Owners of the job.")
+    finalizers: list[str] = Field(default_factory=list, description="Finalizers of the job.")
+    managed_fields: list[dict[str, Any]] | None = Field(None, description="Set by the API server.")
+    self_link: str | None = Field(None, description="Deprecated; set by old API servers.")
+
+
+class ReplicaSpec(Model):
+    """One role of the job: how many replicas, how they restart, and their pod template."""
+
+    replicas: NonNegativeInt = Field(1, description="Number of replicas of this role.")
+    restart_policy: RestartPolicy | None = Field(
+        None,
+        description=(
+            "Always | OnFailure | Never | ExitCode. ExitCode fails the job on exit codes 1-127 and "
+            "recreates the pod on 128+ (killed by a signal) or eviction. Default: the framework's."
+        ),
+    )
+    template: dict[str, Any] = Field(
+        description="A Kubernetes PodTemplateSpec, checked against the Kubernetes OpenAPI schema."
+    )
+
+
+class SchedulingPolicy(Model):
+    """Hints for gang schedulers and queues (Volcano, Kueue, scheduler-plugins)."""
+
+    min_available: PositiveInt | None = Field(None, description="Replicas that must be schedulable at once.")
+    queue: str | None = Field(None, description="Queue name for a batch scheduler.")
+    priority_class: str | None = Field(None, description="PriorityClass for the job's pods.")
+    schedule_timeout_seconds: PositiveInt | None = Field(
+        None, description="How long the gang may wait to be scheduled."
+    )
+
+
+class RunPolicy(Model):
+    """Job-level policies, applied the same way in the cluster and in a local run."""
+
+    backoff_limit: NonNegativeInt = Field(
+        6, description="Restarts of any kind, counted across the whole job, before it fails."
+    )
+    active_deadline_seconds: PositiveInt | None = Field(
+        None, description="Seconds from startTime after which the job fails with DeadlineExceeded."
+    )
+    ttl_seconds_after_finished: NonNegativeInt | None = Field(
+        None, description="Seconds after completion after which the MLJob is deleted."
+    )
+    clean_pod_policy: CleanPodPolicy = Field(
+        CleanPodPolicy.RUNNING,
+        description="All | Running | None: which pods to delete when the job finishes, on every path.",
+    )
+    suspend: bool = Field(False, description="Suspend the job: delete its pods until resumed (Kueue).")
+    scheduling_policy: SchedulingPolicy | None = Field(None, description="Gang scheduling hints.")
+
+
+class MLJobSpec(Model):
+    """What the user asks for."""
+
+    framework: str = Field(min_length=1, description="Name of an installed framework plugin.")
+    replica_specs: dict[str, ReplicaSpec] = Field(
+        min_length=1, description="Role name (one of the framework's roles) -> replica spec."
+    )
+    framework_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options validated by the framework plugin's own model."
+    )
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Job-level run policy.")
+
+
+class Condition(Model):
+    """A Kubernetes-style condition; only one of Running/Restarting/Succeeded/Failed is True."""
+
+    type: ConditionType = Field(description="Created | Running | Restarting | Succeeded | Failed | Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase reason, e.g. BackoffLimitExceeded.")
+    message: str = Field("", description="What happened, for a person.")
+    last_transition_time: Time | None = Field(None, description="When the status last changed.")
+
+
+class ReplicaStatus(Model):
+    """Counts for one role."""
+
+    active: NonNegativeInt = Field(0, description="Replicas pending or running.")
+    succeeded: NonNegativeInt = Field(0, description="Replicas that exited 0.")
+    failed: NonNegativeInt = Field(0, description="Replicas that failed.")
+    restarts: NonNegativeInt = Field(0, description="Restarts of this role's replicas, in place or by recreation.")
+
+
+class MLJobStatus(Model):
+    """What the operator observed; the phase is derived from the conditions."""
+
+    phase: Phase = Field(Phase.PENDING, description="Pending | Running | Restarting | Succeeded | Failed | Suspended.")
+    conditions: list[Condition] = Field(default_factory=list, description="Condition history, one per type.")
+    replica_statuses: dict[str, ReplicaStatus] = Field(default_factory=dict, description="Counts per role.")
+    restart_count: NonNegativeInt = Field(0, description="Restarts counted against backoffLimit.")
+    start_time: Time | None = Field(None, description="When the job's pods were first created (reset on resume).")
+    completion_time: Time | None = Field(None, description="When the job reached Succeeded or Failed.")
+    observed_generation: int | None = Field(None, description="The spec generation this status reflects.")
+    message: str = Field("", description="The latest thing a person should know, naming replica and cause.")
+
+
+class MLJob(Model):
+    """An MLJob: a framework name, its replicas per role, and the run policy."""
+
+    api_version: Literal["mljob.io/v1alpha1"] = Field(description="Always mljob.io/v1alpha1.")
+    kind: Literal["MLJob"] = Field(description="Always MLJob.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: MLJobSpec = Field(description="The job's desired state.")
+    status: MLJobStatus | None = Field(None, description="Observed state, written by the operator.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace

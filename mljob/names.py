@@ -1,0 +1,57 @@
+"""Names, addresses and labels of a job's children: deterministic, so creates are idempotent."""
+
+from __future__ import annotations
+
+import re
+
+from mljob.framework import Replica
+
+LABEL_JOB = "mljob.io/job-name"
+LABEL_FRAMEWORK = "mljob.io/framework"
+LABEL_ROLE = "mljob.io/replica-type"
+LABEL_INDEX = "mljob.io/replica-index"
+LABEL_LEADER = "mljob.io/leader"
+RESERVED_LABEL_PREFIX = "mljob.io/"
+
+DNS_LABEL_MAX = 63
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def pod_name(job: str, replica: Replica) -> str:
+    """``<job>-<role lower>-<index>``: also the pod's hostname."""
+    return f"{job}-{replica.role.lower()}-{replica.index}"
+
+
+def service_host(job: str, namespace: str, replica: Replica) -> str:
+    """The DNS name of a replica behind the job's one headless service."""
+    return f"{pod_name(job, replica)}.{job}.{namespace}.svc"
+
+
+def dns1035_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a DNS-1035 label (a Service name), or None."""
+    if len(name) > DNS_LABEL_MAX:
+        return f"{name!r} is {len(name)} characters; a DNS label has at most {DNS_LABEL_MAX}"
+    if not _DNS1035_LABEL.match(name):
+        return (
+            f"{name!r} is not a DNS-1035 label: lower-case letters, digits and '-', "
+            "starting with a letter and ending with a letter or digit"
+        )
+    return None
+
+
+def dns1123_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a DNS-1123 label (a pod hostname), or None."""
+    if len(name) > DNS_LABEL_MAX:
+        return f"{name!r} is {len(name)} characters; a DNS label has at most {DNS_LABEL_MAX}"
+    if not _DNS1123_LABEL.match(name):
+        return (
+            f"{name!r} is not a DNS-1123 label: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
+def selector(job: str) -> dict[str, str]:
+    """The labels that select every child of ``job``."""
+    return {LABEL_JOB: job}
