@@ -85,7 +85,7 @@ class Plugins:
 
     def mutate_pod(self, job: MLJob, replica: Replica, pod: dict[str, Any]) -> None:
         """Let every plugin change the rendered pod; raises :class:`PluginError` if one raises."""
-        for impl in reversed(self.pm.hook.mljob_mutate_pod.get_hookimpls()):
+        for impl in self.pm.hook.mljob_mutate_pod.get_hookimpls():
             try:
                 impl.function(job=job, replica=replica, pod=pod)
             except Exception as error:
@@ -129,7 +129,7 @@ def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> 
 
 
 def _collect_frameworks(plugins: Plugins, infos: Mapping[str, PluginInfo]) -> None:
-    for impl in reversed(plugins.pm.hook.mljob_register_frameworks.get_hookimpls()):
+    for impl in plugins.pm.hook.mljob_register_frameworks.get_hookimpls():
         source = impl.plugin_name
         info = infos.get(source, PluginInfo(source))
         registered: list[Framework] = []

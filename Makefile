@@ -1,0 +1,57 @@
+# One place for the commands a developer and CI run. `make test` is what .ci/run calls.
+PYTHON ?= python3
+VENV := .venv
+MXVENV := .venv-mxnet
+BIN := $(VENV)/bin
+PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet
+PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
+
+.PHONY: setup setup-mxnet example test test-fast lint crds bench-smoke bench clean
+
+# The main environment: the core, the three plugins, PyTorch and TensorFlow on CPU, test tools.
+$(BIN)/mljob: pyproject.toml requirements/*.txt plugins/*/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements/frameworks.txt -r requirements/test.txt -e . $(PLUGINS)
+	touch $@
+
+# MXNet needs numpy<1.24, so it gets its own environment with the core and its plugin.
+$(MXVENV)/bin/mljob: pyproject.toml requirements/mxnet.txt plugins/mxnet/pyproject.toml
+	$(PYTHON) -m venv $(MXVENV)
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(MXVENV)/bin/pip install -q -r requirements/mxnet.txt -e . -e plugins/mxnet
+	touch $@
+
+setup: $(BIN)/mljob
+setup-mxnet: $(MXVENV)/bin/mljob
+
+# README's first command: train the PyTorch DDP example (a master and two workers) locally.
+example: setup
+	$(BIN)/mljob run examples/pytorch-ddp/job.yaml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy mljob plugins/pytorch/mljob_pytorch plugins/tensorflow/mljob_tensorflow plugins/mxnet/mljob_mxnet
+	$(BIN)/lint-imports
+
+crds: setup
+	$(BIN)/mljob crd > crds/mljob.io_mljobs.yaml
+
+bench-smoke: setup
+	$(BIN)/python bench/render.py --smoke
+	$(BIN)/python bench/launch.py --smoke
+
+bench: setup
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/launch.py
+
+# Everything CI checks: lint, the whole test suite (real training included), a benchmark smoke.
+test: setup setup-mxnet lint
+	$(BIN)/pytest
+	$(MAKE) bench-smoke
+
+# Without the framework end-to-end runs: for a quick loop while editing.
+test-fast: setup
+	$(BIN)/pytest -m "not frameworks and not slow"
+
+clean:
+	rm -rf $(VENV) $(MXVENV) .mypy_cache .ruff_cache .pytest_cache
