@@ -7,6 +7,7 @@ EVERY problem is reported with its path, not only the first one.
 
 from __future__ import annotations
 
+import difflib
 import json
 from functools import cache
 from importlib import resources
@@ -43,21 +44,85 @@ def json_path(prefix: str, parts: Any) -> str:
     return path
 
 
-def _message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        instance: dict[str, Any] = error.instance if isinstance(error.instance, dict) else {}
-        schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
-        extra = sorted(set(instance) - set(schema.get("properties", {})))
-        return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(repr(e) for e in extra)}"
-    if error.validator == "required":
-        return str(error.message).replace("is a required property", "is required")
-    return str(error.message)
+TYPE_WORDS = {
+    "array": "a list",
+    "object": "a mapping",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+def got(value: Any) -> str:
+    """A user's value as a person reads it in YAML: ``'3'`` is visibly a string, ``true`` a boolean."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{type(value).__name__} {value}"
+
+
+def type_problem(expected: list[str], value: Any) -> str:
+    """``must be an integer, got '80' (quoted, so a string: remove the quotes)``."""
+    words = [TYPE_WORDS.get(t, t) for t in expected if t != "null"] or ["null"]
+    message = f"must be {' or '.join(words)}, got {got(value)}"
+    if isinstance(value, str) and any(t in ("integer", "number", "boolean") for t in expected):
+        message += " (quoted, so a string: remove the quotes)"
+    return message
+
+
+def suggestion(name: str, known: Any) -> str:
+    """``; did you mean 'imagePullPolicy'?`` when a known name is close, else nothing."""
+    match = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _types(schema: Any) -> list[str]:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return [kind] if isinstance(kind, str) else list(kind or [])
+
+
+def _problems(error: jsonschema.ValidationError, prefix: str) -> list[Problem]:
+    """One jsonschema error as problems: an unknown or missing field gets its own path."""
+    path = json_path(prefix, error.absolute_path)
+    instance = error.instance
+    schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    rule: Any = error.validator_value
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        known = schema.get("properties", {})
+        return [
+            Problem(json_path(path, [name]), "unknown field" + suggestion(name, known))
+            for name in sorted(set(instance) - set(known))
+        ]
+    if error.validator == "required" and isinstance(instance, dict):
+        return [Problem(json_path(path, [name]), "required field is missing") for name in rule if name not in instance]
+    if error.validator == "type":
+        return [Problem(path, type_problem(_types(schema), instance))]
+    if error.validator in ("oneOf", "anyOf"):
+        options = [t for option in rule for t in _types(option)]
+        if options and all(isinstance(option, dict) and set(option) <= {"type"} for option in rule):
+            return [Problem(path, type_problem(list(dict.fromkeys(options)), instance))]
+    if error.validator == "enum":
+        allowed = ", ".join(str(v) for v in rule)
+        return [Problem(path, f"must be one of {allowed}; got {got(instance)}")]
+    return [Problem(path, str(error.message))]
 
 
 def pod_template_problems(template: Any, path: str) -> list[Problem]:
     """Every way ``template`` is not a valid Kubernetes PodTemplateSpec."""
     errors = sorted(_validator("podtemplatespec-v1.json").iter_errors(template), key=lambda e: list(e.path))
-    return [Problem(json_path(path, e.absolute_path), _message(e)) for e in errors]
+    return [problem for error in errors for problem in _problems(error, path)]
 
 
 def object_problems(obj: dict[str, Any]) -> list[Problem]:
@@ -66,5 +131,9 @@ def object_problems(obj: dict[str, Any]) -> list[Problem]:
     group = api_version.split("/")[0].split(".")[0] if "/" in api_version else ""
     version = api_version.split("/")[-1]
     kind_file = f"{str(obj.get('kind', '')).lower()}-{group + '-' if group else ''}{version}.json"
-    errors = sorted(_validator(kind_file).iter_errors(obj), key=lambda e: list(e.path))
-    return [Problem(json_path("", e.absolute_path), _message(e)) for e in errors]
+    try:
+        validator = _validator(kind_file)
+    except FileNotFoundError:
+        return [Problem("kind", f"no Kubernetes {SCHEMA_VERSION} schema for {api_version} {obj.get('kind')}")]
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
+    return [problem for error in errors for problem in _problems(error, "")]

@@ -8,7 +8,9 @@ input: problems are data. A plugin that raises becomes a ``PluginError`` problem
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from mljob.api import API_VERSION, KIND, MLJob
 from mljob.framework import Framework, Problem, Replica
-from mljob.k8sschema import json_path, pod_template_problems
-from mljob.names import RESERVED_LABEL_PREFIX, dns1035_problem, dns1123_problem, pod_name
+from mljob.k8sschema import got, json_path, pod_template_problems, suggestion, type_problem
+from mljob.names import DNS_LABEL_MAX, RESERVED_LABEL_PREFIX, dns1035_problem, dns1123_problem, pod_name
 from mljob.plugins import PluginError, Plugins
 from mljob.render import wiring_container
 
@@ -41,46 +43,182 @@ class Checked:
         return not self.problems and self.job is not None and self.framework is not None
 
 
+KUBEFLOW_KINDS = {
+    "PyTorchJob": ("pytorch", "pytorchReplicaSpecs"),
+    "TFJob": ("tensorflow", "tfReplicaSpecs"),
+    "MXJob": ("mxnet", "mxReplicaSpecs"),
+}
+"""Kubeflow kinds an MLJob replaces: the message says how to migrate instead of listing every field."""
+
+_YAML_HINTS = {
+    "found character '\\t' that cannot start any token": "YAML indents with spaces, not tabs",
+    "expected <block end>": "check the indentation",
+    "mapping values are not allowed here": "check the indentation, or quote a value that contains ': '",
+    "could not find expected ':'": "a key needs ': ' after it, or a multi-line value needs quotes",
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """``SafeLoader`` that rejects a key given twice in one mapping.
+
+    PyYAML silently keeps the last value, so a second ``replicas:`` would win without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key; SafeLoader reports it below
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first set on line {first + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(error: yaml.YAMLError, source: str, text: str) -> Problem:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    if mark is None:
+        return Problem("", f"{source}: YAML syntax error: {problem}")
+    kind = "YAML error" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
+    message = f"{source}: line {mark.line + 1}, column {mark.column + 1}: {kind}: {problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        message += f" ({context} that starts on line {context_mark.line + 1})"
+    hint = next((hint for key, hint in _YAML_HINTS.items() if problem.startswith(key)), None)
+    if hint:
+        message += f"; {hint}"
+    lines = text.splitlines()
+    if 0 <= mark.line < len(lines) and lines[mark.line].strip():
+        message += f": {lines[mark.line].rstrip()!r}"
+    return Problem("", message)
+
+
 def load_documents(text: str, source: str = "<input>") -> tuple[list[Any], list[Problem]]:
     """The YAML documents in ``text`` (empty ones dropped), or the syntax error with its line."""
     try:
-        docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        docs = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
-        problem = getattr(error, "problem", None) or str(error)
-        return [], [Problem("", f"{source}: YAML syntax error at {where}: {problem}")]
+        return [], [_yaml_problem(error, source, text)]
     if not docs:
         return [], [Problem("", f"{source}: the file is empty; expected an MLJob (apiVersion: {API_VERSION})")]
     return docs, []
 
 
-def pydantic_problems(error: ValidationError, prefix: str = "") -> list[Problem]:
-    """Pydantic's errors as ``path: message``, with the user's value where it helps."""
-    problems = []
-    for item in error.errors(include_url=False):
-        path = json_path(prefix, item["loc"])
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            message = "unknown field"
-        elif kind == "missing":
-            message = "required field is missing"
-        elif kind == "literal_error" and item["loc"] == ("apiVersion",):
-            message = f"must be {API_VERSION}, got {item['input']!r}"
-        elif kind == "literal_error" and item["loc"] == ("kind",):
-            message = f"must be {KIND}, got {item['input']!r}"
-        elif kind in ("enum", "literal_error", "int_type", "bool_type", "string_type", "greater_than_equal"):
-            message = f"{item['msg']}, got {item['input']!r}"
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` and ``Annotated[X, ...]`` -> ``X``; other types unchanged."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
         else:
-            message = item["msg"]
-        problems.append(Problem(path, message))
-    return problems
+            return annotation
+
+
+def _known_fields(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The wire names of the fields allowed where ``loc`` points (empty when not a model there)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = {info.alias or name: info for name, info in current.model_fields.items()}
+            info = fields.get(str(part)) or current.model_fields.get(str(part))
+            if info is None:
+                return []
+            current = info.annotation
+        elif typing.get_origin(current) in (dict, Mapping):
+            current = typing.get_args(current)[1]
+        else:
+            return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def _pydantic_message(item: Any, model: type[BaseModel] | None) -> str:
+    """One pydantic error in the words a person uses for YAML; falls back to pydantic's own."""
+    kind, loc, value = item["type"], tuple(item["loc"]), item.get("input")
+    ctx = item.get("ctx") or {}
+    if kind == "extra_forbidden":
+        known = _known_fields(model, loc[:-1])
+        hint = suggestion(str(loc[-1]), known)
+        if not hint and known and len(known) <= 8:
+            hint = f"; expected one of {', '.join(known)}"
+        return "unknown field" + hint
+    if kind == "missing":
+        return "required field is missing"
+    if loc == ("apiVersion",) and kind == "literal_error":
+        return f"must be {API_VERSION}, got {got(value)}"
+    if loc == ("kind",) and kind == "literal_error":
+        if value in KUBEFLOW_KINDS:
+            framework, field_name = KUBEFLOW_KINDS[value]
+            return (
+                f"must be {KIND}, got {value!r}; to migrate a Kubeflow {value}, set apiVersion: {API_VERSION}, "
+                f"kind: {KIND}, spec.framework: {framework} and rename spec.{field_name} to spec.replicaSpecs"
+            )
+        return f"must be {KIND}, got {got(value)}"
+    if kind in ("enum", "literal_error"):
+        return f"must be one of {ctx.get('expected', '?')}; got {got(value)}"
+    types_by_error = {
+        "int_type": "integer",
+        "int_parsing": "integer",
+        "int_from_float": "integer",
+        "string_type": "string",
+        "bool_type": "boolean",
+        "bool_parsing": "boolean",
+        "dict_type": "object",
+        "model_type": "object",
+        "model_attributes_type": "object",
+        "list_type": "array",
+    }
+    if kind in types_by_error:
+        return type_problem([types_by_error[kind]], value)
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}, got {got(value)}"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt')}, got {got(value)}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    if kind == "too_short" and loc == ("spec", "replicaSpecs"):
+        return "needs at least one role, e.g. Worker: {replicas: 2, template: {...}}"
+    return str(item["msg"])
+
+
+def pydantic_problems(error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> list[Problem]:
+    """Pydantic's errors as ``path: message`` in plain words, with the user's value where it helps.
+
+    ``model`` is the model that was validated (default :class:`MLJob` when there is no prefix);
+    it lets an unknown field's message suggest the field the user probably meant.
+    """
+    root = model if model is not None else (MLJob if not prefix else None)
+    return [
+        Problem(json_path(prefix, item["loc"]), _pydantic_message(item, root))
+        for item in error.errors(include_url=False)
+    ]
 
 
 def parse_job(doc: Any) -> tuple[MLJob | None, list[Problem]]:
     """Parse one document into the API model; a non-mapping or a schema mismatch is a problem."""
     if not isinstance(doc, dict):
-        return None, [Problem("", f"the document is a {type(doc).__name__}, expected a mapping (an MLJob object)")]
+        what = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+            type(doc), f"a {type(doc).__name__}"
+        )
+        return None, [
+            Problem("", f"the document is {what}, not a mapping; an MLJob starts with apiVersion: {API_VERSION}")
+        ]
     try:
         return MLJob.model_validate(doc), []
     except ValidationError as error:
@@ -100,9 +238,12 @@ def check_job(job: MLJob, plugins: Plugins) -> Checked:
     framework = plugins.framework(job.spec.framework)
     if framework is None:
         installed = ", ".join(sorted(plugins.frameworks)) or "none (pip install mljob-pytorch, ...)"
+        hint = suggestion(job.spec.framework, plugins.frameworks)
         return Checked(
             job,
-            problems=[Problem("spec.framework", f"unknown framework {job.spec.framework!r}; installed: {installed}")],
+            problems=[
+                Problem("spec.framework", f"unknown framework {job.spec.framework!r}{hint}; installed: {installed}")
+            ],
         )
     problems = list(_core_problems(job, framework))
     if problems:
@@ -128,6 +269,10 @@ def _core_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
         yield Problem("metadata.generateName", "not supported: an MLJob needs a stable metadata.name")
     if why := dns1035_problem(meta.name):
         yield Problem("metadata.name", f"{why} (it names the job's headless service)")
+    else:
+        yield from _pod_name_problems(job)
+    if why := dns1123_problem(meta.namespace):
+        yield Problem("metadata.namespace", why)
     yield from _role_problems(job, framework)
     yield from _options_problems(job, framework)
     policy = job.spec.run_policy.scheduling_policy
@@ -165,10 +310,6 @@ def _role_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
                 f"{path}.replicas",
                 f"{framework.name} allows at most {role.max_replicas} {role_name}, got {spec.replicas}",
             )
-        if spec.replicas > 0:
-            last = pod_name(job.name, Replica(role_name, spec.replicas - 1))
-            if why := dns1123_problem(last):
-                yield Problem(path, f"pod name {why}; shorten metadata.name")
         yield from _template_problems(job, framework, role_name, f"{path}.template")
     for role in framework.roles:
         if role.min_replicas > 0 and role.name not in specs:
@@ -176,6 +317,28 @@ def _role_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
                 "spec.replicaSpecs",
                 f"{framework.name} needs at least {role.min_replicas} {role.name} (missing role {role.name!r})",
             )
+
+
+def _pod_name_problems(job: MLJob) -> Iterator[Problem]:
+    """The longest pod name must be a DNS label: ``<job>-<role>-<last index>`` within 63 characters."""
+    names = [
+        (pod_name(job.name, Replica(role, spec.replicas - 1)), role)
+        for role, spec in job.spec.replica_specs.items()
+        if spec.replicas > 0
+    ]
+    if not names:
+        return
+    longest, role = max(names, key=lambda pair: len(pair[0]))
+    if len(longest) > DNS_LABEL_MAX:
+        room = DNS_LABEL_MAX - (len(longest) - len(job.name))
+        yield Problem(
+            "metadata.name",
+            f"too long for its pod names: pod {longest!r} ({role}) would be {len(longest)} characters, over the "
+            f"{DNS_LABEL_MAX}-character limit of a DNS label; shorten metadata.name to at most {room} characters",
+        )
+    for name, role in names:
+        if len(name) <= DNS_LABEL_MAX and (why := dns1123_problem(name)):
+            yield Problem(f"spec.replicaSpecs.{role}", f"pod name {why}")
 
 
 def _template_problems(job: MLJob, framework: Framework, role: str, path: str) -> Iterator[Problem]:
@@ -195,7 +358,7 @@ def _template_problems(job: MLJob, framework: Framework, role: str, path: str) -
         return
     for i, container in enumerate(containers):
         if not container.get("image"):
-            yield Problem(f"{path}.spec.containers[{i}].image", "required: the image the container runs")
+            yield Problem(f"{path}.spec.containers[{i}].image", "required field is missing: the image to run")
     index = wiring_container(containers, framework)
     if index is None:
         yield Problem(
@@ -217,7 +380,7 @@ def _options_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
     try:
         model.model_validate(job.spec.framework_options)
     except ValidationError as error:
-        yield from pydantic_problems(error, "spec.frameworkOptions")
+        yield from pydantic_problems(error, "spec.frameworkOptions", model)
 
 
 def check_text(text: str, plugins: Plugins, source: str = "<input>") -> list[Checked]:

@@ -1,0 +1,158 @@
+"""The ``mljob`` command.
+
+Each subcommand is one small function that parses its arguments and calls into the library;
+heavy modules (the operator, the local runtime) are imported inside their command so
+``mljob validate`` stays fast and works without them. To add a command, add one function
+decorated with ``@app.command()`` here and import its module lazily inside it.
+
+Exit codes: 0 success, 1 the input or the job is bad (problems on stderr, one ``path: message``
+per line, never a traceback), 2 wrong usage (typer's own).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs, plugins_or_error, summary
+
+app = typer.Typer(
+    name="mljob",
+    help="Distributed ML training jobs, in every framework: validate, render, run locally, operate on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    # A traceback is never the right answer to bad input; unexpected errors are handled in main().
+    pretty_exceptions_enable=False,
+)
+
+FileArg = Annotated[
+    str, typer.Argument(metavar="FILE", help="An MLJob YAML file (several documents allowed); - for stdin.")
+]
+
+DEBUG_ENV = "MLJOB_DEBUG"
+
+
+def fail(lines: list[str], code: int = 1) -> typer.Exit:
+    """Print ``lines`` to stderr and return the Exit to raise (``raise fail(...)`` reads at the call site)."""
+    for line in lines:
+        typer.echo(line, err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def job_errors() -> Iterator[None]:
+    """Turn :class:`JobFileError` into its lines on stderr and exit 1."""
+    try:
+        yield
+    except JobFileError as error:
+        raise fail(error.lines) from None
+
+
+def dump_yaml(objects: list[dict[str, Any]]) -> str:
+    """A ``---``-separated YAML stream in the objects' own key order, never folded, so it diffs well."""
+    return yaml.safe_dump_all(objects, sort_keys=False, width=10_000, explicit_start=True)
+
+
+@app.command()
+def validate(file: FileArg) -> None:
+    """Check every MLJob in FILE: prints one line per valid job, or every problem as `field.path: what is wrong`."""
+    with job_errors():
+        try:
+            checked = load_jobs(file)
+        except JobFileError as error:
+            for item in error.checked:
+                if item.ok:
+                    typer.echo(f"ok: {summary(item)}")
+            raise
+    for item in checked:
+        typer.echo(f"ok: {summary(item)}")
+
+
+@app.command()
+def render(
+    file: FileArg,
+    uid: Annotated[
+        str | None, typer.Option(help="Owner uid for ownerReferences (default: metadata.uid, else a placeholder).")
+    ] = None,
+) -> None:
+    """Print the exact pods and headless service the operator would create for FILE, as a YAML stream."""
+    from mljob.plugins import PluginError
+    from mljob.render import render as render_job
+
+    with job_errors():
+        plugins = plugins_or_error()
+        objects: list[dict[str, Any]] = []
+        for item in load_jobs(file, plugins):
+            job, framework = job_and_framework(item)
+            try:
+                objects.extend(render_job(job, framework, plugins, uid=uid))
+            except PluginError as error:
+                raise JobFileError([str(error)]) from None
+    typer.echo(dump_yaml(objects), nl=False)
+
+
+@app.command()
+def crd() -> None:
+    """Print the MLJob CustomResourceDefinition generated from the API models (kubectl apply -f -)."""
+    from mljob.crd import crd_yaml
+
+    typer.echo(crd_yaml(), nl=False)
+
+
+@app.command()
+def plugins() -> None:
+    """List the installed frameworks with their roles, and any plugin that failed to load."""
+    from mljob.plugin_report import print_report
+
+    with job_errors():
+        print_report(plugins_or_error())
+
+
+@app.command()
+def run(
+    file: FileArg,
+    logs_dir: Annotated[
+        Path | None, typer.Option("--logs-dir", help="Also write one log file per replica into this folder.")
+    ] = None,
+) -> None:
+    """Run every replica of the MLJob in FILE as a local process, wired as in a cluster; exit 0 when it succeeds."""
+    from mljob.local import run_file
+
+    raise typer.Exit(run_file(file, logs_dir=logs_dir))
+
+
+# `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small
+# @app.command() function each, importing their module inside the function.
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the app and turns an unexpected error into one line, not a traceback."""
+    try:
+        app(args=argv, prog_name="mljob")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        typer.echo(
+            f"mljob: internal error: {type(error).__name__}: {error} "
+            f"(this is a bug; set {DEBUG_ENV}=1 to see the traceback and report it)",
+            err=True,
+        )
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["STDIN", "app", "main"]

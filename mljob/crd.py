@@ -1,0 +1,189 @@
+"""The MLJob CustomResourceDefinition, generated from the pydantic models in :mod:`mljob.api`.
+
+The models are the one source of truth; this module only translates pydantic's JSON Schema into
+a Kubernetes *structural* schema (no ``$ref``, a ``type`` on every node, ``nullable`` instead of
+``anyOf [X, null]``, no ``additionalProperties: false`` — the API server prunes unknown fields
+and ``kubectl --validate=strict`` reports them). ``crds/mljob.io_mljobs.yaml`` holds the output
+of ``mljob crd``; a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from mljob.api import GROUP, KIND, PLURAL, VERSION, MLJob
+
+SINGULAR = "mljob"
+SHORT_NAMES = ["mlj"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# Pod templates and framework options are opaque to the CRD on purpose. The full PodTemplateSpec
+# schema inlined once per role would make the CRD megabytes (past the 1.5 MB etcd object limit
+# and kubectl's annotation limit for client-side apply); the operator, the CLI and the local
+# runtime validate templates against the real Kubernetes schema (mljob.k8sschema), and the
+# framework plugin validates its options with its own pydantic model.
+OPAQUE = {
+    ("spec", "replicaSpecs", "*", "template"),
+    ("spec", "frameworkOptions"),
+}
+
+# Keys pydantic emits that a CRD either does not allow or that would only add noise.
+_DROPPED = {"title", "additionalProperties", "$defs", "anyOf", "$ref", "const"}
+
+SUSPENDED = "(has({s}.runPolicy) && has({s}.runPolicy.suspend) && {s}.runPolicy.suspend)"
+SPEC_RULES = [
+    {
+        # A transition rule (it reads oldSelf): runs on UPDATE only. Allowed whether the old or the
+        # new object is suspended, because Kueue unsuspends and injects node selectors in one update.
+        "rule": f"{SUSPENDED.format(s='oldSelf')} || {SUSPENDED.format(s='self')} "
+        "|| self.replicaSpecs == oldSelf.replicaSpecs",
+        "message": "replicaSpecs is immutable unless the job is suspended (spec.runPolicy.suspend: true)",
+        "fieldPath": ".replicaSpecs",
+        "reason": "FieldValueForbidden",
+    },
+]
+FRAMEWORK_RULES = [
+    {"rule": "self == oldSelf", "message": "framework is immutable; create a new MLJob instead"},
+]
+
+
+HEADER = "# Generated from mljob/api.py by `mljob crd`; do not edit. Refresh: mljob crd > crds/mljob.io_mljobs.yaml\n"
+
+
+class SchemaError(ValueError):
+    """The models produced a JSON Schema construct this translator does not know how to map."""
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with its ``$ref`` replaced by the definition; the field's own keys win."""
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    target = defs[ref.rsplit("/", 1)[-1]]
+    return {**_resolve(target, defs), **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """One JSON Schema node as a structural schema node; ``path`` names it for OPAQUE and errors."""
+    node = _resolve(node, defs)
+    nullable = False
+    if "anyOf" in node:
+        options = [_resolve(option, defs) for option in node["anyOf"]]
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) != 1 or len(options) != 2:
+            raise SchemaError(f"{'.'.join(path)}: only `X | None` unions map to a structural schema")
+        nullable = True
+        node = {**{k: v for k, v in node.items() if k != "anyOf"}, **kept[0], "description": node.get("description")}
+    out: dict[str, Any] = {}
+    if node.get("description"):
+        out["description"] = node["description"]
+    if _matches_opaque(path):
+        out.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+        return out
+    if "type" not in node and "const" not in node:
+        raise SchemaError(f"{'.'.join(path)}: no type (an Any field?); a structural schema needs one")
+    out["type"] = node.get("type", "string")
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    for key, value in node.items():
+        if key in _DROPPED or key in ("description", "type", "properties", "items", "required", "default"):
+            continue
+        out[key] = value
+    if nullable:
+        out["nullable"] = True
+    if "default" in node and node["default"] is not None:
+        # Structural defaults are applied by the API server, so `kubectl get -o yaml` shows them.
+        out["default"] = node["default"]
+    if out["type"] == "object":
+        _object(node, out, defs, path)
+    elif out["type"] == "array":
+        out["items"] = _structural(node["items"], defs, (*path, "*"))
+    return out
+
+
+def _object(node: dict[str, Any], out: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> None:
+    extra = node.get("additionalProperties")
+    properties = node.get("properties")
+    if properties:
+        out["properties"] = {name: _structural(sub, defs, (*path, name)) for name, sub in properties.items()}
+        if node.get("required"):
+            out["required"] = list(node["required"])
+    elif isinstance(extra, dict) and extra:
+        out["additionalProperties"] = _structural(extra, defs, (*path, "*"))
+    else:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+
+
+def _matches_opaque(path: tuple[str, ...]) -> bool:
+    return any(
+        len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
+        for pattern in OPAQUE
+    )
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural ``openAPIV3Schema`` of MLJob; metadata is left to the API server."""
+    schema = MLJob.model_json_schema(by_alias=True)
+    defs: dict[str, Any] = schema.get("$defs", {})
+    properties = schema["properties"]
+    spec = _structural(properties["spec"], defs, ("spec",))
+    spec["properties"]["framework"]["x-kubernetes-validations"] = FRAMEWORK_RULES
+    spec["x-kubernetes-validations"] = SPEC_RULES
+    status = _structural(properties["status"], defs, ("status",))
+    conditions = status["properties"]["conditions"]
+    # One condition per type (Kubernetes convention), merged by type under server-side apply.
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    return {
+        "description": schema.get("description", ""),
+        "type": "object",
+        "properties": {
+            "apiVersion": {"description": properties["apiVersion"]["description"], "type": "string"},
+            "kind": {"description": properties["kind"]["description"], "type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+
+
+def crd() -> dict[str, Any]:
+    """The MLJob CustomResourceDefinition (apiextensions.k8s.io/v1)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Framework", "type": "string", "jsonPath": ".spec.framework"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML file in ``crds/``: stable key order, no line folding, so diffs stay small."""
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=10_000, allow_unicode=True)
