@@ -100,7 +100,8 @@ class Faults:
                 if rule.code == 429:
                     headers["Retry-After"] = str(int(rule.retry_after)) if rule.retry_after >= 1 else "0"
                     details["retryAfterSeconds"] = int(rule.retry_after)
-                reason = _REASONS.get(rule.code, "InternalError")
+                reason = "AlreadyExists" if (rule.code, verb) == (409, "create") else \
+                    _REASONS.get(rule.code, "InternalError")
                 raise ApiError(rule.code, reason, f"injected fault: {verb} {resource} -> {rule.code} {reason}",
                                details, headers)
 
