@@ -81,7 +81,7 @@ class Role:
     name: str
     default_port: int
     leader: bool = False
-    """The coordinating replica (index 0 of this role) gets the ``mljob.io/leader`` label."""
+    """Index 0 of this role coordinates (the default :meth:`Framework.is_leader`)."""
     min_replicas: int = 0
     max_replicas: int | None = None
     runs_until_stopped: bool = False
@@ -128,6 +128,15 @@ class Framework:
             if role.name == name:
                 return role
         return None
+
+    def is_leader(self, job: MLJob, replica: Replica) -> bool:
+        """Whether ``replica`` coordinates the job (it gets the ``mljob.io/leader`` label).
+
+        Override when the coordinator depends on the job's shape, e.g. worker 0 leads only
+        when the job has no master.
+        """
+        role = self.role(replica.role)
+        return role is not None and role.leader and replica.index == 0
 
     def options(self, job: MLJob) -> BaseModel:
         """``spec.frameworkOptions`` parsed by :attr:`options_model` (validation has already passed)."""

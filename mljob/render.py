@@ -108,8 +108,7 @@ def labels(job: MLJob, framework: Framework, replica: Replica) -> dict[str, str]
         LABEL_ROLE: replica.role.lower(),
         LABEL_INDEX: str(replica.index),
     }
-    role = framework.role(replica.role)
-    if role is not None and role.leader and replica.index == 0:
+    if framework.is_leader(job, replica):
         result[LABEL_LEADER] = "true"
     return result
 
