@@ -194,7 +194,7 @@ class Kubelet:
             self._adopt(change.obj)
         elif "deletionTimestamp" in change.obj["metadata"]:
             pod = self._pods.get(uid)
-            if pod is not None and not pod.terminating and not pod.lost and self.termination_delay is not None:
+            if pod is not None and not pod.terminating and not pod.lost:
                 pod.terminating = True
                 if pod.task is not None:
                     pod.task.cancel()
@@ -330,7 +330,10 @@ class Kubelet:
             return
 
     async def _terminate(self, pod: _Pod) -> None:
-        """Graceful shutdown of a deleted pod: SIGTERM, a short wait, terminal status, final delete."""
+        """Shutdown of a deleted pod: SIGTERM, a short wait, terminal status, then the final delete.
+
+        Pods reach here when graceful deletion is on, or when finalizers hold a deleted pod.
+        """
         try:
             await asyncio.sleep(self.termination_delay or 0.0)
             obj = self._read(pod)

@@ -390,7 +390,7 @@ class Store:
         """Replace only ``.status`` unconditionally: how controllers such as the kubelet report."""
         info = self.resolve(resource)
         old = self.read(info, name, namespace)
-        return self._update(info, old, {**old, "status": status}, "status")
+        return self._update(info, old, {**old, "status": deep_copy(status)}, "status")
 
     def _update(self, info: res.ResourceInfo, old: Body, new: Body, subresource: str | None) -> Body:
         old_md = old["metadata"]

@@ -1,5 +1,7 @@
 """CRUD, server-assigned metadata, and the API's error answers."""
 
+import asyncio
+
 import pytest
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
@@ -153,3 +155,17 @@ async def test_python_api_matches_http(emu, api):
     emu.patch("configmaps", "direct", {"data": {"k": None, "n": "1"}})
     assert emu.get("configmaps", "direct")["data"] == {"n": "1"}
     assert [c["metadata"]["name"] for c in emu.list("configmaps", "default")] == ["direct"]
+
+
+async def test_wait_for_times_out_and_wakes_on_writes(emu):
+    with pytest.raises(TimeoutError):
+        await emu.wait_for(lambda: emu.get("configmaps", "never"), timeout=0.05)
+
+    async def later():
+        await asyncio.sleep(0.05)
+        emu.create("configmaps", {"metadata": {"name": "soon"}})
+
+    task = asyncio.create_task(later())
+    found = await emu.wait_for(lambda: emu.get("configmaps", "soon"), timeout=2)
+    assert found["metadata"]["name"] == "soon"
+    await task

@@ -49,7 +49,7 @@ async def test_latency(api, emu):
     await api.get(CMS)  # a list: no added latency
     await api.get("/api/v1/namespaces/default")
     elapsed = time.monotonic() - started
-    assert 0.1 <= elapsed < 0.5
+    assert 0.1 <= elapsed < 2.0
 
 
 async def test_request_counting(api, emu):

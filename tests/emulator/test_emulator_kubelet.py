@@ -166,3 +166,14 @@ async def test_kubelet_costs_no_api_requests(emu):
             emu.create("pods", pod(f"p{i}", "OnFailure"))
         await emu.wait_for(lambda: all(phase(emu, f"p{i}") == "Succeeded" for i in range(20)))
     assert emu.stats.total(exclude=()) == 0
+
+
+async def test_finalizer_held_pod_is_stopped_but_kept(emu):
+    async with Kubelet(emu):
+        emu.create("pods", {**pod("a", "Always"), "metadata": {"name": "a", "finalizers": ["x/keep"]}})
+        await emu.wait_for(lambda: phase(emu, "a") == "Running")
+        emu.delete("pods", "a")
+        await emu.wait_for(lambda: phase(emu, "a") == "Failed")
+        assert container(emu, "a")["state"]["terminated"]["exitCode"] == 143
+        emu.patch("pods", "a", {"metadata": {"finalizers": None}})
+        assert emu.get("pods", "a") is None
