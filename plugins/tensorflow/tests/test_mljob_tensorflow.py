@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import mljob_tensorflow
 import pytest
 from mljob_tensorflow import TensorFlow
 
-from mljob import MLJob, Outcome, Replica
+from mljob import Address, MLJob, Outcome, Replica
 from mljob.framework import replicas_of
 from mljob.plugin_testing import FakeCluster, FrameworkContract, make_job
 from mljob.plugins import load_plugins
@@ -295,3 +302,66 @@ def test_the_entry_point_finds_the_plugin() -> None:
     assert isinstance(plugins.framework("tensorflow"), TensorFlow)
     assert plugins.source("tensorflow").distribution == "mljob-tensorflow"
     assert plugins.framework("tensorflow").version == plugins.source("tensorflow").version  # type: ignore[union-attr]
+
+
+# -- for real: MultiWorkerMirroredStrategy on 127.0.0.1, one port per replica ---------------------------
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import tensorflow as tf
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    @tf.function
+    def step():
+        ctx = tf.distribute.get_replica_context()
+        return ctx.all_reduce("sum", tf.cast(ctx.replica_id_in_sync_group, tf.float32) + 1.0)
+    total = strategy.experimental_local_results(strategy.run(step))[0]
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    print(task["type"], task["index"], strategy.num_replicas_in_sync, int(total.numpy()))
+    """
+)
+
+
+class LocalCluster:
+    """127.0.0.1 and a free port per replica, as the local runtime gives them."""
+
+    def __init__(self, job: MLJob) -> None:
+        self.addresses = {replica: Address("127.0.0.1", free_port()) for replica in replicas_of(job)}
+
+    def address(self, replica: Replica) -> Address:
+        return self.addresses[replica]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.frameworks
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_connects_with_the_wiring(tmp_path: Path) -> None:
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed")
+    job = make_job(TF, {"Chief": 1, "Worker": 2})
+    cluster = LocalCluster(job)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    procs = {
+        str(replica): subprocess.Popen(
+            [sys.executable, str(script)],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **TF.env(job, replica, cluster),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for replica in replicas_of(job)
+    }
+    outputs = {name: proc.communicate(timeout=300)[0].strip() for name, proc in procs.items()}
+    assert {name: proc.returncode for name, proc in procs.items()} == dict.fromkeys(procs, 0)
+    assert outputs == {"chief-0": "chief 0 3 6", "worker-0": "worker 0 3 6", "worker-1": "worker 1 3 6"}
