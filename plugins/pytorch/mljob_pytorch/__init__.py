@@ -93,6 +93,7 @@ class PyTorch(Framework):
     version = _version()
 
     def validate(self, job: MLJob) -> Sequence[Problem]:
+        """Kubeflow's rule, a Master has exactly one replica; and someone to be rank 0."""
         specs = job.spec.replica_specs
         if "Master" in specs and specs["Master"].replicas != 1:
             return [

@@ -72,8 +72,9 @@ class TensorFlow(Framework):
         self._cluster_text: tuple[MLJob, Cluster, str, str] | None = None
 
     def validate(self, job: MLJob) -> Sequence[Problem]:
+        """One chief at most under either name, and someone whose success ends the job."""
         specs = job.spec.replica_specs
-        problems = []
+        problems: list[Problem] = []
         if all(role in specs for role in LEADERS):
             problems.append(
                 Problem("spec.replicaSpecs", "Chief and Master are the same role (Master is its legacy name); keep one")
