@@ -229,8 +229,27 @@ def check_document(doc: Any, plugins: Plugins) -> Checked:
     """Parse and fully check one document."""
     job, problems = parse_job(doc)
     if job is None:
-        return Checked(problems=problems)
+        return Checked(problems=problems + _raw_template_problems(doc, problems))
     return check_job(job, plugins)
+
+
+def _raw_template_problems(doc: Any, found: list[Problem]) -> list[Problem]:
+    """Pod template problems of a document the models rejected, so one run reports everything.
+
+    The framework's checks need a parsed job; the Kubernetes schema check needs only the template.
+    """
+    specs = (
+        doc.get("spec", {}).get("replicaSpecs") if isinstance(doc, dict) and isinstance(doc.get("spec"), dict) else None
+    )
+    if not isinstance(specs, dict):
+        return []
+    problems: list[Problem] = []
+    for role, spec in specs.items():
+        template = spec.get("template") if isinstance(spec, dict) else None
+        path = f"spec.replicaSpecs.{role}.template"
+        if isinstance(template, dict) and not any(p.path.startswith(path) for p in found):
+            problems.extend(pod_template_problems(template, path))
+    return problems
 
 
 def check_job(job: MLJob, plugins: Plugins) -> Checked:

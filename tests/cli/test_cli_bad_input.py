@@ -299,10 +299,25 @@ def test_bad_stdin(runner, fake_plugin):
 
 
 def test_every_problem_is_reported_at_once(run_validate, tmp_path):
-    doc = edit(lambda d: (worker(d).update(replicas=-1), d["spec"].update(runPolicy={"backofLimit": 3}), d.update(x=1)))
-    result = run_validate(write_yaml(tmp_path / "job.yaml", doc))
-    assert_rejected(result, ["spec.replicaSpecs.Worker.replicas: ", "spec.runPolicy.backofLimit: ", "x: unknown field"])
-    assert len(result.stderr.splitlines()) == 3
+    """Model errors do not hide template errors: one run lists everything to fix."""
+
+    def break_four_things(d: Doc) -> None:
+        worker(d).update(replicas=-1)
+        d["spec"].update(runPolicy={"backofLimit": 3})
+        d.update(x=1)
+        container(d, "Chief").update(imag="python")
+
+    result = run_validate(write_yaml(tmp_path / "job.yaml", edit(break_four_things)))
+    assert_rejected(
+        result,
+        [
+            "spec.replicaSpecs.Worker.replicas: ",
+            "spec.runPolicy.backofLimit: ",
+            "x: unknown field",
+            "spec.replicaSpecs.Chief.template.spec.containers[0].imag: unknown field; did you mean 'image'?",
+        ],
+    )
+    assert len(result.stderr.splitlines()) == 4
 
 
 def test_several_documents_name_the_bad_one(run_validate, tmp_path):
