@@ -1,0 +1,190 @@
+"""Reading observed pods: ownership, phase, restarts and why a replica stopped.
+
+Pure functions over the plain dicts the watch stream delivers, so the reconciler and its tests
+never need a Kubernetes client. Every decision the reconciler takes about one pod starts here:
+is it ours, is it going away, did it finish, did it restart in place, and may it be retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mljob.api import GROUP, KIND
+from mljob.framework import Replica
+from mljob.names import LABEL_INDEX, LABEL_ROLE
+
+PENDING = "Pending"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+UNKNOWN = "Unknown"
+
+LOST_NODE_REASONS = frozenset({"NodeLost"})
+"""Pod ``status.reason`` values that mean the node went away while the pod was not terminal."""
+
+SIGNAL_EXIT = 128
+"""Exit codes from here up mean the process was killed by a signal (128 + signal number)."""
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The controller ownerReference of kind MLJob, or None.
+
+    Only a *controller* reference counts: labels can be forged by anyone who can create a pod,
+    an ownerReference to a live uid cannot be guessed.
+    """
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        group = str(ref.get("apiVersion", "")).split("/")[0]
+        if ref.get("controller") and ref.get("kind") == KIND and group == GROUP:
+            return ref  # type: ignore[no-any-return]
+    return None
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the MLJob that controls ``obj``; the reconciler ignores a child whose uid differs."""
+    ref = controller_ref(obj)
+    return str(ref["uid"]) if ref and ref.get("uid") else None
+
+
+def controller_name(obj: Mapping[str, Any]) -> str | None:
+    """The name of the MLJob that controls ``obj``: the key children are indexed under."""
+    ref = controller_ref(obj)
+    return str(ref["name"]) if ref and ref.get("name") else None
+
+
+def name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+def terminating(obj: Mapping[str, Any]) -> bool:
+    """Deletion has started: the name stays taken until the object is gone, so wait for it."""
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def phase(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or PENDING)
+
+
+def finished(pod: Mapping[str, Any]) -> bool:
+    return phase(pod) in (SUCCEEDED, FAILED)
+
+
+def replica_of(pod: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(lower-case role, index) from the pod's labels, for pods the spec no longer names."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    role, index = labels.get(LABEL_ROLE), labels.get(LABEL_INDEX)
+    if not role or not str(index or "").isdigit():
+        return None
+    return str(role), int(str(index))
+
+
+def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]
+
+
+def restarts(pod: Mapping[str, Any]) -> int:
+    """Container restarts the kubelet did in place, summed over containers (Kubeflow counts the same)."""
+    return sum(int(c.get("restartCount") or 0) for c in _container_statuses(pod))
+
+
+def running(pod: Mapping[str, Any]) -> bool:
+    """Phase Running and every regular container running (not in CrashLoopBackOff, not exited)."""
+    if phase(pod) != RUNNING:
+        return False
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    return all("running" in (c.get("state") or {}) for c in statuses)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a replica's process stopped: an exit code with the kubelet's reason, or a pod-level reason."""
+
+    code: int | None = None
+    reason: str = ""
+    pod_reason: str = ""
+    message: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        """ExitCode semantics: killed by a signal (128+), evicted or lost its node; not a code 1-127."""
+        if self.pod_reason:
+            return True
+        return self.code is None or self.code >= SIGNAL_EXIT
+
+    def describe(self, replica: Replica | str) -> str:
+        """``worker-2 exited with code 137 (OOMKilled)``, ``worker-0 was evicted: <why>``."""
+        if self.pod_reason == "Evicted":
+            return f"{replica} was evicted" + (f": {self.message}" if self.message else "")
+        if self.pod_reason in LOST_NODE_REASONS:
+            return f"{replica} lost its node ({self.pod_reason})"
+        if self.pod_reason:
+            return f"{replica} failed ({self.pod_reason})" + (f": {self.message}" if self.message else "")
+        if self.code is None:
+            return f"{replica} failed" + (f": {self.message}" if self.message else "")
+        return f"{replica} exited with code {self.code}" + (f" ({self.reason})" if self.reason else "")
+
+
+def _pick(statuses: list[Mapping[str, Any]], container: str, key: str) -> Mapping[str, Any] | None:
+    """The ``key`` state (``state``/``lastState``) that explains a stop: the wiring container's, else a non-zero one."""
+    terminated: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = [
+        (c, t) for c in statuses if (t := (c.get(key) or {}).get("terminated"))
+    ]
+    for c, t in terminated:
+        if c.get("name") == container:
+            return t
+    for _, t in terminated:
+        if t.get("exitCode"):
+            return t
+    return terminated[0][1] if terminated else None
+
+
+def stop_of(pod: Mapping[str, Any], container: str) -> Stop:
+    """Why a Failed (or node-lost) pod stopped; ``container`` is the framework's wiring container."""
+    status = pod.get("status") or {}
+    pod_reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    terminated = _pick(list(status.get("containerStatuses") or ()), container, "state")
+    if terminated is None:
+        terminated = _pick(list(status.get("initContainerStatuses") or ()), container, "state")
+    if terminated is None:
+        return Stop(pod_reason=pod_reason or ("" if message else "Unknown"), message=message)
+    code = terminated.get("exitCode")
+    return Stop(
+        code=int(code) if isinstance(code, int) else None,
+        reason=str(terminated.get("reason") or ""),
+        pod_reason=pod_reason,
+        message=message or str(terminated.get("message") or ""),
+    )
+
+
+def last_stop_of(pod: Mapping[str, Any], container: str) -> Stop:
+    """Why the last in-place restart happened: the ``lastState.terminated`` the kubelet keeps."""
+    statuses = _container_statuses(pod)
+    terminated = _pick(statuses, container, "lastState")
+    if terminated is None:
+        return Stop()
+    code = terminated.get("exitCode")
+    return Stop(code=int(code) if isinstance(code, int) else None, reason=str(terminated.get("reason") or ""))
+
+
+def lost(pod: Mapping[str, Any]) -> bool:
+    """The node stopped reporting (phase Unknown, reason NodeLost): the replica is gone for practical purposes."""
+    return phase(pod) == UNKNOWN and str((pod.get("status") or {}).get("reason") or "") in LOST_NODE_REASONS
+
+
+def waiting_reason(pod: Mapping[str, Any]) -> str:
+    """Why a pending pod is not running yet (ImagePullBackOff, Unschedulable, ...), for the status message."""
+    for c in _container_statuses(pod):
+        reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason and reason not in ("ContainerCreating", "PodInitializing"):
+            return str(reason)
+    for cond in (pod.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("reason") or "Unschedulable")
+    return ""
