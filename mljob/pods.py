@@ -188,3 +188,15 @@ def waiting_reason(pod: Mapping[str, Any]) -> str:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return str(cond.get("reason") or "Unschedulable")
     return ""
+
+
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "deletionTimestamp")
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconciler reads of a pod or service: the operator's index keeps only this, not specs."""
+    meta = obj.get("metadata") or {}
+    kept: dict[str, Any] = {"metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta}}
+    if "status" in obj:
+        kept["status"] = obj["status"]
+    return kept

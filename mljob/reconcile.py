@@ -161,6 +161,42 @@ class _Observed:
     waiting: str = ""
 
 
+def reject(body: Mapping[str, Any], problems: Sequence[Problem], now: datetime) -> Plan:
+    """The plan for a body that does not even parse as an MLJob: Failed, InvalidSpec, with the paths.
+
+    The CRD schema stops most such bodies; this covers what it cannot express (and clusters
+    whose CRD is older than the operator). Nothing else is touched: without a spec there is no
+    cleanPodPolicy to apply, and the children still go with the job when it is deleted.
+    """
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return Plan()
+    try:
+        old: MLJobStatus | None = MLJobStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        old = None
+    if old is not None and terminal(old):
+        return Plan()
+    message = "; ".join(str(p) for p in problems)
+    base = old or MLJobStatus()
+    conditions = set_condition(list(base.conditions), ConditionType.FAILED, True, INVALID_SPEC, message, now)
+    generation = meta.get("generation")
+    new = base.model_copy(
+        update={
+            "phase": derive_phase(conditions),
+            "conditions": conditions,
+            "completion_time": now,
+            "message": message,
+            "observed_generation": generation if isinstance(generation, int) else None,
+        }
+    )
+    return Plan(
+        status=status_patch(old if body.get("status") else None, new),
+        events=(Event("Warning", INVALID_SPEC, message),),
+        finished=Phase.FAILED,
+    )
+
+
 def plan(
     job: MLJob,
     desired: Desired,

@@ -1,0 +1,319 @@
+"""Feeding the pure planner and applying its plans: a per-job work queue with wake-up timers.
+
+kopf delivers events (:mod:`mljob.operator`); this module turns them into at most one reconcile
+pass per job at a time, coalesces bursts (a job's N pods start within milliseconds of each
+other), applies each :class:`~mljob.reconcile.Plan` through :mod:`mljob.kube`, and schedules the
+next pass only when the plan asks for one (a deadline, a TTL) or a pass failed (backoff). There
+is no polling: a job with nothing to do has no timer and makes no request.
+
+It does not import kopf, so it is tested with a fake API and no operator machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from mljob import pods as podlib
+from mljob.api import MLJob
+from mljob.kube import Api, ApiError
+from mljob.metrics import Metrics
+from mljob.plugins import Plugins
+from mljob.reconcile import Delete, Desired, Plan, desire, plan, reject
+from mljob.validation import PLUGIN_ERROR, parse_job
+
+logger = logging.getLogger("mljob.operator")
+
+Key = tuple[str, str]
+"""(namespace, job name)."""
+Children = Callable[[Key], tuple[Sequence[Mapping[str, Any]], Mapping[str, Any] | None]]
+"""The pods and the service the watch stream holds for a job."""
+
+
+def key_of(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def _rv(body: Mapping[str, Any]) -> int | None:
+    value = (body.get("metadata") or {}).get("resourceVersion")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Controller:
+    """Reconciles every job it is told about; one pass per job at a time, many jobs concurrently."""
+
+    def __init__(
+        self,
+        api: Api,
+        plugins: Plugins,
+        metrics: Metrics | None = None,
+        *,
+        workers: int = 16,
+        debounce: float = 0.05,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.api, self.plugins, self.metrics = api, plugins, metrics or Metrics()
+        self.clock = clock
+        self.debounce = debounce
+        self.jobs: dict[Key, Mapping[str, Any]] = {}
+        """The newest body of every job, from the watch stream or from our own writes' responses."""
+        self._children: Children = lambda key: ((), None)
+        self._n_workers = workers
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: set[Key] = set()
+        self._active: set[Key] = set()
+        self._again: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: Counter[Key] = Counter()
+        self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.passes = 0
+        self.metrics.watch_phases(self._phases)
+
+    # --- wiring ------------------------------------------------------------------------------------
+
+    def bind(self, children: Children) -> None:
+        """Where the job's pods and service come from (the operator's kopf indexes)."""
+        self._children = children
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"mljob-worker-{i}") for i in range(self._n_workers)]
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # --- events ------------------------------------------------------------------------------------
+
+    def job_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event for an MLJob: remember the newest body and reconcile the job."""
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.forget(key)
+            return
+        known = self.jobs.get(key)
+        if known is not None and _uid(known) == _uid(body):
+            old_rv, new_rv = _rv(known), _rv(body)
+            if old_rv is not None and new_rv is not None and new_rv < old_rv:
+                return  # an older version than one our own write already returned
+        self.jobs[key] = body
+        self.trigger(key)
+
+    def forget(self, key: Key) -> None:
+        self.jobs.pop(key, None)
+        self._desired.pop(key, None)
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def trigger(self, key: Key, delay: float | None = None) -> None:
+        """Reconcile ``key`` soon; triggers that arrive while it waits or runs are folded into one pass."""
+        if key in self._active:
+            self._again.add(key)
+            return
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        wait = self.debounce if delay is None else delay
+        asyncio.get_running_loop().call_later(wait, self._queue.put_nowait, key)
+
+    def _wake(self, key: Key, when: datetime | None) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if when is None:
+            return
+        delay = max(0.0, (when - self.clock()).total_seconds()) + 0.01
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.trigger, key, 0.0)
+
+    def _retry(self, key: Key) -> None:
+        self._failures[key] += 1
+        n = self._failures[key]
+        delay = min(30.0, 0.1 * 2 ** min(n - 1, 10)) * random.uniform(0.8, 1.2)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.trigger, key, 0.0)
+
+    # --- work --------------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._pending.discard(key)
+            self._active.add(key)
+            try:
+                await self._pass(key)
+            finally:
+                self._active.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.trigger(key)
+
+    async def _pass(self, key: Key) -> None:
+        """One reconcile of one job; whatever goes wrong stays with this job and is retried."""
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            await self.reconcile(key)
+            self._failures.pop(key, None)
+        except ApiError as error:
+            result = "conflict" if error.conflict else "error"
+            self.metrics.api_error(error.status)
+            log = logger.debug if error.conflict else logger.warning
+            log("%s/%s: %s; retrying", *key, error)
+            self._retry(key)
+        except Exception:
+            result = "error"
+            logger.exception("%s/%s: reconcile failed; retrying", *key)
+            self._retry(key)
+        finally:
+            self.metrics.reconciled(time.perf_counter() - started, result)
+
+    def _desire(self, key: Key, job: MLJob) -> Desired:
+        """Check and render once per spec generation: validation and rendering are the costly part."""
+        version = (job.metadata.uid or "", job.metadata.generation)
+        cached = self._desired.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            desired = desire(job, self.plugins)
+        except Exception as error:  # a plugin bug that escaped the core's own guards
+            from mljob.framework import Problem
+
+            desired = Desired(None, problems=(Problem("", f"{type(error).__name__}: {error}"),), reason=PLUGIN_ERROR)
+        self._desired[key] = (version, desired)
+        return desired
+
+    async def reconcile(self, key: Key) -> Plan | None:
+        body = self.jobs.get(key)
+        if body is None:
+            return None
+        self.passes += 1
+        now = self.clock()
+        job, problems = parse_job(body)
+        if job is None:
+            result = reject(body, problems, now)
+            framework = "unknown"
+        else:
+            desired = self._desire(key, job)
+            pods, service = self._children(key)
+            result = plan(job, desired, pods, service, now)
+            framework = desired.framework.name if desired.framework is not None else "unknown"
+        await self.apply(key, body, result, framework)
+        return result
+
+    async def apply(self, key: Key, body: Mapping[str, Any], result: Plan, framework: str) -> None:
+        """Ledger, status, events, deletes, creates, job deletion: the order :class:`Plan` documents."""
+        namespace, name = key
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        if result.annotations:
+            fresh = await self.api.patch_job(namespace, name, rv, {"metadata": {"annotations": result.annotations}})
+            self._remember(key, fresh)
+            rv = (fresh.get("metadata") or {}).get("resourceVersion", rv)
+        if result.status is not None:
+            fresh = await self.api.patch_job(namespace, name, rv, {"status": result.status}, status=True)
+            self._remember(key, fresh)
+            self._log_status(key, body, result)
+        for event in result.events:
+            await self._event(body, event.type, event.reason, event.message)
+        self.metrics.restarts(framework, namespace, result.restarts)
+        if result.finished is not None:
+            reason = next((e.reason for e in result.events if e.reason), "")
+            self.metrics.job_finished(framework, namespace, result.finished.value, reason)
+        errors = await _gather(
+            *(self._delete(key, body, d, framework) for d in result.deletes),
+            *(self._create(key, body, obj, framework) for obj in result.creates),
+        )
+        if result.delete_job:
+            uid = _uid(body)
+            if await self.api.delete_job(namespace, name, uid):
+                logger.info("%s/%s: deleted the job: ttlSecondsAfterFinished passed", namespace, name)
+        if errors:
+            raise errors[0]
+        self._wake(key, result.wake_at)
+
+    def _remember(self, key: Key, fresh: Mapping[str, Any]) -> None:
+        if fresh.get("metadata") and key in self.jobs:
+            self.jobs[key] = fresh
+
+    async def _event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        try:
+            await self.api.event(body, type, reason, message)
+        except ApiError as error:  # events are best effort, like the kubelet's own
+            self.metrics.api_error(error.status)
+            logger.debug("%s/%s: event %s not posted: %s", *key_of(body), reason, error)
+
+    async def _delete(self, key: Key, body: Mapping[str, Any], d: Delete, framework: str) -> None:
+        if await self.api.delete(d.kind, key[0], d.name, d.uid):
+            logger.info("%s/%s: deleted %s %s (%s)", *key, d.kind.lower(), d.name, d.why)
+            if d.kind == "Pod":
+                self.metrics.pod_deleted(framework, key[0], _delete_reason(d.why))
+            await self._event(body, "Normal", "Deleted", f"deleted {d.kind.lower()} {d.name}: {d.why}")
+
+    async def _create(self, key: Key, body: Mapping[str, Any], obj: Mapping[str, Any], framework: str) -> None:
+        kind, child = str(obj["kind"]), str(obj["metadata"]["name"])
+        if await self.api.create(obj):
+            logger.info("%s/%s: created %s %s", *key, kind.lower(), child)
+            if kind == "Pod":
+                self.metrics.pods_created(framework, key[0])
+            await self._event(body, "Normal", "Created", f"created {kind.lower()} {child}")
+
+    def _log_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
+        old = str((body.get("status") or {}).get("phase") or "-")
+        new = str((result.status or {}).get("phase") or old)
+        if new != old:
+            message = (result.status or {}).get("message") or (body.get("status") or {}).get("message") or ""
+            logger.info("%s/%s: %s -> %s%s", *key, old, new, f" ({message})" if message else "")
+        for event in result.events:
+            if event.type == "Warning" and event.reason in ("Restarted", "SpecChangeIgnored", "FrameworkMissing"):
+                logger.info("%s/%s: %s: %s", *key, event.reason, event.message)
+
+    def _phases(self) -> Iterator[tuple[str, str, str]]:
+        for (namespace, _), body in list(self.jobs.items()):
+            name = str((body.get("spec") or {}).get("framework") or "")
+            framework = name if self.plugins.framework(name) is not None else "unknown"
+            yield namespace, framework, str((body.get("status") or {}).get("phase") or "Pending")
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return podlib.uid(body)
+
+
+def _delete_reason(why: str) -> str:
+    """A bounded metric label from a delete's free-text reason."""
+    for needle, label in (
+        ("recreating", "restart"),
+        ("cleanPodPolicy", "cleanup"),
+        ("runs until stopped", "stop"),
+        ("suspended", "suspend"),
+    ):
+        if needle in why:
+            return label
+    return "spec"
+
+
+async def _gather(*calls: Any) -> list[BaseException]:
+    """Run every call, even when some fail; the failures, for the pass to raise and retry."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    return [r for r in results if isinstance(r, BaseException)]

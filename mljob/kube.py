@@ -1,0 +1,247 @@
+"""The operator's few writes to the Kubernetes API, over one async aiohttp session.
+
+Why aiohttp and not the official ``kubernetes`` client: the operator runs on kopf's asyncio loop,
+and the official client is synchronous (every call would block the loop or need a thread); kopf
+itself talks to the API over aiohttp, and the operator needs only eight calls (create and delete
+a pod or service, patch the job's metadata and status, delete the job, post an event). The
+``kubernetes`` package is still used for what it does best: reading a kubeconfig or the in-cluster
+service account, exec plugins and token refresh included.
+
+Outcomes that mean "already done" are not errors: AlreadyExists on create, NotFound on delete,
+and a failed uid precondition on delete (the name now belongs to a newer object). Everything
+else raises :class:`ApiError`; the caller retries the whole pass later (conflicts included: the
+next pass reads the newer object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from mljob.api import GROUP, KIND, PLURAL, VERSION, format_time
+
+COMPONENT = "mljob-operator"
+CORE = {"Pod": "pods", "Service": "services", "Event": "events"}
+
+
+class ApiError(Exception):
+    """A request the API server refused or could not serve; ``status`` 0 means no response."""
+
+    def __init__(self, status: int, reason: str, message: str, verb: str = "", path: str = "") -> None:
+        self.status, self.reason, self.message = status, reason, message
+        super().__init__(f"{verb} {path}: {status} {reason}: {message}".strip())
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the API server is and how to authenticate, as read from a kubeconfig or a pod."""
+
+    server: str
+    ca_file: str | None = None
+    verify: bool = True
+    cert_file: str | None = None
+    key_file: str | None = None
+    authorization: Callable[[], str | None] = lambda: None
+    """The ``Authorization`` header value, asked for per request so a refreshed token is used."""
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+        """The in-cluster service account when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+        import kubernetes  # heavy; only the operator needs it
+
+        client: Any = kubernetes.client
+        config: Any = kubernetes.config  # untyped package
+        cfg = client.Configuration()
+        in_cluster = False
+        if kubeconfig is None and context is None:
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+                in_cluster = True
+            except config.ConfigException:
+                pass
+        if not in_cluster:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+
+        def authorization() -> str | None:
+            value = cfg.get_api_key_with_prefix("BearerToken")
+            return str(value) if value else None
+
+        return cls(
+            server=str(cfg.host).rstrip("/"),
+            ca_file=cfg.ssl_ca_cert,
+            verify=bool(cfg.verify_ssl),
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
+            authorization=authorization,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https"):
+            return False
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def job_path(namespace: str, name: str = "", subresource: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
+
+
+def core_path(kind: str, namespace: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/{CORE[kind]}" + (f"/{name}" if name else "")
+
+
+class Api:
+    """The operator's API calls; one instance per process, one aiohttp session, bounded concurrency."""
+
+    def __init__(self, credentials: Credentials, *, concurrency: int = 32, timeout: float = 30.0) -> None:
+        self.credentials = credentials
+        self._limit = asyncio.Semaphore(concurrency)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+        """Requests sent, for logs and tests."""
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def request(
+        self, verb: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        auth = self.credentials.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        async with self._limit:
+            self.requests += 1
+            try:
+                async with self._client().request(
+                    verb, self.credentials.server + path, json=body, headers=headers
+                ) as response:
+                    try:
+                        data = await response.json(content_type=None)
+                    except ValueError:
+                        data = {"message": (await response.text())[:200]}
+                    if response.status >= 400:
+                        data = data if isinstance(data, dict) else {}
+                        raise ApiError(
+                            response.status,
+                            str(data.get("reason") or response.reason or ""),
+                            str(data.get("message") or ""),
+                            verb,
+                            path,
+                        )
+                    return data if isinstance(data, dict) else {}
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise ApiError(0, type(error).__name__, str(error), verb, path) from error
+
+    # --- children --------------------------------------------------------------------------------
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create a pod or service; False when it already exists (a create is idempotent by name)."""
+        meta = obj["metadata"]
+        try:
+            await self.request("POST", core_path(obj["kind"], meta["namespace"]), obj)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete exactly the object with ``uid``; False when it is already gone or was replaced."""
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", core_path(kind, namespace, name), options)
+        except ApiError as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    # --- the job ---------------------------------------------------------------------------------
+
+    async def patch_job(
+        self, namespace: str, name: str, resource_version: str | None, patch: Mapping[str, Any], status: bool = False
+    ) -> dict[str, Any]:
+        """JSON merge patch of the job (or its ``/status``) with the resourceVersion as a precondition."""
+        body = dict(patch)
+        if resource_version:
+            body["metadata"] = {**dict(body.get("metadata") or {}), "resourceVersion": resource_version}
+        path = job_path(namespace, name, "status" if status else "")
+        return await self.request("PATCH", path, body, "application/merge-patch+json")
+
+    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the job (TTL); its children go with it through their ownerReferences."""
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": uid},
+        }
+        try:
+            await self.request("DELETE", job_path(namespace, name), options)
+        except ApiError as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def event(self, job: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about the job (what ``kubectl describe mljob`` shows)."""
+        meta = job.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "default")), str(meta.get("name", ""))
+        now = format_time(datetime.now(UTC))
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.request("POST", core_path("Event", namespace), event)

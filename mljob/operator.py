@@ -1,0 +1,192 @@
+"""The kopf layer: the only module that imports kopf. Thin handlers that feed the controller.
+
+kopf watches three kinds and keeps two in-memory indexes; it never decides anything:
+
+* MLJobs: every watch event hands the body to :class:`~mljob.controller.Controller`, which
+  reconciles that job (one pass at a time, bursts coalesced).
+* Pods and Services with a controller ownerReference to an MLJob: indexed by (namespace, job
+  name) straight from the watch stream, so a pass reads its children without a LIST; every
+  event of such a child wakes its job. A pod without that reference is not even indexed.
+
+kopf holds back every handler until all indexes are filled from their initial LIST, so an
+operator that restarts mid-job sees every existing pod before it plans: it never creates a
+duplicate (and a duplicate name would be refused by the API server anyway).
+
+Nothing else runs: no kopf finalizers, no kopf annotations, no kopf-posted events (handlers
+here are ``on.event`` and ``index`` only, and event posting is off), no timers. Deadlines and
+TTLs are per-job asyncio timers in the controller, set from each plan's wake-up time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from mljob import pods as podlib
+from mljob.api import GROUP, PLURAL, VERSION
+from mljob.controller import Controller, Key
+from mljob.kube import Api, Credentials
+from mljob.metrics import Metrics
+from mljob.plugins import Plugins, load_plugins
+
+logger = logging.getLogger("mljob.operator")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``mljob operator`` was asked to do."""
+
+    namespaces: Sequence[str] = ()
+    all_namespaces: bool = False
+    peering: str | None = None
+    """kopf peering name: several replicas run, one acts. None: standalone (no peering objects)."""
+    metrics_port: int | None = None
+    workers: int = 16
+    verbose: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _owned(body: kopf.Body, **_: Any) -> bool:
+    return podlib.controller_name(body) is not None
+
+
+def _index_key(body: kopf.Body) -> Key:
+    return str(body.get("metadata", {}).get("namespace") or "default"), str(podlib.controller_name(body))
+
+
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    """A fresh registry with the handlers bound to ``controller`` (no import-time registration)."""
+    registry = kopf.OperatorRegistry()
+    indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
+
+    def children(key: Key) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
+        pods: list[Mapping[str, Any]] = list(indexes["pods"].get(key, ())) if "pods" in indexes else []
+        services = list(indexes["services"].get(key, ())) if "services" in indexes else []
+        return pods, (services[0] if services else None)
+
+    controller.bind(children)
+
+    # Ids are explicit: an index reaches handlers as a kwarg named by its id, and a nested
+    # function's default id is its qualified name. Every handler but login is a coroutine: kopf
+    # runs plain functions in a thread pool, off the loop the controller's queue and timers use.
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(id="startup", registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # the controller posts its own events, after the status write
+        settings.watching.connect_timeout = 10
+        settings.networking.error_backoffs = [0.1, 0.3, 1.0, 3.0]
+        settings.batching.batch_window = 0.02
+        await controller.start()
+
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def shutdown(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.index("pods", id="mljob_pods", when=_owned, registry=registry)
+    async def mljob_pods(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {_index_key(body): podlib.slim(body)}
+
+    @kopf.index("services", id="mljob_services", when=_owned, registry=registry)
+    async def mljob_services(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {_index_key(body): podlib.slim(body)}
+
+    def remember(kwargs: Mapping[str, Any]) -> None:
+        """kopf hands the indexes to handlers only; keep them for the controller's passes."""
+        for name, index in (("pods", "mljob_pods"), ("services", "mljob_services")):
+            if name not in indexes and index in kwargs:
+                indexes[name] = kwargs[index]
+
+    @kopf.on.event("pods", id="pod_event", when=_owned, registry=registry)
+    async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
+        remember(kwargs)
+        controller.trigger(_index_key(body))
+
+    @kopf.on.event("services", id="service_event", when=_owned, registry=registry)
+    async def service_event(body: kopf.Body, **kwargs: Any) -> None:
+        remember(kwargs)
+        controller.trigger(_index_key(body))
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="job_event", registry=registry)
+    async def job_event(event: kopf.RawEvent, **kwargs: Any) -> None:
+        remember(kwargs)
+        controller.job_event(event.get("type"), event["object"])
+
+    return registry
+
+
+async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the operator until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    plugins = plugins or load_plugins()
+    for broken in plugins.broken:
+        logger.warning("plugin %s could not be loaded: %s (its jobs wait until it is fixed)", broken.name, broken.error)
+    logger.info("frameworks: %s", ", ".join(sorted(plugins.frameworks)) or "none installed")
+    metrics = Metrics()
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_port)
+        logger.info("metrics on :%d/metrics", options.metrics_port)
+    credentials = await asyncio.to_thread(Credentials.load)
+    async with Api(credentials) as api:
+        controller = Controller(api, plugins, metrics, workers=options.workers)
+        registry = build_registry(controller)
+        stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
+        scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
+        logger.info(
+            "watching MLJobs in %s (%s)", scope, f"peering {options.peering}" if options.peering else "standalone"
+        )
+        await kopf.operator(
+            registry=registry,
+            clusterwide=options.all_namespaces,
+            namespaces=list(options.namespaces),
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            stop_flag=stop_flag,
+        )
+
+
+def run(options: Options) -> None:
+    """The ``mljob operator`` command: configure logging, then serve until a signal."""
+    if not options.all_namespaces and not options.namespaces:
+        raise ValueError("give --namespace NS (repeatable) or --all-namespaces")
+    if options.all_namespaces and options.namespaces:
+        raise ValueError("--namespace and --all-namespaces exclude each other")
+    kopf.configure(verbose=options.verbose, log_prefix=False)
+    logging.getLogger("mljob").setLevel(logging.DEBUG if options.verbose else logging.INFO)
+    if not options.verbose:  # kopf logs every handler call; the controller logs what it did instead
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    asyncio.run(serve(options))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mljob.operator``: the same as ``mljob operator``, without the CLI's dependencies."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mljob operator", description="Run the MLJob operator.")
+    parser.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
+    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    run(
+        Options(
+            namespaces=args.namespace,
+            all_namespaces=args.all_namespaces,
+            peering=None if args.standalone else args.peering,
+            metrics_port=args.metrics_port,
+            verbose=args.verbose,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Per framework: Created -> Running -> Succeeded with exactly the rendered pods and one service."""
+
+from __future__ import annotations
+
+import pytest
+from harness import Backend, E2EJob, Forever, Role, Run, conditions
+
+from mljob.api import MLJob
+from mljob.plugins import load_plugins
+from mljob.render import render
+
+LONG = Run(0, after=1.5)  # long enough to see the job Running with every child in place
+
+CASES = {
+    "pytorch": E2EJob("e2e-pytorch", "pytorch", {"Master": Role(1, (LONG,)), "Worker": Role(2, (LONG,))}),
+    "tensorflow": E2EJob(
+        "e2e-tf", "tensorflow", {"Chief": Role(1, (LONG,)), "Worker": Role(2, (LONG,)), "PS": Role(1, (Forever(),))}
+    ),
+    "mxnet": E2EJob(
+        "e2e-mxnet",
+        "mxnet",
+        {"Scheduler": Role(1, (Forever(),)), "Server": Role(1, (Forever(),)), "Worker": Role(2, (LONG,))},
+    ),
+}
+STOPPED = {"pytorch": [], "tensorflow": ["e2e-tf-ps-0"], "mxnet": ["e2e-mxnet-scheduler-0", "e2e-mxnet-server-0"]}
+
+
+@pytest.mark.parametrize("framework", CASES)
+def test_a_job_runs_to_success_with_exactly_the_rendered_children(backend: Backend, framework: str):
+    spec = CASES[framework]
+    name = spec.name
+    backend.submit(spec)
+    backend.wait_phase(name, "Running")
+
+    job = backend.job(name)
+    plugins = load_plugins()
+    fw = plugins.framework(framework)
+    assert fw is not None
+    want = render(MLJob.model_validate(job), fw, plugins, uid=job["metadata"]["uid"])
+    pods = backend.pods(name)
+    assert sorted(pods) == sorted(o["metadata"]["name"] for o in want if o["kind"] == "Pod")
+    for obj in want:
+        if obj["kind"] != "Pod":
+            continue
+        got = pods[obj["metadata"]["name"]]
+        assert got["metadata"]["labels"] == obj["metadata"]["labels"]
+        assert got["metadata"]["ownerReferences"] == obj["metadata"]["ownerReferences"]
+        assert got["spec"]["containers"][0]["env"] == obj["spec"]["containers"][0]["env"]
+        assert got["spec"]["hostname"] == obj["spec"]["hostname"]
+        assert got["spec"]["subdomain"] == name
+    services = [s for s in backend.list("services") if s["metadata"]["name"] == name]
+    assert len(services) == 1
+    assert services[0]["spec"]["clusterIP"] == "None"
+
+    status = backend.wait_phase(name, "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    assert conditions(status)["Created"] == ("True", "Created")
+    assert conditions(status)["Running"][0] == "False"
+    assert conditions(status)["Succeeded"] == ("True", "Succeeded")
+    assert status["restartCount"] == 0
+    assert status["completionTime"] >= status["startTime"]
+    # Roles that run until stopped are stopped; the finished workers stay (cleanPodPolicy Running).
+    backend.wait(lambda: not set(STOPPED[framework]) & set(backend.pod_names(name)), what="stopped roles gone")
+    assert backend.events(name, "Running")
+    assert backend.events(name, "Succeeded")
+    created = {e["message"] for e in backend.events(name, "Created")}
+    assert {f"created pod {p}" for p in pods} <= created
