@@ -1,0 +1,144 @@
+"""Run policy end to end: deadline, TTL, cleanPodPolicy, suspend/resume, deletion, strangers' pods, bad jobs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import Backend, E2EJob, Forever, Role, Run, conditions
+
+
+def test_the_deadline_fails_the_job_on_time_without_polling(backend: Backend):
+    name = "rp-deadline"
+    backend.submit(E2EJob(name, "pytorch", {"Worker": Role(2, (Forever(),))}, run_policy={"activeDeadlineSeconds": 2}))
+    backend.wait_phase(name, "Running")
+    status = backend.wait_phase(name, "Failed", "Succeeded", timeout=backend.timeout + 5)
+    assert conditions(status)["Failed"] == ("True", "DeadlineExceeded")
+    assert status["message"].startswith("activeDeadlineSeconds (2s) passed since startTime")
+    backend.wait(lambda: backend.pod_names(name) == [], what="running pods cleaned up")
+
+
+def test_ttl_deletes_the_job_and_its_children(backend: Backend):
+    name = "rp-ttl"
+    backend.submit(
+        E2EJob(name, "pytorch", {"Worker": Role(1, (Run(0, 0.2),))}, run_policy={"ttlSecondsAfterFinished": 1})
+    )
+    backend.wait_phase(name, "Succeeded")
+    finished = time.monotonic()
+    backend.wait(lambda: backend.get("mljobs", name) is None, backend.timeout + 5, "the job to be deleted")
+    assert time.monotonic() - finished < backend.timeout
+    backend.wait(lambda: not [p for p in backend.list("pods") if p["metadata"]["name"].startswith(name)], what="GC")
+
+
+CLEANUP = [
+    # (how it ends, cleanPodPolicy, pods left once it has ended)
+    ("success", "All", []),
+    ("success", "None", ["rp-clean-success-none-worker-0"]),
+    ("failure", "Running", ["rp-clean-failure-running-worker-0"]),
+    ("failure", "None", ["rp-clean-failure-none-master-0", "rp-clean-failure-none-worker-0"]),
+]
+
+
+@pytest.mark.parametrize(("end", "policy", "left"), CLEANUP)
+def test_clean_pod_policy_on_success_and_failure(backend: Backend, end, policy, left):
+    name = f"rp-clean-{end}-{policy.lower()}"
+    if end == "success":
+        roles = {"Worker": Role(1, (Run(0, 0.2),))}
+    else:
+        roles = {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Run(5, 0.3),), "Never")}
+    backend.submit(E2EJob(name, "pytorch", roles, run_policy={"cleanPodPolicy": policy}))
+    backend.wait_phase(name, "Succeeded" if end == "success" else "Failed")
+    backend.wait(lambda: backend.pod_names(name) == left, what=f"pods left: {left}")
+    time.sleep(0.3)
+    assert backend.pod_names(name) == left
+    service = [s for s in backend.list("services") if s["metadata"]["name"] == name]
+    assert bool(service) == (policy == "None")
+
+
+def test_suspend_deletes_the_pods_and_resume_recreates_them(backend: Backend):
+    name = "rp-suspend"
+    backend.submit(E2EJob(name, "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Forever(),))}))
+    first = backend.wait_phase(name, "Running")
+    backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": True}}})
+    status = backend.wait_phase(name, "Suspended")
+    assert conditions(status)["Suspended"] == ("True", "Suspended")
+    assert "startTime" not in status
+    backend.wait(lambda: backend.pod_names(name, live=False) == [], what="pods gone")
+    time.sleep(1.1)  # startTime has a one-second resolution
+    backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": False}}})
+    status = backend.wait_phase(name, "Running")
+    assert conditions(status)["Suspended"] == ("False", "Resumed")
+    assert status["startTime"] > first["startTime"]
+    assert backend.pod_names(name) == [f"{name}-master-0", f"{name}-worker-0"]
+    assert backend.events(name, "Resumed")
+
+
+def test_a_job_created_suspended_waits_without_pods(backend: Backend):
+    name = "rp-born-suspended"
+    backend.submit(E2EJob(name, "pytorch", {"Worker": Role(1, (Run(0, 0.2),))}, run_policy={"suspend": True}))
+    backend.wait_phase(name, "Suspended")
+    time.sleep(0.5)
+    assert backend.pod_names(name) == []
+    backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": False}}})
+    backend.wait_phase(name, "Succeeded")
+
+
+def test_deleting_the_job_deletes_its_children(backend: Backend):
+    name = "rp-cascade"
+    backend.submit(E2EJob(name, "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),))}))
+    backend.wait_phase(name, "Running")
+    backend.delete("mljobs", name)
+    backend.wait(lambda: backend.get("mljobs", name) is None, what="job gone")
+    backend.wait(
+        lambda: (
+            not [o for r in ("pods", "services") for o in backend.list(r) if o["metadata"]["name"].startswith(name)]
+        ),
+        what="children garbage-collected",
+    )
+
+
+def test_a_pod_with_forged_labels_is_never_counted_adopted_or_deleted(backend: Backend):
+    name = "rp-forged"
+    stranger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-worker-7",
+            "labels": {"mljob.io/job-name": name, "mljob.io/replica-type": "worker", "mljob.io/replica-index": "0"},
+        },
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "100000"]}]},
+    }
+    backend.create("pods", stranger)
+    backend.submit(E2EJob(name, "pytorch", {"Worker": Role(1, (Run(0, 0.5),))}, run_policy={"cleanPodPolicy": "All"}))
+    status = backend.wait_phase(name, "Succeeded")
+    assert status["replicaStatuses"]["Worker"] == {"active": 0, "succeeded": 1, "failed": 0, "restarts": 0}
+    backend.wait(lambda: backend.pod_names(name) == [], what="own pods cleaned up")
+    time.sleep(0.3)
+    kept = backend.get("pods", f"{name}-worker-7")
+    assert kept is not None
+    assert not kept["metadata"].get("deletionTimestamp")
+    backend.delete("pods", f"{name}-worker-7")
+
+
+def test_an_invalid_job_fails_with_field_paths_while_others_keep_working(backend: Backend):
+    bad, good = "rp-invalid", "rp-beside-invalid"
+    backend.submit(E2EJob(bad, "pytorch", {"Wrker": Role(1)}))
+    backend.submit(E2EJob(good, "pytorch", {"Worker": Role(1, (Run(0, 0.3),))}))
+    status = backend.wait_phase(bad, "Failed")
+    assert conditions(status)["Failed"] == ("True", "InvalidSpec")
+    assert status["message"].startswith("spec.replicaSpecs.Wrker: unknown role 'Wrker'")
+    assert backend.pod_names(bad) == []
+    assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize(("hook", "text"), [("mutate", "refuses to mutate"), ("validate", "divided by zero")])
+def test_a_plugin_that_raises_fails_only_its_own_job(backend: Backend, hook, text):
+    bad, good = f"rp-plugin-{hook}", f"rp-beside-plugin-{hook}"
+    backend.submit(E2EJob(bad, "tensorflow", {"Worker": Role(1)}, annotations={"e2e.mljob.io/raise": hook}))
+    backend.submit(E2EJob(good, "tensorflow", {"Worker": Role(1, (Run(0, 0.3),))}))
+    status = backend.wait_phase(bad, "Failed")
+    assert conditions(status)["Failed"] == ("True", "PluginError")
+    assert "e2e-raising" in status["message"]
+    assert text in status["message"]
+    assert backend.pod_names(bad) == []
+    assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
