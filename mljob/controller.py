@@ -79,6 +79,7 @@ class Controller:
         self._failures: Counter[Key] = Counter()
         self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._clashes: set[tuple[Key, str, str]] = set()
         self.passes = 0
         self.metrics.watch_phases(self._phases)
 
@@ -177,6 +178,9 @@ class Controller:
         try:
             await self.reconcile(key)
             self._failures.pop(key, None)
+        except NameTaken:
+            result = "error"
+            self._retry(key)
         except ApiError as error:
             result = "conflict" if error.conflict else "error"
             self.metrics.api_error(error.status)
@@ -278,6 +282,20 @@ class Controller:
             if kind == "Pod":
                 self.metrics.pods_created(framework, key[0])
             await self._event(body, "Normal", "Created", f"created {kind.lower()} {child}")
+            return
+        # AlreadyExists: usually our own earlier create, not yet in the index. But if the name is
+        # held by an object this job does not control, the job cannot go on: say so, once, and
+        # look again later (the stranger's deletion is no event this operator watches).
+        existing = await self.api.get(kind, key[0], child)
+        if existing is None or podlib.controller_uid(existing) == _uid(body):
+            return
+        clash = (key, child, podlib.uid(existing))
+        if clash not in self._clashes:
+            self._clashes.add(clash)
+            message = f"{kind.lower()} {child} exists and is not controlled by this job; delete it to let the job go on"
+            logger.warning("%s/%s: %s", *key, message)
+            await self._event(body, "Warning", "NameTaken", message)
+        raise NameTaken(f"{kind.lower()} {child} is held by another owner")
 
     def _log_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
         old = str((body.get("status") or {}).get("phase") or "-")
@@ -294,6 +312,10 @@ class Controller:
             name = str((body.get("spec") or {}).get("framework") or "")
             framework = name if self.plugins.framework(name) is not None else "unknown"
             yield namespace, framework, str((body.get("status") or {}).get("phase") or "Pending")
+
+
+class NameTaken(Exception):
+    """A child's name is held by an object the job does not control; the pass is retried with backoff."""
 
 
 def _uid(body: Mapping[str, Any]) -> str:

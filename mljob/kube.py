@@ -2,7 +2,7 @@
 
 Why aiohttp and not the official ``kubernetes`` client: the operator runs on kopf's asyncio loop,
 and the official client is synchronous (every call would block the loop or need a thread); kopf
-itself talks to the API over aiohttp, and the operator needs only eight calls (create and delete
+itself talks to the API over aiohttp, and the operator needs only nine calls (create, read and delete
 a pod or service, patch the job's metadata and status, delete the job, post an event). The
 ``kubernetes`` package is still used for what it does best: reading a kubeconfig or the in-cluster
 service account, exec plugins and token refresh included.
@@ -177,6 +177,15 @@ class Api:
                 return False
             raise
         return True
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read one pod or service; None when there is none (used only to explain a name clash)."""
+        try:
+            return await self.request("GET", core_path(kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
         """Delete exactly the object with ``uid``; False when it is already gone or was replaced."""

@@ -142,3 +142,21 @@ def test_a_plugin_that_raises_fails_only_its_own_job(backend: Backend, hook, tex
     assert text in status["message"]
     assert backend.pod_names(bad) == []
     assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
+
+
+def test_a_stranger_holding_a_pod_name_is_reported_and_the_job_goes_on_once_it_is_gone(backend: Backend):
+    name = "rp-name-taken"
+    stranger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-worker-0", "labels": {"mljob.io/job-name": name}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "100000"]}]},
+    }
+    backend.create("pods", stranger)
+    backend.submit(E2EJob(name, "pytorch", {"Worker": Role(1, (Run(0, 0.3),))}))
+    event = backend.wait(lambda: backend.events(name, "NameTaken"), what="NameTaken event")
+    assert event[0]["message"].startswith(f"pod {name}-worker-0 exists and is not controlled by this job")
+    assert backend.phase(name) == "Pending"
+    backend.delete("pods", f"{name}-worker-0")
+    assert backend.wait_phase(name, "Succeeded", timeout=backend.timeout + 30)["phase"] == "Succeeded"
+    assert len(backend.events(name, "NameTaken")) == 1

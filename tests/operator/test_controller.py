@@ -1,0 +1,242 @@
+"""The controller without kopf or HTTP: a fake API records every call, so order and retries are visible."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mljob.controller import Controller
+from mljob.kube import ApiError
+from mljob.metrics import Metrics
+from mljob.plugin_testing import plugins_for
+from mljob.status import LEDGER_ANNOTATION
+
+UID = "job-uid"
+
+
+def job_body(rv: int = 1, **run_policy: Any) -> dict[str, Any]:
+    container = {"name": "pytorch", "image": "busybox"}
+    return {
+        "apiVersion": "mljob.io/v1alpha1",
+        "kind": "MLJob",
+        "metadata": {"name": "j", "namespace": "ns", "uid": UID, "generation": 1, "resourceVersion": str(rv)},
+        "spec": {
+            "framework": "pytorch",
+            "replicaSpecs": {"Worker": {"replicas": 2, "template": {"spec": {"containers": [container]}}}},
+            "runPolicy": run_policy,
+        },
+    }
+
+
+class FakeApi:
+    """Applies writes to an in-memory job and pod list; ``fail`` makes the next calls of a verb raise."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = copy.deepcopy(job)
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.service: dict[str, Any] | None = None
+        self.calls: list[tuple[str, str]] = []
+        self.fail: dict[str, list[int]] = {}
+
+    def _maybe_fail(self, verb: str) -> None:
+        codes = self.fail.get(verb)
+        if codes:
+            raise ApiError(codes.pop(0), "Injected", "fault", verb)
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        self.calls.append(("create", obj["metadata"]["name"]))
+        self._maybe_fail("create")
+        made = copy.deepcopy(obj)
+        made["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
+        if obj["kind"] == "Service":
+            if self.service is not None:
+                return False
+            self.service = made
+        elif obj["metadata"]["name"] in self.pods:
+            return False
+        else:
+            self.pods[obj["metadata"]["name"]] = made
+        return True
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        self.calls.append(("delete", name))
+        self._maybe_fail("delete")
+        return self.pods.pop(name, None) is not None
+
+    async def patch_job(self, namespace, name, rv, patch, status=False) -> dict[str, Any]:
+        self.calls.append(("patch-status" if status else "patch", str(rv)))
+        self._maybe_fail("patch")
+        if rv != self.job["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "stale", "PATCH")
+        if status:
+            self.job["status"] = {**(self.job.get("status") or {}), **patch["status"]}
+            self.job["status"] = {k: v for k, v in self.job["status"].items() if v is not None}
+        else:
+            self.job["metadata"].setdefault("annotations", {}).update(patch["metadata"]["annotations"])
+        self.job["metadata"]["resourceVersion"] = str(int(rv) + 1)
+        return copy.deepcopy(self.job)
+
+    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        self.calls.append(("delete-job", name))
+        return True
+
+    async def event(self, job, type: str, reason: str, message: str) -> None:
+        self.calls.append(("event", reason))
+
+
+async def started(api: FakeApi, **kw: Any) -> Controller:
+    c = Controller(api, plugins_for(*_pytorch()), Metrics(), debounce=0.01, **kw)  # type: ignore[arg-type]
+    c.bind(lambda key: (list(api.pods.values()), api.service))
+    await c.start()
+    return c
+
+
+def _pytorch():
+    from mljob_pytorch import PyTorch  # the installed plugin; the controller itself never imports one
+
+    return [PyTorch()]
+
+
+async def settle(c: Controller, api: FakeApi, seconds: float = 0.2) -> None:
+    await asyncio.sleep(seconds)
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_triggers_is_one_pass_and_writes_come_in_plan_order():
+    api = FakeApi(job_body())
+    c = await started(api)
+    try:
+        for _ in range(20):
+            c.job_event(None, api.job)
+        await settle(c, api)
+        assert c.passes == 1
+        verbs = [v for v, _ in api.calls]
+        assert verbs[:2] == ["patch", "patch-status"]  # the ledger, then the status with the new rv
+        assert api.calls[1] == ("patch-status", "2")
+        assert verbs.index("event") > verbs.index("patch-status")
+        assert sorted(n for v, n in api.calls if v == "create") == ["j", "j-worker-0", "j-worker-1"]
+        assert LEDGER_ANNOTATION in api.job["metadata"]["annotations"]
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_unchanged_job_makes_no_calls():
+    api = FakeApi(job_body())
+    c = await started(api)
+    try:
+        c.job_event(None, api.job)
+        await settle(c, api)
+        c.job_event("MODIFIED", api.job)  # the echo of our own write
+        await settle(c, api)
+        c.job_event("MODIFIED", api.job)
+        await settle(c, api)
+        calls = len(api.calls)
+        c.job_event("MODIFIED", api.job)
+        await settle(c, api)
+        assert len(api.calls) == calls
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_conflict_is_retried_with_the_newer_job():
+    api = FakeApi(job_body())
+    c = await started(api)
+    try:
+        stale = copy.deepcopy(api.job)
+        api.job["metadata"]["resourceVersion"] = "5"  # someone wrote in between
+        c.job_event(None, stale)
+        await settle(c, api)
+        assert ("patch", "1") in api.calls
+        assert not api.pods
+        c.job_event("MODIFIED", copy.deepcopy(api.job))
+        await settle(c, api, 0.5)
+        assert len(api.pods) == 2
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_server_errors_are_retried_with_backoff_until_the_job_converges():
+    api = FakeApi(job_body())
+    api.fail = {"create": [500, 429], "patch": [503]}
+    c = await started(api)
+    try:
+        c.job_event(None, api.job)
+        await asyncio.sleep(2.0)
+        assert sorted(api.pods) == ["j-worker-0", "j-worker-1"]
+        assert c.metrics.sample("mljob_api_errors_total", status="503") == 1
+        assert c.metrics.sample("mljob_reconcile_duration_seconds_count", result="error") >= 2
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_deadline_wakes_the_job_without_any_event():
+    api = FakeApi(job_body(activeDeadlineSeconds=1))
+    c = await started(api)
+    try:
+        c.job_event(None, api.job)
+        await settle(c, api)
+        for pod in api.pods.values():
+            pod["status"] = {"phase": "Running", "containerStatuses": [{"name": "pytorch", "state": {"running": {}}}]}
+        c.job_event("MODIFIED", copy.deepcopy(api.job))
+        await settle(c, api)
+        assert api.job["status"]["phase"] == "Running"
+        passes = c.passes
+        await asyncio.sleep(1.6)  # startTime has second resolution: up to 2 s after the first pass
+        assert api.job["status"]["phase"] == "Failed", api.job["status"]
+        assert c.passes <= passes + 2  # woken by the timer, not by polling
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_plugin_that_blows_up_fails_only_its_job():
+    api = FakeApi(job_body())
+    c = await started(api)
+
+    def explode(job, plugins):
+        raise RuntimeError("unexpected")
+
+    import mljob.controller as controller_module
+
+    original = controller_module.desire
+    controller_module.desire = explode  # type: ignore[assignment]
+    try:
+        c.job_event(None, api.job)
+        await settle(c, api)
+        assert api.job["status"]["phase"] == "Failed"
+        assert "RuntimeError: unexpected" in api.job["status"]["message"]
+        assert next(c for c in api.job["status"]["conditions"] if c["type"] == "Failed")["reason"] == "PluginError"
+    finally:
+        controller_module.desire = original
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_older_job_event_does_not_replace_a_newer_body():
+    api = FakeApi(job_body(rv=7))
+    c = await started(api)
+    try:
+        c.job_event(None, job_body(rv=7))
+        c.job_event("MODIFIED", job_body(rv=6))
+        assert c.jobs[("ns", "j")]["metadata"]["resourceVersion"] == "7"
+        c.job_event("DELETED", job_body(rv=8))
+        assert ("ns", "j") not in c.jobs
+    finally:
+        await c.stop()
+
+
+def test_the_clock_is_injectable():
+    moment = datetime(2030, 1, 1, tzinfo=UTC)
+    c = Controller(FakeApi(job_body()), plugins_for(), Metrics(), clock=lambda: moment)  # type: ignore[arg-type]
+    assert c.clock() - moment == timedelta(0)
