@@ -23,6 +23,7 @@ from typing import Any
 
 from mljob import pods as podlib
 from mljob.api import MLJob
+from mljob.expectations import Expectations
 from mljob.kube import Api, ApiError
 from mljob.metrics import Metrics
 from mljob.plugins import Plugins
@@ -80,6 +81,7 @@ class Controller:
         self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._clashes: set[tuple[Key, str, str]] = set()
+        self.expectations = Expectations()
         self.passes = 0
         self.metrics.watch_phases(self._phases)
 
@@ -123,6 +125,7 @@ class Controller:
         self.jobs.pop(key, None)
         self._desired.pop(key, None)
         self._failures.pop(key, None)
+        self.expectations.forget(key)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -221,7 +224,7 @@ class Controller:
             framework = "unknown"
         else:
             desired = self._desire(key, job)
-            pods, service = self._children(key)
+            pods, service = self.expectations.view(key, *self._children(key))
             result = plan(job, desired, pods, service, now)
             framework = desired.framework.name if desired.framework is not None else "unknown"
         await self.apply(key, body, result, framework)
@@ -245,10 +248,15 @@ class Controller:
         if result.finished is not None:
             reason = next((e.reason for e in result.events if e.reason), "")
             self.metrics.job_finished(framework, namespace, result.finished.value, reason)
-        errors = await _gather(
-            *(self._delete(key, body, d, framework) for d in result.deletes),
+        outcomes = await asyncio.gather(
+            *(self._delete(key, d, framework) for d in result.deletes),
             *(self._create(key, body, obj, framework) for obj in result.creates),
+            return_exceptions=True,
         )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        done = [o for o in outcomes if isinstance(o, str)]
+        for reason, message in _summaries(done):
+            await self._event(body, "Normal", reason, message)
         if result.delete_job:
             uid = _uid(body)
             if await self.api.delete_job(namespace, name, uid):
@@ -268,27 +276,32 @@ class Controller:
             self.metrics.api_error(error.status)
             logger.debug("%s/%s: event %s not posted: %s", *key_of(body), reason, error)
 
-    async def _delete(self, key: Key, body: Mapping[str, Any], d: Delete, framework: str) -> None:
-        if await self.api.delete(d.kind, key[0], d.name, d.uid):
-            logger.info("%s/%s: deleted %s %s (%s)", *key, d.kind.lower(), d.name, d.why)
-            if d.kind == "Pod":
-                self.metrics.pod_deleted(framework, key[0], _delete_reason(d.why))
-            await self._event(body, "Normal", "Deleted", f"deleted {d.kind.lower()} {d.name}: {d.why}")
+    async def _delete(self, key: Key, d: Delete, framework: str) -> str | None:
+        """Delete one child; returns ``Deleted|<what>: <why>`` for the pass's summary event."""
+        if not await self.api.delete(d.kind, key[0], d.name, d.uid):
+            return None
+        self.expectations.deleted(key, d.kind, d.name, d.uid)
+        logger.info("%s/%s: deleted %s %s (%s)", *key, d.kind.lower(), d.name, d.why)
+        if d.kind == "Pod":
+            self.metrics.pod_deleted(framework, key[0], _delete_reason(d.why))
+        return f"Deleted|{d.why}|{d.kind.lower()} {d.name}"
 
-    async def _create(self, key: Key, body: Mapping[str, Any], obj: Mapping[str, Any], framework: str) -> None:
+    async def _create(self, key: Key, body: Mapping[str, Any], obj: Mapping[str, Any], framework: str) -> str | None:
+        """Create one child; returns ``Created||<what>`` for the pass's summary event."""
         kind, child = str(obj["kind"]), str(obj["metadata"]["name"])
-        if await self.api.create(obj):
+        made = await self.api.create(obj)
+        if made is not None:
+            self.expectations.created(key, kind, made)
             logger.info("%s/%s: created %s %s", *key, kind.lower(), child)
             if kind == "Pod":
                 self.metrics.pods_created(framework, key[0])
-            await self._event(body, "Normal", "Created", f"created {kind.lower()} {child}")
-            return
+            return f"Created||{kind.lower()} {child}"
         # AlreadyExists: usually our own earlier create, not yet in the index. But if the name is
         # held by an object this job does not control, the job cannot go on: say so, once, and
         # look again later (the stranger's deletion is no event this operator watches).
         existing = await self.api.get(kind, key[0], child)
         if existing is None or podlib.controller_uid(existing) == _uid(body):
-            return
+            return None
         clash = (key, child, podlib.uid(existing))
         if clash not in self._clashes:
             self._clashes.add(clash)
@@ -335,7 +348,15 @@ def _delete_reason(why: str) -> str:
     return "spec"
 
 
-async def _gather(*calls: Any) -> list[BaseException]:
-    """Run every call, even when some fail; the failures, for the pass to raise and retry."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    return [r for r in results if isinstance(r, BaseException)]
+def _summaries(done: Sequence[str], limit: int = 8) -> Iterator[tuple[str, str]]:
+    """One event per (reason, why) for a pass's creates and deletes, not one per child.
+
+    A 1,000-replica job would otherwise post 1,000 events (and cost as many requests) on start.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for item in done:
+        reason, why, what = item.split("|", 2)
+        groups.setdefault((reason, why), []).append(what)
+    for (reason, why), whats in groups.items():
+        shown = ", ".join(whats[:limit]) + (f" and {len(whats) - limit} more" if len(whats) > limit else "")
+        yield reason, f"{reason.lower()} {shown}" + (f": {why}" if why else "")

@@ -167,16 +167,15 @@ class Api:
 
     # --- children --------------------------------------------------------------------------------
 
-    async def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create a pod or service; False when it already exists (a create is idempotent by name)."""
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create a pod or service: the server's copy, or None when the name exists (creates are idempotent)."""
         meta = obj["metadata"]
         try:
-            await self.request("POST", core_path(obj["kind"], meta["namespace"]), obj)
+            return await self.request("POST", core_path(obj["kind"], meta["namespace"]), obj)
         except ApiError as error:
             if error.status == 409:
-                return False
+                return None
             raise
-        return True
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Read one pod or service; None when there is none (used only to explain a name clash)."""

@@ -47,20 +47,20 @@ class FakeApi:
         if codes:
             raise ApiError(codes.pop(0), "Injected", "fault", verb)
 
-    async def create(self, obj: dict[str, Any]) -> bool:
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         self.calls.append(("create", obj["metadata"]["name"]))
         self._maybe_fail("create")
         made = copy.deepcopy(obj)
         made["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
         if obj["kind"] == "Service":
             if self.service is not None:
-                return False
+                return None
             self.service = made
         elif obj["metadata"]["name"] in self.pods:
-            return False
+            return None
         else:
             self.pods[obj["metadata"]["name"]] = made
-        return True
+        return made
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(name)

@@ -1,0 +1,74 @@
+"""Our own writes that the watch stream has not shown yet (client-go calls these expectations).
+
+The planner reads children from the watch-fed index, which lags our own creates and deletes by
+the watch round trip. A pass that runs inside that window (woken by the echo of its own status
+write, or by a sibling pod's event) would create the same pod again (a wasted request, answered
+409) or delete an already deleted one again. The controller overlays what it has just done on
+the index for that window: a created child counts as present, a deleted one as terminating.
+
+An expectation ends as soon as the index shows the object in its new state, or after ``ttl``
+seconds at the latest, so a lost watch event can never hide the truth for long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from mljob import pods as podlib
+
+Key = tuple[str, str]
+DELETING = "deleting"
+"""The deletionTimestamp an expected deletion shows until the real one arrives."""
+
+
+class Expectations:
+    """Per job: children created and deleted by this process, not yet confirmed by the watch."""
+
+    def __init__(self, ttl: float = 15.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._created: dict[Key, dict[tuple[str, str], tuple[float, Mapping[str, Any]]]] = {}
+        self._deleted: dict[Key, dict[tuple[str, str], tuple[float, str]]] = {}
+
+    def created(self, key: Key, kind: str, obj: Mapping[str, Any]) -> None:
+        """``obj`` is the server's answer to the create (it carries the uid)."""
+        self._created.setdefault(key, {})[(kind, podlib.name(obj))] = (self.clock(), podlib.slim(obj))
+
+    def deleted(self, key: Key, kind: str, name: str, uid: str) -> None:
+        self._deleted.setdefault(key, {})[(kind, name)] = (self.clock(), uid)
+
+    def forget(self, key: Key) -> None:
+        self._created.pop(key, None)
+        self._deleted.pop(key, None)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._created.values())) + sum(map(len, self._deleted.values()))
+
+    def view(
+        self, key: Key, pods: Sequence[Mapping[str, Any]], service: Mapping[str, Any] | None
+    ) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
+        """The index's children with this process's unconfirmed writes laid over them."""
+        now = self.clock()
+        children: dict[tuple[str, str], Mapping[str, Any]] = {("Pod", podlib.name(p)): p for p in pods}
+        if service is not None:
+            children[("Service", podlib.name(service))] = service
+        created = self._created.get(key, {})
+        for which, (at, obj) in list(created.items()):
+            if which in children or now - at > self.ttl:
+                del created[which]  # the watch has caught up (or never will): the index is the truth
+            else:
+                children[which] = obj
+        deleted = self._deleted.get(key, {})
+        for which, (at, uid) in list(deleted.items()):
+            seen = children.get(which)
+            if seen is None or podlib.uid(seen) != uid or podlib.terminating(seen) or now - at > self.ttl:
+                del deleted[which]
+            else:
+                meta = {**(seen.get("metadata") or {}), "deletionTimestamp": DELETING}
+                children[which] = {**seen, "metadata": meta}
+        for table in (self._created, self._deleted):
+            if not table.get(key, True):
+                del table[key]
+        services = [obj for (kind, _), obj in children.items() if kind == "Service"]
+        return [obj for (kind, _), obj in children.items() if kind == "Pod"], (services[0] if services else None)
