@@ -128,6 +128,26 @@ def run(
     raise typer.Exit(run_file(file, logs_dir=logs_dir))
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    peering: Annotated[str | None, typer.Option(help="kopf peering name: run several replicas, one acts.")] = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="No peering (default without --peering).")] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every handler call.")] = False,
+) -> None:
+    """Run the MLJob operator against the cluster in KUBECONFIG, or the pod's service account."""
+    from mljob.operator import Options
+    from mljob.operator import run as run_operator
+
+    if bool(namespace) == all_namespaces or (peering and standalone):
+        raise fail(["give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"], 2)
+    run_operator(Options(namespace or (), all_namespaces, peering, metrics_port, verbose=verbose))
+
+
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small
 # @app.command() function each, importing their module inside the function.
 

@@ -58,8 +58,15 @@ async def measure(existing: int, count: int, concurrency: int) -> dict[str, Any]
         for i in range(existing):
             emu.store.create("configmaps", {"metadata": {"name": f"pre-{i}", "labels": {"i": str(i % 7)}}})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CLIENT, emu.url, str(count), str(concurrency), str(emu.store.rv),
-            stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            _CLIENT,
+            emu.url,
+            str(count),
+            str(concurrency),
+            str(emu.store.rv),
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate()
         result: dict[str, Any] = json.loads(out)
         started = time.perf_counter()

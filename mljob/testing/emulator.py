@@ -39,8 +39,14 @@ _PATCH_TYPES = {
     "application/json-patch+json": "json",
 }
 VERSION_INFO = {
-    "major": "1", "minor": "31", "gitVersion": "v1.31.0-mljob-emulator", "gitCommit": "emulator",
-    "gitTreeState": "clean", "buildDate": "2024-01-01T00:00:00Z", "goVersion": "go1.22", "compiler": "gc",
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-mljob-emulator",
+    "gitCommit": "emulator",
+    "gitTreeState": "clean",
+    "buildDate": "2024-01-01T00:00:00Z",
+    "goVersion": "go1.22",
+    "compiler": "gc",
     "platform": "linux/amd64",
 }
 
@@ -67,8 +73,9 @@ def write_kubeconfig(path: str | Path, server: str, namespace: str = "default") 
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": server}}],
         "users": [{"name": "emulator", "user": {"username": "emulator", "password": "emulator"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator",
-                                                      "namespace": namespace}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
+        ],
         "current-context": "emulator",
         "preferences": {},
     }
@@ -82,8 +89,16 @@ class _Route:
 
     __slots__ = ("doc", "info", "name", "namespace", "subresource", "version")
 
-    def __init__(self, *, doc: Any = None, info: res.ResourceInfo | None = None, version: str = "",
-                 namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        doc: Any = None,
+        info: res.ResourceInfo | None = None,
+        version: str = "",
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> None:
         self.doc, self.info, self.version = doc, info, version
         self.namespace, self.name, self.subresource = namespace, name, subresource
 
@@ -95,15 +110,24 @@ class KubeEmulator:
     ``emu.faults`` injects errors, latency and watch cuts, ``emu.stats`` counts requests.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, store: Store | None = None,
-                 history_limit: int = 10_000, bookmark_interval: float = 30.0,
-                 watch_timeout: float | None = None, seed: int | None = 0,
-                 namespaces: tuple[str, ...] = ("default", "kube-system"),
-                 auto_create_namespaces: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        store: Store | None = None,
+        history_limit: int = 10_000,
+        bookmark_interval: float = 30.0,
+        watch_timeout: float | None = None,
+        seed: int | None = 0,
+        namespaces: tuple[str, ...] = ("default", "kube-system"),
+        auto_create_namespaces: bool = False,
+    ) -> None:
         self.host = host
         self.port = port
-        self.store = store or Store(history_limit=history_limit, namespaces=namespaces,
-                                    auto_create_namespaces=auto_create_namespaces)
+        self.store = store or Store(
+            history_limit=history_limit, namespaces=namespaces, auto_create_namespaces=auto_create_namespaces
+        )
         self.faults = Faults(seed)
         self.stats = RequestStats()
         self.bookmark_interval = bookmark_interval
@@ -136,8 +160,9 @@ class KubeEmulator:
     async def __aenter__(self) -> KubeEmulator:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     @property
@@ -153,26 +178,50 @@ class KubeEmulator:
     def get(self, resource: str, name: str, namespace: str | None = "default") -> Body | None:
         return self.store.get(resource, name, namespace)
 
-    def list(self, resource: str, namespace: str | None = None, *, label_selector: str | None = None,
-             field_selector: str | None = None) -> builtins.list[Body]:
+    def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> builtins.list[Body]:
         return self.store.list(resource, namespace, label_selector=label_selector, field_selector=field_selector)
 
     def create(self, resource: str, body: Body, namespace: str | None = None) -> Body:
         return deep_copy(self.store.create(resource, body, namespace))  # type: ignore[no-any-return]
 
-    def patch(self, resource: str, name: str, patch: Any, namespace: str | None = "default", *,
-              patch_type: str = "merge", subresource: str | None = None) -> Body:
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = "default",
+        *,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> Body:
         return deep_copy(  # type: ignore[no-any-return]
-            self.store.patch(resource, name, patch, namespace, patch_type=patch_type, subresource=subresource))
+            self.store.patch(resource, name, patch, namespace, patch_type=patch_type, subresource=subresource)
+        )
 
-    def delete(self, resource: str, name: str, namespace: str | None = "default", *,
-               propagation_policy: str | None = None, grace_period_seconds: int | None = None) -> Body:
-        obj, _ = self.store.delete(resource, name, namespace, propagation_policy=propagation_policy,
-                                   grace_period_seconds=grace_period_seconds)
+    def delete(
+        self,
+        resource: str,
+        name: str,
+        namespace: str | None = "default",
+        *,
+        propagation_policy: str | None = None,
+        grace_period_seconds: int | None = None,
+    ) -> Body:
+        obj, _ = self.store.delete(
+            resource, name, namespace, propagation_policy=propagation_policy, grace_period_seconds=grace_period_seconds
+        )
         return deep_copy(obj)  # type: ignore[no-any-return]
 
-    def events_for(self, name: str | None = None, *, reason: str | None = None,
-                   namespace: str | None = None) -> builtins.list[Body]:
+    def events_for(
+        self, name: str | None = None, *, reason: str | None = None, namespace: str | None = None
+    ) -> builtins.list[Body]:
         return self.store.events_for(name, reason=reason, namespace=namespace)
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -198,10 +247,12 @@ class KubeEmulator:
             self._cutter = None
         self.faults.watch_cut_interval = interval
         if interval is not None:
+
             async def cutter() -> None:
                 while True:
                     await asyncio.sleep(interval)
                     self.cut_watches(abort=abort)
+
             self._cutter = asyncio.get_running_loop().create_task(cutter())
 
     # --- HTTP --------------------------------------------------------------------------------------
@@ -257,8 +308,13 @@ class KubeEmulator:
                     group_versions[group].append(version)
         docs: dict[str, Any] = {
             "/version": VERSION_INFO,
-            "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}]},
+            "/api": {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                ],
+            },
         }
         groups = []
         for group, versions in sorted(group_versions.items()):
@@ -293,10 +349,16 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         subresource = rest[2] if len(rest) == 3 else None
         if subresource is not None and subresource not in info.subresources:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
-                           f"({info.label}/{subresource})")
-        return _Route(info=info, version=version, namespace=namespace, name=rest[1] if len(rest) >= 2 else None,
-                      subresource=subresource)
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({info.label}/{subresource})"
+            )
+        return _Route(
+            info=info,
+            version=version,
+            namespace=namespace,
+            name=rest[1] if len(rest) >= 2 else None,
+            subresource=subresource,
+        )
 
     @staticmethod
     def _verb(method: str, route: _Route, query: Any) -> str:
@@ -350,8 +412,14 @@ class KubeEmulator:
             patch_type = _PATCH_TYPES.get(content_type)
             if patch_type is None:
                 raise ApiError(415, "UnsupportedMediaType", f"the media type {content_type!r} is not supported")
-            obj = store.patch(info, name, await self._body(request), route.namespace, patch_type=patch_type,
-                              subresource=route.subresource)
+            obj = store.patch(
+                info,
+                name,
+                await self._body(request),
+                route.namespace,
+                patch_type=patch_type,
+                subresource=route.subresource,
+            )
             return _json(self._versioned(obj, info, route.version))
         if verb == "delete":
             options = await self._body(request, optional=True) or {}
@@ -364,12 +432,25 @@ class KubeEmulator:
                 grace = int(grace_raw) if grace_raw is not None else None
             except ValueError:
                 raise bad_request(f"invalid gracePeriodSeconds {grace_raw!r}") from None
-            obj, gone = store.delete(info, name, route.namespace, propagation_policy=policy,
-                                     grace_period_seconds=grace, preconditions=options.get("preconditions"))
+            obj, gone = store.delete(
+                info,
+                name,
+                route.namespace,
+                propagation_policy=policy,
+                grace_period_seconds=grace,
+                preconditions=options.get("preconditions"),
+            )
             if gone and info.key != ("", "pods"):
                 md = obj["metadata"]
-                return _json(status_body(200, "", "", {"name": md["name"], "group": info.group,
-                                                       "kind": info.plural, "uid": md["uid"]}, success=True))
+                return _json(
+                    status_body(
+                        200,
+                        "",
+                        "",
+                        {"name": md["name"], "group": info.group, "kind": info.plural, "uid": md["uid"]},
+                        success=True,
+                    )
+                )
             return _json(self._versioned(obj, info, route.version))
         if verb == "deletecollection":
             matcher = self._matcher(request.query)
@@ -421,8 +502,12 @@ class KubeEmulator:
         api_version = info.api_version_for(route.version)
         head = encode({"kind": f"{info.kind}List", "apiVersion": api_version, "metadata": metadata})
         strip = route.version == info.storage_version
-        body = head[:-1] + b',"items":[' + b",".join(
-            encode(obj if strip else {**obj, "apiVersion": api_version}) for obj in chunk) + b"]}"
+        body = (
+            head[:-1]
+            + b',"items":['
+            + b",".join(encode(obj if strip else {**obj, "apiVersion": api_version}) for obj in chunk)
+            + b"]}"
+        )
         return web.Response(body=body, content_type="application/json")
 
     async def _watch(self, request: web.BaseRequest, route: _Route) -> web.StreamResponse:
@@ -502,8 +587,9 @@ class KubeEmulator:
             await response.write(b"".join(change.line(event_type, encode) for event_type, change in items))
         return keep_going
 
-    async def _bookmark(self, response: web.StreamResponse, info: res.ResourceInfo, *,
-                        initial_end: bool = False) -> None:
+    async def _bookmark(
+        self, response: web.StreamResponse, info: res.ResourceInfo, *, initial_end: bool = False
+    ) -> None:
         metadata: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
         if initial_end:
             metadata["annotations"] = {"k8s.io/initial-events-end": "true"}

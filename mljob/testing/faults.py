@@ -18,8 +18,14 @@ from mljob.testing.errors import ApiError
 
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "discovery")
 _REASONS = {
-    409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
-    504: "Timeout", 403: "Forbidden", 404: "NotFound", 422: "Invalid",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+    403: "Forbidden",
+    404: "NotFound",
+    422: "Invalid",
 }
 
 
@@ -67,21 +73,41 @@ class Faults:
         self.jitter = 0.0
         self.watch_cut_interval = None
 
-    def error_rate(self, verbs: str | Iterable[str], rate: float, *, codes: Iterable[int] = (500,),
-                   resource: str | None = None, retry_after: float = 1.0) -> list[FaultRule]:
+    def error_rate(
+        self,
+        verbs: str | Iterable[str],
+        rate: float,
+        *,
+        codes: Iterable[int] = (500,),
+        resource: str | None = None,
+        retry_after: float = 1.0,
+    ) -> list[FaultRule]:
         """Fail a fraction of requests, the code chosen evenly from ``codes`` (e.g. 500, 409, 429)."""
         verb_set = frozenset([verbs] if isinstance(verbs, str) else verbs)
         code_list = list(codes)
-        rules = [FaultRule(verbs=verb_set, resource=resource, code=code, probability=rate / len(code_list),
-                           retry_after=retry_after) for code in code_list]
+        rules = [
+            FaultRule(
+                verbs=verb_set, resource=resource, code=code, probability=rate / len(code_list), retry_after=retry_after
+            )
+            for code in code_list
+        ]
         self.rules.extend(rules)
         return rules
 
-    def fail_next(self, verb: str, *, resource: str | None = None, name: str | None = None, code: int = 500,
-                  times: int = 1, retry_after: float = 1.0) -> FaultRule:
+    def fail_next(
+        self,
+        verb: str,
+        *,
+        resource: str | None = None,
+        name: str | None = None,
+        code: int = 500,
+        times: int = 1,
+        retry_after: float = 1.0,
+    ) -> FaultRule:
         """Deterministically fail the next ``times`` matching requests."""
-        rule = FaultRule(verbs=frozenset([verb]), resource=resource, name=name, code=code, times=times,
-                         retry_after=retry_after)
+        rule = FaultRule(
+            verbs=frozenset([verb]), resource=resource, name=name, code=code, times=times, retry_after=retry_after
+        )
         self.rules.append(rule)
         return rule
 
@@ -92,18 +118,23 @@ class Faults:
     def check(self, verb: str, resource: str, name: str | None) -> None:
         """Raise the injected error for this request, if one is due."""
         for rule in self.rules:
-            if rule.matches(verb, resource, name) and (rule.probability >= 1.0 or
-                                                       self.random.random() < rule.probability):
+            if rule.matches(verb, resource, name) and (
+                rule.probability >= 1.0 or self.random.random() < rule.probability
+            ):
                 rule.hits += 1
                 headers = {}
                 details: dict[str, object] = {"name": name or "", "kind": resource}
                 if rule.code == 429:
                     headers["Retry-After"] = str(int(rule.retry_after)) if rule.retry_after >= 1 else "0"
                     details["retryAfterSeconds"] = int(rule.retry_after)
-                reason = "AlreadyExists" if (rule.code, verb) == (409, "create") else \
-                    _REASONS.get(rule.code, "InternalError")
-                raise ApiError(rule.code, reason, f"injected fault: {verb} {resource} -> {rule.code} {reason}",
-                               details, headers)
+                reason = (
+                    "AlreadyExists"
+                    if (rule.code, verb) == (409, "create")
+                    else _REASONS.get(rule.code, "InternalError")
+                )
+                raise ApiError(
+                    rule.code, reason, f"injected fault: {verb} {resource} -> {rule.code} {reason}", details, headers
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +169,13 @@ class RequestStats:
         self.log.clear()
         self.watch_events = self.bookmarks = self.injected = 0
 
-    def total(self, verbs: str | Iterable[str] | None = None, resource: str | None = None, *,
-              exclude: Iterable[str] = ("watch", "discovery")) -> int:
+    def total(
+        self,
+        verbs: str | Iterable[str] | None = None,
+        resource: str | None = None,
+        *,
+        exclude: Iterable[str] = ("watch", "discovery"),
+    ) -> int:
         """Requests matching the verbs and resource (``pods`` also counts ``pods/status``).
 
         By default watch-stream (re)connections and discovery are not counted: they are the
@@ -147,9 +183,13 @@ class RequestStats:
         """
         wanted = None if verbs is None else frozenset([verbs] if isinstance(verbs, str) else verbs)
         skipped = frozenset(exclude) if wanted is None else frozenset()
-        return sum(n for (verb, res), n in self.counts.items()
-                   if (wanted is None or verb in wanted) and verb not in skipped
-                   and (resource is None or res == resource or res.split("/")[0] == resource))
+        return sum(
+            n
+            for (verb, res), n in self.counts.items()
+            if (wanted is None or verb in wanted)
+            and verb not in skipped
+            and (resource is None or res == resource or res.split("/")[0] == resource)
+        )
 
     def since(self, moment: float) -> list[RequestRecord]:
         """Requests after a ``time.monotonic()`` moment, e.g. to check an idle period."""

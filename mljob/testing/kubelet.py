@@ -103,9 +103,17 @@ class _Pod:
 class Kubelet:
     """Drives pod status for every pod (or those in ``namespace``) of an emulator's store."""
 
-    def __init__(self, target: Any, *, default: Outcome | None = None, start_delay: float = 0.0,
-                 restart_delay: float = 0.0, termination_delay: float | None = None,
-                 node_name: str = "emulated-node", namespace: str | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        default: Outcome | None = None,
+        start_delay: float = 0.0,
+        restart_delay: float = 0.0,
+        termination_delay: float | None = None,
+        node_name: str = "emulated-node",
+        namespace: str | None = None,
+    ) -> None:
         """``target`` is a ``KubeEmulator`` or a ``Store``.
 
         ``termination_delay=None`` lets the API remove deleted pods at once; a number makes deleted
@@ -174,8 +182,9 @@ class Kubelet:
     async def __aenter__(self) -> Kubelet:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     # --- reacting to the store ---------------------------------------------------------------------
@@ -211,7 +220,7 @@ class Kubelet:
     def _outcomes_for(self, obj: Body) -> Iterator[Outcome]:
         name = obj["metadata"]["name"]
         for match, outcomes in self._scripts:
-            if (match(obj) if callable(match) else fnmatch.fnmatchcase(name, match)):
+            if match(obj) if callable(match) else fnmatch.fnmatchcase(name, match):
                 return itertools.chain(outcomes, itertools.repeat(outcomes[-1]))
         return itertools.repeat(self.default)
 
@@ -264,7 +273,10 @@ class Kubelet:
         pod.ip = f"10.244.{n // 250}.{n % 250 + 2}"
         started = now_rfc3339()
         status: Body = {
-            "phase": "Pending", "hostIP": "10.0.0.2", "startTime": started, "qosClass": "BestEffort",
+            "phase": "Pending",
+            "hostIP": "10.0.0.2",
+            "startTime": started,
+            "qosClass": "BestEffort",
             "conditions": [_condition("PodScheduled", True)],
             "containerStatuses": _containers(obj, {"waiting": {"reason": "ContainerCreating"}}, 0),
         }
@@ -280,13 +292,22 @@ class Kubelet:
             self.starts[pod.name] += 1
             running = {"running": {"startedAt": run_started}}
             status = {
-                **status, "phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
+                **status,
+                "phase": "Running",
+                "podIP": pod.ip,
+                "podIPs": [{"ip": pod.ip}],
                 "conditions": _conditions(ready=True),
                 "containerStatuses": _containers(obj, running, restarts, last_state, ready=True),
             }
             if (obj.get("spec") or {}).get("initContainers"):
-                done = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started,
-                                       "finishedAt": run_started}}
+                done = {
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": started,
+                        "finishedAt": run_started,
+                    }
+                }
                 status["initContainerStatuses"] = _containers(obj, done, 0, key="initContainers")
             if not self._write(pod, status):
                 return
@@ -300,16 +321,30 @@ class Kubelet:
                     break
             if isinstance(outcome, Evict):
                 killed = _terminated(137, "Error", run_started)
-                self._write(pod, {**status, "phase": "Failed", "reason": "Evicted", "message": outcome.message,
-                                  "conditions": _conditions(ready=False),
-                                  "containerStatuses": _containers(obj, killed, restarts, last_state)})
+                self._write(
+                    pod,
+                    {
+                        **status,
+                        "phase": "Failed",
+                        "reason": "Evicted",
+                        "message": outcome.message,
+                        "conditions": _conditions(ready=False),
+                        "containerStatuses": _containers(obj, killed, restarts, last_state),
+                    },
+                )
                 return
             if isinstance(outcome, LoseNode):
                 pod.lost = True
-                self._write(pod, {**status, "phase": "Unknown", "reason": "NodeLost",
-                                  "message": f"Node {self.node_name} which was running pod {pod.name} "
-                                             "is unresponsive",
-                                  "conditions": _conditions(ready=False, reason="NodeLost")})
+                self._write(
+                    pod,
+                    {
+                        **status,
+                        "phase": "Unknown",
+                        "reason": "NodeLost",
+                        "message": f"Node {self.node_name} which was running pod {pod.name} is unresponsive",
+                        "conditions": _conditions(ready=False, reason="NodeLost"),
+                    },
+                )
                 return
             terminated = _terminated(outcome.code, outcome.termination_reason, run_started)
             policy = (obj.get("spec") or {}).get("restartPolicy", "Always")
@@ -318,15 +353,25 @@ class Kubelet:
                 last_state = terminated
                 if self.restart_delay > 0:
                     waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting"}}
-                    status = {**status, "conditions": _conditions(ready=False),
-                              "containerStatuses": _containers(obj, waiting, restarts, last_state)}
+                    status = {
+                        **status,
+                        "conditions": _conditions(ready=False),
+                        "containerStatuses": _containers(obj, waiting, restarts, last_state),
+                    }
                     if not self._write(pod, status):
                         return
                     await self._sleep(pod, self.restart_delay)
                 continue
             phase = "Succeeded" if outcome.code == 0 else "Failed"
-            self._write(pod, {**status, "phase": phase, "conditions": _conditions(ready=False, reason="PodCompleted"),
-                              "containerStatuses": _containers(obj, terminated, restarts, last_state)})
+            self._write(
+                pod,
+                {
+                    **status,
+                    "phase": phase,
+                    "conditions": _conditions(ready=False, reason="PodCompleted"),
+                    "containerStatuses": _containers(obj, terminated, restarts, last_state),
+                },
+            )
             return
 
     async def _terminate(self, pod: _Pod) -> None:
@@ -344,8 +389,15 @@ class Kubelet:
                 started = status.get("startTime", now_rfc3339())
                 killed = _terminated(143, "Error", started)
                 restarts = max((c.get("restartCount", 0) for c in status.get("containerStatuses", [])), default=0)
-                self._write(pod, {**status, "phase": "Failed", "conditions": _conditions(ready=False),
-                                  "containerStatuses": _containers(obj, killed, restarts)})
+                self._write(
+                    pod,
+                    {
+                        **status,
+                        "phase": "Failed",
+                        "conditions": _conditions(ready=False),
+                        "containerStatuses": _containers(obj, killed, restarts),
+                    },
+                )
             with contextlib.suppress(ApiError):
                 self.store.delete("pods", pod.name, pod.namespace, grace_period_seconds=0)
         except asyncio.CancelledError:
@@ -377,15 +429,27 @@ def _terminated(code: int, reason: str, started: str) -> Body:
     return {"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now_rfc3339()}}
 
 
-def _containers(pod: Body, state: Body, restarts: int, last_state: Body | None = None, *, ready: bool = False,
-                key: str = "containers") -> list[Body]:
+def _containers(
+    pod: Body,
+    state: Body,
+    restarts: int,
+    last_state: Body | None = None,
+    *,
+    ready: bool = False,
+    key: str = "containers",
+) -> list[Body]:
     uid = pod["metadata"]["uid"]
     return [
         {
-            "name": c.get("name", "main"), "image": c.get("image", ""), "imageID": f"emulated://{c.get('image', '')}",
+            "name": c.get("name", "main"),
+            "image": c.get("image", ""),
+            "imageID": f"emulated://{c.get('image', '')}",
             "containerID": f"emulated://{uid}/{c.get('name', 'main')}/{restarts}",
-            "ready": ready, "started": "running" in state, "restartCount": restarts,
-            "state": state, "lastState": last_state or {},
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": restarts,
+            "state": state,
+            "lastState": last_state or {},
         }
         for c in (pod.get("spec") or {}).get(key) or [{"name": "main"}]
     ]

@@ -55,10 +55,19 @@ class ResourceInfo:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
-def _core(plural: str, kind: str, *, namespaced: bool = True, short: tuple[str, ...] = (),
-          sub: Iterable[str] = ()) -> ResourceInfo:
-    return ResourceInfo(group="", versions=("v1",), plural=plural, kind=kind, namespaced=namespaced,
-                        singular=kind.lower(), short_names=short, subresources=frozenset(sub))
+def _core(
+    plural: str, kind: str, *, namespaced: bool = True, short: tuple[str, ...] = (), sub: Iterable[str] = ()
+) -> ResourceInfo:
+    return ResourceInfo(
+        group="",
+        versions=("v1",),
+        plural=plural,
+        kind=kind,
+        namespaced=namespaced,
+        singular=kind.lower(),
+        short_names=short,
+        subresources=frozenset(sub),
+    )
 
 
 BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
@@ -72,14 +81,29 @@ BUILTIN_RESOURCES: tuple[ResourceInfo, ...] = (
     _core("serviceaccounts", "ServiceAccount", short=("sa",)),
     _core("persistentvolumeclaims", "PersistentVolumeClaim", short=("pvc",), sub=("status",)),
     _core("nodes", "Node", namespaced=False, short=("no",), sub=("status",)),
-    ResourceInfo(group="apiextensions.k8s.io", versions=("v1",), plural="customresourcedefinitions",
-                 kind="CustomResourceDefinition", namespaced=False, singular="customresourcedefinition",
-                 short_names=("crd", "crds"), subresources=frozenset({"status"})),
-    ResourceInfo(group="coordination.k8s.io", versions=("v1",), plural="leases", kind="Lease",
-                 namespaced=True, singular="lease"),
-    ResourceInfo(group="policy", versions=("v1",), plural="poddisruptionbudgets", kind="PodDisruptionBudget",
-                 namespaced=True, singular="poddisruptionbudget", short_names=("pdb",),
-                 subresources=frozenset({"status"})),
+    ResourceInfo(
+        group="apiextensions.k8s.io",
+        versions=("v1",),
+        plural="customresourcedefinitions",
+        kind="CustomResourceDefinition",
+        namespaced=False,
+        singular="customresourcedefinition",
+        short_names=("crd", "crds"),
+        subresources=frozenset({"status"}),
+    ),
+    ResourceInfo(
+        group="coordination.k8s.io", versions=("v1",), plural="leases", kind="Lease", namespaced=True, singular="lease"
+    ),
+    ResourceInfo(
+        group="policy",
+        versions=("v1",),
+        plural="poddisruptionbudgets",
+        kind="PodDisruptionBudget",
+        namespaced=True,
+        singular="poddisruptionbudget",
+        short_names=("pdb",),
+        subresources=frozenset({"status"}),
+    ),
 )
 
 
@@ -135,23 +159,27 @@ def resource_list(group_version: str, resources: Iterable[ResourceInfo]) -> dict
     """``/api/v1`` or ``/apis/{group}/{version}``: resources plus their ``plural/sub`` entries."""
     entries: list[dict[str, Any]] = []
     for info in sorted(resources, key=lambda r: r.plural):
-        entries.append({
-            "name": info.plural,
-            "singularName": info.singular,
-            "namespaced": info.namespaced,
-            "kind": info.kind,
-            "verbs": list(ALL_VERBS),
-            "shortNames": list(info.short_names),
-            "categories": list(info.categories),
-        })
-        for sub in sorted(info.subresources):
-            entries.append({
-                "name": f"{info.plural}/{sub}",
-                "singularName": "",
+        entries.append(
+            {
+                "name": info.plural,
+                "singularName": info.singular,
                 "namespaced": info.namespaced,
                 "kind": info.kind,
-                "verbs": list(SUBRESOURCE_VERBS) if sub != "eviction" else ["create"],
-            })
+                "verbs": list(ALL_VERBS),
+                "shortNames": list(info.short_names),
+                "categories": list(info.categories),
+            }
+        )
+        for sub in sorted(info.subresources):
+            entries.append(
+                {
+                    "name": f"{info.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": info.namespaced,
+                    "kind": info.kind,
+                    "verbs": list(SUBRESOURCE_VERBS) if sub != "eviction" else ["create"],
+                }
+            )
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}
 
 
@@ -162,11 +190,21 @@ def api_group(group: str, versions: Iterable[str]) -> dict[str, Any]:
     return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": items, "preferredVersion": items[0]}
 
 
-def crd_manifest(group: str, plural: str, kind: str, *, version: str = "v1", namespaced: bool = True,
-                 status: bool = True, short_names: tuple[str, ...] = ()) -> dict[str, Any]:
+def crd_manifest(
+    group: str,
+    plural: str,
+    kind: str,
+    *,
+    version: str = "v1",
+    namespaced: bool = True,
+    status: bool = True,
+    short_names: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """A minimal, valid CRD body, so tests do not have to spell one out."""
     served: dict[str, Any] = {
-        "name": version, "served": True, "storage": True,
+        "name": version,
+        "served": True,
+        "storage": True,
         "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     }
     if status:

@@ -43,8 +43,13 @@ def now_rfc3339(offset: float = 0.0) -> str:
 class Store:
     """Kubernetes objects keyed by (resource, namespace, name), with the API server's write rules."""
 
-    def __init__(self, *, history_limit: int = 10_000, namespaces: tuple[str, ...] = ("default", "kube-system"),
-                 auto_create_namespaces: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        history_limit: int = 10_000,
+        namespaces: tuple[str, ...] = ("default", "kube-system"),
+        auto_create_namespaces: bool = False,
+    ) -> None:
         self.history_limit = history_limit
         self.auto_create_namespaces = auto_create_namespaces
         self.graceful_pods = False  # a kubelet that finishes pod termination turns this on
@@ -76,8 +81,14 @@ class Store:
             del self._resources[key]
         for version in info.versions:
             self._resources[(info.group, version, info.plural)] = info
-        for alias in (info.plural, info.label, info.kind, info.singular, *info.short_names,
-                      *(f"{info.api_version_for(v)}/{info.plural}" for v in info.versions)):
+        for alias in (
+            info.plural,
+            info.label,
+            info.kind,
+            info.singular,
+            *info.short_names,
+            *(f"{info.api_version_for(v)}/{info.plural}" for v in info.versions),
+        ):
             if alias and (alias not in self._aliases or self._aliases[alias].key == info.key or not info.builtin):
                 self._aliases[alias] = info
         self.discovery_generation += 1
@@ -141,8 +152,9 @@ class Store:
                 return None
             raise
 
-    def iter_objects(self, info: res.ResourceInfo, namespace: str | None,
-                     matcher: Matcher | None = None) -> Iterator[Body]:
+    def iter_objects(
+        self, info: res.ResourceInfo, namespace: str | None, matcher: Matcher | None = None
+    ) -> Iterator[Body]:
         """Stored objects sorted by (namespace, name) as the real API lists them; no copies."""
         bucket = self._bucket(info)
         spaces = [namespace] if namespace is not None and info.namespaced else sorted(bucket.by_ns)
@@ -153,8 +165,14 @@ class Store:
                 if matcher is None or matcher(obj):
                     yield obj
 
-    def list(self, resource: str | res.ResourceInfo, namespace: str | None = None, *,
-             label_selector: str | None = None, field_selector: str | None = None) -> builtins.list[Body]:
+    def list(
+        self,
+        resource: str | res.ResourceInfo,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> builtins.list[Body]:
         """Private copies of the matching objects; ``namespace=None`` means all namespaces."""
         info = self.resolve(resource)
         matcher = compile_selectors(label_selector, field_selector)
@@ -163,12 +181,16 @@ class Store:
     def count(self, resource: str | res.ResourceInfo) -> int:
         return self._bucket(self.resolve(resource)).count()
 
-    def events_for(self, name: str | None = None, *, reason: str | None = None,
-                   namespace: str | None = None) -> builtins.list[Body]:
+    def events_for(
+        self, name: str | None = None, *, reason: str | None = None, namespace: str | None = None
+    ) -> builtins.list[Body]:
         """v1 Events, optionally about one object name and/or with one reason, oldest first."""
-        found = [e for e in self.iter_objects(self.resolve("events"), namespace)
-                 if (name is None or e.get("involvedObject", {}).get("name") == name)
-                 and (reason is None or e.get("reason") == reason)]
+        found = [
+            e
+            for e in self.iter_objects(self.resolve("events"), namespace)
+            if (name is None or e.get("involvedObject", {}).get("name") == name)
+            and (reason is None or e.get("reason") == reason)
+        ]
         found.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
         return [deep_copy(e) for e in found]
 
@@ -179,8 +201,15 @@ class Store:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def watch(self, info: res.ResourceInfo, namespace: str | None, matcher: Matcher | None, *,
-              since: int | None, initial: bool) -> Watcher:
+    def watch(
+        self,
+        info: res.ResourceInfo,
+        namespace: str | None,
+        matcher: Matcher | None,
+        *,
+        since: int | None,
+        initial: bool,
+    ) -> Watcher:
         """Open a watcher; replay history after ``since`` or snapshot the current state as ADDED.
 
         Raises 410 Gone if ``since`` is older than the retained history, as the real API does.
@@ -270,8 +299,9 @@ class Store:
             self.register(res.resource_from_crd(obj))
         return obj
 
-    def create(self, resource: str | res.ResourceInfo, body: Body, namespace: str | None = None, *,
-               keep_status: bool = True) -> Body:
+    def create(
+        self, resource: str | res.ResourceInfo, body: Body, namespace: str | None = None, *, keep_status: bool = True
+    ) -> Body:
         """Create an object with server-assigned metadata; ``keep_status=False`` is the HTTP rule."""
         info = self.resolve(resource)
         obj = deep_copy(body) if keep_status else dict(body)
@@ -281,8 +311,9 @@ class Store:
         if info.namespaced:
             body_ns = metadata.get("namespace")
             if namespace and body_ns and body_ns != namespace:
-                raise bad_request("the namespace of the provided object does not match the namespace "
-                                  "sent on the request")
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             metadata["namespace"] = ns = namespace or body_ns or "default"
             self._check_namespace_open(ns)
         else:
@@ -330,8 +361,9 @@ class Store:
                 raise not_found("namespaces", ns)
             self.create("namespaces", {"metadata": {"name": ns}})
         elif "deletionTimestamp" in namespace["metadata"]:
-            raise ApiError(403, "Forbidden", f"unable to create new content in namespace {ns} because it is "
-                           "being terminated")
+            raise ApiError(
+                403, "Forbidden", f"unable to create new content in namespace {ns} because it is being terminated"
+            )
 
     def _check_crd(self, crd: Body) -> None:
         try:
@@ -340,12 +372,23 @@ class Store:
             raise invalid("CustomResourceDefinition", crd["metadata"].get("name", ""), "spec", str(e)) from None
         existing = self._buckets.get(info.key)
         if existing is not None and existing.info.builtin:
-            raise invalid("CustomResourceDefinition", crd["metadata"]["name"], "spec.names.plural",
-                          "conflicts with a built-in resource")
+            raise invalid(
+                "CustomResourceDefinition",
+                crd["metadata"]["name"],
+                "spec.names.plural",
+                "conflicts with a built-in resource",
+            )
         crd["status"] = res.crd_status(crd)
 
-    def replace(self, resource: str | res.ResourceInfo, name: str, body: Body, namespace: str | None = "default",
-                *, subresource: str | None = None) -> Body:
+    def replace(
+        self,
+        resource: str | res.ResourceInfo,
+        name: str,
+        body: Body,
+        namespace: str | None = "default",
+        *,
+        subresource: str | None = None,
+    ) -> Body:
         """PUT: replace the object (or only its status), with optimistic concurrency if rv is given."""
         info = self.resolve(resource)
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
@@ -358,8 +401,16 @@ class Store:
         new.setdefault("metadata", {})
         return self._update(info, old, new, subresource)
 
-    def patch(self, resource: str | res.ResourceInfo, name: str, patch: Any, namespace: str | None = "default", *,
-              patch_type: str = "merge", subresource: str | None = None) -> Body:
+    def patch(
+        self,
+        resource: str | res.ResourceInfo,
+        name: str,
+        patch: Any,
+        namespace: str | None = "default",
+        *,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> Body:
         """PATCH with ``merge``, ``strategic`` (treated as merge) or ``json``; rv in the patch is a precondition."""
         info = self.resolve(resource)
         old = self.read(info, name, namespace)
@@ -385,8 +436,9 @@ class Store:
         new = {**old, "spec": {**(old.get("spec") or {}), "nodeName": node_name}, "metadata": dict(old["metadata"])}
         return self._store(info, new, old)
 
-    def update_status(self, resource: str | res.ResourceInfo, name: str, status: Body,
-                      namespace: str | None = "default") -> Body:
+    def update_status(
+        self, resource: str | res.ResourceInfo, name: str, status: Body, namespace: str | None = "default"
+    ) -> Body:
         """Replace only ``.status`` unconditionally: how controllers such as the kubelet report."""
         info = self.resolve(resource)
         old = self.read(info, name, namespace)
@@ -422,8 +474,12 @@ class Store:
                     md[field] = old_md[field]
             validate_metadata(info.kind, result)
             if "deletionTimestamp" in old_md and set(md.get("finalizers") or ()) - set(old_md.get("finalizers") or ()):
-                raise invalid(info.kind, old_md["name"], "metadata.finalizers",
-                              "Forbidden: no new finalizers can be added if the object is being deleted")
+                raise invalid(
+                    info.kind,
+                    old_md["name"],
+                    "metadata.finalizers",
+                    "Forbidden: no new finalizers can be added if the object is being deleted",
+                )
             if not md.get("finalizers"):
                 md.pop("finalizers", None)
             if _spec_of(result) != _spec_of(old):
@@ -431,8 +487,9 @@ class Store:
             if info.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 self._check_crd(result)
         else:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
-                           f"({info.label}/{subresource})")
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({info.label}/{subresource})"
+            )
         result["metadata"]["resourceVersion"] = old_md["resourceVersion"]
         if result == old:
             return old  # a no-op write changes nothing: no new resourceVersion, no watch event
@@ -443,9 +500,16 @@ class Store:
 
     # --- deletion ----------------------------------------------------------------------------------
 
-    def delete(self, resource: str | res.ResourceInfo, name: str, namespace: str | None = "default", *,
-               propagation_policy: str | None = None, grace_period_seconds: int | None = None,
-               preconditions: dict[str, Any] | None = None) -> tuple[Body, bool]:
+    def delete(
+        self,
+        resource: str | res.ResourceInfo,
+        name: str,
+        namespace: str | None = "default",
+        *,
+        propagation_policy: str | None = None,
+        grace_period_seconds: int | None = None,
+        preconditions: dict[str, Any] | None = None,
+    ) -> tuple[Body, bool]:
         """DELETE: returns the object and whether it is gone (False: it waits for finalizers/grace)."""
         info = self.resolve(resource)
         obj = self.read(info, name, namespace)
@@ -469,8 +533,11 @@ class Store:
             return obj, False
         grace = 0
         if info.key == ("", "pods") and self.graceful_pods and (obj.get("spec") or {}).get("nodeName"):
-            grace = grace_period_seconds if grace_period_seconds is not None else \
-                int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            grace = (
+                grace_period_seconds
+                if grace_period_seconds is not None
+                else int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            )
         foreground = policy == "Foreground" and bool(self._dependents.get(md["uid"]))
         finalizers = list(md.get("finalizers") or [])
         if foreground and FOREGROUND not in finalizers:
@@ -582,8 +649,11 @@ class Store:
     def _finish_namespace(self, ns: str) -> None:
         info = self.resolve("namespaces")
         namespace = self._buckets[info.key].by_ns.get("", {}).get(ns)
-        if namespace is not None and "deletionTimestamp" in namespace["metadata"] \
-                and not namespace["metadata"].get("finalizers"):
+        if (
+            namespace is not None
+            and "deletionTimestamp" in namespace["metadata"]
+            and not namespace["metadata"].get("finalizers")
+        ):
             self._remove(info, namespace)
 
 

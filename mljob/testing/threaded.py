@@ -68,8 +68,9 @@ class EmulatorThread:
     def __enter__(self) -> EmulatorThread:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -97,14 +98,18 @@ class EmulatorThread:
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a plain function on the emulator's loop, e.g. ``emu.call(lambda e: e.faults.clear())``."""
+
         async def run() -> T:
             return fn(*args, **kwargs)
+
         return self._submit(run).result()
 
     async def acall(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``call()`` for a test running its own event loop."""
+
         async def run() -> T:
             return fn(*args, **kwargs)
+
         return await asyncio.wrap_future(self._submit(run))
 
     def get(self, resource: str, name: str, namespace: str | None = "default") -> Body | None:
@@ -129,5 +134,4 @@ class EmulatorThread:
 
     async def await_for(self, predicate: Callable[[KubeEmulator], Any], timeout: float = 5.0) -> Any:
         emulator = self.emulator
-        return await asyncio.wrap_future(
-            self._submit(lambda: emulator.wait_for(lambda: predicate(emulator), timeout)))
+        return await asyncio.wrap_future(self._submit(lambda: emulator.wait_for(lambda: predicate(emulator), timeout)))

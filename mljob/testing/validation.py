@@ -27,8 +27,13 @@ def _check_name(kind: str, name: str) -> None:
     if len(name) > limit:
         raise invalid(kind, name, "metadata.name", f"must be no more than {limit} characters")
     if not pattern.match(name):
-        raise invalid(kind, name, "metadata.name", "a lowercase RFC 1123 name must consist of lower case "
-                      "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")
+        raise invalid(
+            kind,
+            name,
+            "metadata.name",
+            "a lowercase RFC 1123 name must consist of lower case "
+            "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        )
 
 
 def _check_key(kind: str, name: str, field: str, key: str) -> None:
@@ -36,8 +41,13 @@ def _check_key(kind: str, name: str, field: str, key: str) -> None:
     if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
         raise invalid(kind, name, field, f"prefix part of {key!r} must be a DNS-1123 subdomain")
     if not local or len(local) > 63 or not _LABEL_NAME.match(local):
-        raise invalid(kind, name, field, f"name part of {key!r} must be 63 characters or less, "
-                      "alphanumeric, '-', '_' or '.', starting and ending with an alphanumeric character")
+        raise invalid(
+            kind,
+            name,
+            field,
+            f"name part of {key!r} must be 63 characters or less, "
+            "alphanumeric, '-', '_' or '.', starting and ending with an alphanumeric character",
+        )
 
 
 def validate_metadata(kind: str, body: dict[str, Any]) -> None:
@@ -53,8 +63,13 @@ def validate_metadata(kind: str, body: dict[str, Any]) -> None:
     for key, value in labels.items():
         _check_key(kind, name, "metadata.labels", key)
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            raise invalid(kind, name, "metadata.labels", f"invalid value {value!r} for {key!r}: must be a string "
-                          "of 63 characters or less, alphanumeric, '-', '_' or '.'")
+            raise invalid(
+                kind,
+                name,
+                "metadata.labels",
+                f"invalid value {value!r} for {key!r}: must be a string "
+                "of 63 characters or less, alphanumeric, '-', '_' or '.'",
+            )
     annotations = metadata.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise invalid(kind, name, "metadata.annotations", "must be a map of strings")

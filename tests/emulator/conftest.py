@@ -21,12 +21,14 @@ class Api:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
 
-    async def request(self, method: str, path: str, body: Any = None, *,
-                      content_type: str = "application/json", **params: Any) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", **params: Any
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}
-        async with self.session.request(method, path, data=data, headers=headers,
-                                        params={k: str(v) for k, v in params.items()}) as rsp:
+        async with self.session.request(
+            method, path, data=data, headers=headers, params={k: str(v) for k, v in params.items()}
+        ) as rsp:
             text = await rsp.text()
             return rsp.status, json.loads(text) if text and rsp.content_type == "application/json" else text
 
@@ -77,5 +79,9 @@ async def api(emu: KubeEmulator) -> AsyncIterator[Api]:
 
 @pytest.fixture
 def widget() -> dict[str, Any]:
-    return {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1", "labels": {"app": "a"}},
-            "spec": {"size": 1}}
+    return {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w1", "labels": {"app": "a"}},
+        "spec": {"size": 1},
+    }

@@ -66,7 +66,12 @@ async def test_create_errors(api, widget):
     assert (await api.post(WIDGETS, widget))[0] == 201
     status, body = await api.post(WIDGETS, widget)
     assert (status, body["kind"], body["status"], body["reason"], body["code"]) == (
-        409, "Status", "Failure", "AlreadyExists", 409)
+        409,
+        "Status",
+        "Failure",
+        "AlreadyExists",
+        409,
+    )
     status, body = await api.post(WIDGETS, {"spec": {}})
     assert (status, body["reason"]) == (422, "Invalid")
     status, body = await api.post(WIDGETS, {"metadata": {"name": "Bad_Name"}})
@@ -79,8 +84,9 @@ async def test_create_errors(api, widget):
     assert (status, body["reason"]) == (404, "NotFound")
     status, body = await api.post("/api/v1/configmaps", {"metadata": {"name": "c"}})
     assert status == 405
-    status, body = await api.post("/api/v1/namespaces/default/configmaps",
-                                  {"metadata": {"name": "c", "namespace": "other"}})
+    status, body = await api.post(
+        "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "c", "namespace": "other"}}
+    )
     assert status == 400
     status, _ = await api.request("PATCH", f"{WIDGETS}/w1", {}, content_type="application/apply-patch+yaml")
     assert status == 415
@@ -104,7 +110,10 @@ async def test_list_namespaced_and_across_namespaces(api, emu):
     assert listed["metadata"]["resourceVersion"] == str(emu.store.rv)
     _, everywhere = await api.get("/api/v1/configmaps")
     assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everywhere["items"]] == [
-        ("default", "a"), ("default", "b"), ("other", "c")]
+        ("default", "a"),
+        ("default", "b"),
+        ("other", "c"),
+    ]
     _, page1 = await api.get("/api/v1/configmaps", limit=2)
     assert len(page1["items"]) == 2
     assert page1["metadata"]["continue"]

@@ -28,8 +28,9 @@ async def test_error_rate_per_verb(api, emu):
 async def test_fail_next_with_retry_after(api, emu):
     emu.faults.fail_next("patch", resource="configmaps", code=429, retry_after=2, times=2)
     emu.create("configmaps", {"metadata": {"name": "c"}})
-    async with api.session.patch(f"{CMS}/c", json={"data": {"a": "1"}},
-                                 headers={"Content-Type": "application/merge-patch+json"}) as rsp:
+    async with api.session.patch(
+        f"{CMS}/c", json={"data": {"a": "1"}}, headers={"Content-Type": "application/merge-patch+json"}
+    ) as rsp:
         body = await rsp.json()
         assert rsp.status == 429
         assert rsp.headers["Retry-After"] == "2"

@@ -11,7 +11,7 @@ import pytest
 
 from mljob.testing import KubeEmulator, crd_manifest
 
-OPERATOR = textwrap.dedent('''
+OPERATOR = textwrap.dedent("""
     import kopf
     import kubernetes
 
@@ -32,7 +32,7 @@ OPERATOR = textwrap.dedent('''
     @kopf.on.delete("example.com", "v1", "widgets")
     def delete_fn(**_):
         pass
-''')
+""")
 
 
 @pytest.mark.asyncio
@@ -46,8 +46,19 @@ async def test_kopf_operator_subprocess_against_the_emulator(tmp_path):
         emu.faults.fail_next("patch", resource="widgets.example.com/status", code=500)
         with open(log_path, "w") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", "default", "--verbose",
-                str(tmp_path / "operator.py"), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+                sys.executable,
+                "-m",
+                "kopf",
+                "run",
+                "--standalone",
+                "--namespace",
+                "default",
+                "--verbose",
+                str(tmp_path / "operator.py"),
+                env=env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
         try:
             parent = emu.create("widgets", {"metadata": {"name": "w1"}, "spec": {"size": 3}})
             child = await emu.wait_for(lambda: emu.get("configmaps", "w1-child"), timeout=30)

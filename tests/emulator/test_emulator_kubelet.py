@@ -10,9 +10,14 @@ pytestmark = pytest.mark.asyncio
 
 
 def pod(name, restart_policy="Never", containers=("main",), **spec):
-    return {"metadata": {"name": name, "labels": {"app": "train"}},
-            "spec": {"restartPolicy": restart_policy,
-                     "containers": [{"name": c, "image": "busybox"} for c in containers], **spec}}
+    return {
+        "metadata": {"name": name, "labels": {"app": "train"}},
+        "spec": {
+            "restartPolicy": restart_policy,
+            "containers": [{"name": c, "image": "busybox"} for c in containers],
+            **spec,
+        },
+    }
 
 
 def phase(emu, name):
@@ -76,10 +81,10 @@ async def test_restart_policy_always_restarts_even_on_success(emu):
     async with Kubelet(emu, restart_delay=0.05) as kubelet:
         kubelet.script(lambda p: p["metadata"]["name"] == "a", succeed(after=0.01), RunForever())
         emu.create("pods", pod("a", "Always"))
-        await emu.wait_for(lambda: container(emu, "a")["state"].get("waiting", {}).get("reason")
-                           == "CrashLoopBackOff")
-        await emu.wait_for(lambda: container(emu, "a")["restartCount"] == 1 and
-                           "running" in container(emu, "a")["state"])
+        await emu.wait_for(lambda: container(emu, "a")["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff")
+        await emu.wait_for(
+            lambda: container(emu, "a")["restartCount"] == 1 and "running" in container(emu, "a")["state"]
+        )
         assert container(emu, "a")["lastState"]["terminated"]["reason"] == "Completed"
         assert phase(emu, "a") == "Running"
 
@@ -114,8 +119,10 @@ async def test_eviction(emu):
 async def test_api_eviction_deletes_the_pod(emu, api):
     async with Kubelet(emu):
         emu.create("pods", pod("a"))
-        status, _body = await api.post("/api/v1/namespaces/default/pods/a/eviction",
-                                      {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "a"}})
+        status, _body = await api.post(
+            "/api/v1/namespaces/default/pods/a/eviction",
+            {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "a"}},
+        )
         assert status == 201
         assert emu.get("pods", "a") is None
 

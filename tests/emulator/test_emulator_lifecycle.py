@@ -8,8 +8,14 @@ WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 
 
 def owned(name, owner, kind="ConfigMap"):
-    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    ref = {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     return {"kind": kind, "metadata": {"name": name, "ownerReferences": [ref]}}
 
 
@@ -28,8 +34,14 @@ async def test_finalizers_hold_deletion_until_removed(api, emu, widget):
     assert (status, err["reason"]) == (422, "Invalid")
     await api.merge(f"{WIDGETS}/w1", {"metadata": {"finalizers": ["b/two"]}})
     assert emu.get("widgets", "w1") is not None
-    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": emu.get("widgets", "w1")["metadata"][
-        "resourceVersion"]}, {"op": "remove", "path": "/metadata/finalizers"}]
+    ops = [
+        {
+            "op": "test",
+            "path": "/metadata/resourceVersion",
+            "value": emu.get("widgets", "w1")["metadata"]["resourceVersion"],
+        },
+        {"op": "remove", "path": "/metadata/finalizers"},
+    ]
     status, last = await api.jsonpatch(f"{WIDGETS}/w1", ops)
     assert status == 200
     assert "finalizers" not in last["metadata"]
@@ -49,8 +61,9 @@ async def test_delete_without_finalizers_is_immediate(api, emu, widget):
 @pytest.mark.asyncio
 async def test_delete_preconditions(api, widget):
     await api.post(WIDGETS, widget)
-    status, body = await api.delete(f"{WIDGETS}/w1", {"kind": "DeleteOptions", "apiVersion": "v1",
-                                                      "preconditions": {"uid": "not-the-uid"}})
+    status, body = await api.delete(
+        f"{WIDGETS}/w1", {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "not-the-uid"}}
+    )
     assert (status, body["reason"]) == (409, "Conflict")
 
 
@@ -132,8 +145,13 @@ async def test_crd_deletion_removes_its_resource(api, emu):
 
 @pytest.mark.asyncio
 async def test_events_are_stored_and_queryable(api, emu):
-    event = {"metadata": {"generateName": "kopf-event-", "namespace": "default"}, "type": "Normal",
-             "reason": "Created", "message": "made it", "involvedObject": {"kind": "Widget", "name": "w1"}}
+    event = {
+        "metadata": {"generateName": "kopf-event-", "namespace": "default"},
+        "type": "Normal",
+        "reason": "Created",
+        "message": "made it",
+        "involvedObject": {"kind": "Widget", "name": "w1"},
+    }
     status, body = await api.post("/api/v1/namespaces/default/events", event)
     assert status == 201
     assert body["metadata"]["name"].startswith("kopf-event-")

@@ -36,14 +36,16 @@ def test_json_patch_ops():
 @pytest.mark.asyncio
 async def test_merge_and_strategic_patches(api, widget):
     await api.post(WIDGETS, widget)
-    status, body = await api.merge(f"{WIDGETS}/w1", {"metadata": {"labels": {"app": None, "x": "y"}},
-                                                     "spec": {"extra": [1]}})
+    status, body = await api.merge(
+        f"{WIDGETS}/w1", {"metadata": {"labels": {"app": None, "x": "y"}}, "spec": {"extra": [1]}}
+    )
     assert status == 200
     assert body["metadata"]["labels"] == {"x": "y"}
     assert body["spec"] == {"size": 1, "extra": [1]}
     assert body["metadata"]["generation"] == 2
-    status, body = await api.request("PATCH", f"{WIDGETS}/w1", {"spec": {"size": 5}},
-                                     content_type="application/strategic-merge-patch+json")
+    status, body = await api.request(
+        "PATCH", f"{WIDGETS}/w1", {"spec": {"size": 5}}, content_type="application/strategic-merge-patch+json"
+    )
     assert status == 200
     assert body["spec"]["size"] == 5
     status, body = await api.merge(f"{WIDGETS}/missing", {"spec": {}})
@@ -64,8 +66,10 @@ async def test_stale_resource_version_in_patch_conflicts(api, widget):
 async def test_json_patch_with_test_op_as_kopf_uses_it(api, widget):
     _, created = await api.post(WIDGETS, widget)
     rv = created["metadata"]["resourceVersion"]
-    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-           {"op": "add", "path": "/metadata/finalizers", "value": ["kopf.zalando.org/KopfFinalizerMarker"]}]
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["kopf.zalando.org/KopfFinalizerMarker"]},
+    ]
     status, body = await api.jsonpatch(f"{WIDGETS}/w1", ops)
     assert status == 200
     assert body["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
@@ -81,8 +85,10 @@ async def test_status_subresource_isolation(api, emu, widget):
     assert "status" not in created  # create ignores .status when there is a status subresource
     _, body = await api.merge(f"{WIDGETS}/w1", {"spec": {"size": 2}, "status": {"phase": "Nope"}})
     assert "status" not in body
-    _, body = await api.merge(f"{WIDGETS}/w1/status", {"spec": {"size": 9}, "status": {"phase": "Running"},
-                                                        "metadata": {"labels": {"sneaky": "yes"}}})
+    _, body = await api.merge(
+        f"{WIDGETS}/w1/status",
+        {"spec": {"size": 9}, "status": {"phase": "Running"}, "metadata": {"labels": {"sneaky": "yes"}}},
+    )
     assert body["status"] == {"phase": "Running"}
     assert body["spec"] == {"size": 2}
     assert "sneaky" not in body["metadata"]["labels"]

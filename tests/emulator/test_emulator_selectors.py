@@ -12,26 +12,29 @@ def obj(labels, name="n", namespace="default", phase=None):
     return body
 
 
-@pytest.mark.parametrize(("selector", "labels", "expected"), [
-    ("a=b", {"a": "b"}, True),
-    ("a==b", {"a": "c"}, False),
-    ("a!=b", {}, True),
-    ("a!=b", {"a": "b"}, False),
-    ("a in (x, y)", {"a": "y"}, True),
-    ("a in (x,y)", {"a": "z"}, False),
-    ("a notin (x,y)", {}, True),
-    ("a notin (x,y)", {"a": "x"}, False),
-    ("a", {"a": ""}, True),
-    ("a", {}, False),
-    ("!a", {}, True),
-    ("!a", {"a": "1"}, False),
-    ("app=web,tier in (fe,be),!legacy", {"app": "web", "tier": "be"}, True),
-    ("app=web,tier in (fe,be),!legacy", {"app": "web", "tier": "be", "legacy": "1"}, False),
-    ("example.com/role=worker", {"example.com/role": "worker"}, True),
-    ("n>3", {"n": "4"}, True),
-    ("n<3", {"n": "x"}, False),
-    ("", {"anything": "x"}, True),
-])
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b", {"a": "c"}, False),
+        ("a!=b", {}, True),
+        ("a!=b", {"a": "b"}, False),
+        ("a in (x, y)", {"a": "y"}, True),
+        ("a in (x,y)", {"a": "z"}, False),
+        ("a notin (x,y)", {}, True),
+        ("a notin (x,y)", {"a": "x"}, False),
+        ("a", {"a": ""}, True),
+        ("a", {}, False),
+        ("!a", {}, True),
+        ("!a", {"a": "1"}, False),
+        ("app=web,tier in (fe,be),!legacy", {"app": "web", "tier": "be"}, True),
+        ("app=web,tier in (fe,be),!legacy", {"app": "web", "tier": "be", "legacy": "1"}, False),
+        ("example.com/role=worker", {"example.com/role": "worker"}, True),
+        ("n>3", {"n": "4"}, True),
+        ("n<3", {"n": "x"}, False),
+        ("", {"anything": "x"}, True),
+    ],
+)
 def test_label_selector(selector, labels, expected):
     assert parse_label_selector(selector)(obj(labels)) is expected
 
@@ -51,9 +54,11 @@ def test_field_selector():
 @pytest.mark.asyncio
 async def test_list_with_selectors(api, emu):
     emu.store.create_namespace("other")
-    for ns, name, labels in [("default", "a", {"role": "worker", "idx": "0"}),
-                             ("default", "b", {"role": "master"}),
-                             ("other", "c", {"role": "worker"})]:
+    for ns, name, labels in [
+        ("default", "a", {"role": "worker", "idx": "0"}),
+        ("default", "b", {"role": "master"}),
+        ("other", "c", {"role": "worker"}),
+    ]:
         emu.create("configmaps", {"metadata": {"name": name, "namespace": ns, "labels": labels}})
 
     async def names(path, **params):

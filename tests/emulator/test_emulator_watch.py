@@ -91,8 +91,9 @@ async def test_too_old_resource_version_is_410_gone_in_stream():
         assert lines[0]["object"]["code"] == 410
         assert lines[0]["object"]["reason"] == "Expired"
         recent = str(emu.store.rv - 3)
-        async with session.get(CMS, params={"watch": "true", "resourceVersion": recent},
-                               timeout=aiohttp.ClientTimeout(total=0.3)) as rsp:
+        async with session.get(
+            CMS, params={"watch": "true", "resourceVersion": recent}, timeout=aiohttp.ClientTimeout(total=0.3)
+        ) as rsp:
             got = []
 
             async def read_all():
@@ -116,8 +117,13 @@ async def test_timeout_seconds_ends_the_stream(api, emu):
 async def test_bookmarks_and_initial_events_end():
     async with KubeEmulator(bookmark_interval=0.05) as emu, aiohttp.ClientSession(emu.url) as session:
         emu.create("configmaps", cm("a"))
-        params = {"watch": "true", "allowWatchBookmarks": "true", "sendInitialEvents": "true",
-                  "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "0.2"}
+        params = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "sendInitialEvents": "true",
+            "resourceVersionMatch": "NotOlderThan",
+            "timeoutSeconds": "0.2",
+        }
         async with session.get(CMS, params=params) as rsp:
             lines = [json.loads(line) for line in (await rsp.read()).splitlines() if line.strip()]
         assert lines[0]["type"] == "ADDED"
@@ -131,6 +137,7 @@ async def test_bookmarks_and_initial_events_end():
 @pytest.mark.parametrize("abort", [True, False])
 async def test_cut_watches(emu, abort):
     async with aiohttp.ClientSession(emu.url) as session:
+
         async def consume():
             async with session.get(CMS, params={"watch": "true", "resourceVersion": str(emu.store.rv)}) as rsp:
                 async for _ in rsp.content:

@@ -1,0 +1,126 @@
+"""``mljob run FILE``: check the job, plan every replica's process, supervise them, summarise.
+
+The CLI's ``run`` command only calls :func:`run_file`. Tests and benchmarks call it too, with
+their own :class:`~mljob.plugins.Plugins` (``load_plugins(entry_points=False, extra=[...])``)
+and output stream, so nothing here reads global state they cannot replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+from mljob.api import MLJob
+from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs
+from mljob.framework import Framework, Replica, replicas_of
+from mljob.local.cluster import LocalCluster
+from mljob.local.display import Display, LogFiles, format_duration
+from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests
+from mljob.local.launch import Plan, plan
+from mljob.local.supervisor import RunResult, Supervisor
+from mljob.plugins import PluginError, Plugins
+
+EXIT_FAILED = 1
+"""The job failed, or could not start (invalid, or needs what only a cluster has): the CLI's "bad input"."""
+
+
+class CannotRun(Exception):
+    """The job cannot start locally; the message lists every reason."""
+
+
+def prepare(
+    job: MLJob, framework: Framework, base_dir: Path, environ: Mapping[str, str] | None = None
+) -> tuple[Plan, LocalCluster]:
+    """Ports, GPUs and every replica's process, or :class:`CannotRun` with the reasons."""
+    environ = dict(os.environ if environ is None else environ)
+    replicas = replicas_of(job)
+    if not replicas:
+        raise CannotRun("the job has no replicas to run (every replicaSpecs entry has replicas: 0)")
+    requests, problems = gpu_requests(job, framework)
+    if problems:
+        raise CannotRun("\n".join(str(p) for p in problems))
+    gpus: Mapping[Replica, tuple[str, ...]] | None = None
+    if any(requests.values()):
+        try:
+            gpus = assign_gpus(requests, detect_gpus(environ))
+        except GpuError as error:
+            raise CannotRun(str(error)) from error
+    cluster = LocalCluster.allocate(replicas)
+    try:
+        result = plan(job, framework, cluster, base_dir, environ, gpus)
+    except PluginError as error:
+        raise CannotRun(str(error)) from error
+    if result.problems:
+        raise CannotRun("\n".join(str(p) for p in result.problems))
+    if gpus is not None:
+        shown = ", ".join(f"{r}={','.join(d) or 'none'}" for r, d in gpus.items())
+        result.notices.append(f"CUDA_VISIBLE_DEVICES: {shown}")
+    return result, cluster
+
+
+def run_job(
+    job: MLJob,
+    framework: Framework,
+    base_dir: Path,
+    *,
+    logs_dir: Path | None = None,
+    out: TextIO | None = None,
+    live: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Run a checked job to its end and show it; raises :class:`CannotRun` before starting anything."""
+    prepared, cluster = prepare(job, framework, base_dir, environ)
+    logs = LogFiles(logs_dir) if logs_dir is not None else None
+    with Display(out, live) as display:
+        for notice in prepared.notices:
+            display.say(notice)
+        addresses = ", ".join(f"{r}={cluster.address(r)}" for r in prepared.launches)
+        display.say(f"{job.name}: {len(prepared.launches)} replicas of {framework.name}: {addresses}")
+        if logs is not None:
+            display.say(f"logs: {logs.folder}/<replica>.log")
+        supervisor = Supervisor(job, framework, prepared.launches, display, logs)
+        result = asyncio.run(supervisor.run())
+        display.summary(result.rows)
+        if result.finish.succeeded:
+            display.say(f"job succeeded in {format_duration(result.elapsed)}", "bold green")
+        else:
+            display.say(f"job failed: {result.finish.message}", "bold red")
+    return result
+
+
+def run_file(
+    path: str | Path,
+    *,
+    plugins: Plugins | None = None,
+    logs_dir: Path | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    live: bool | None = None,
+) -> int:
+    """What ``mljob run`` does; returns its exit status.
+
+    0: the job succeeded. 1: it failed, or the file is not a valid MLJob, or it cannot run
+    locally (the reasons on ``err``, as ``mljob validate`` words them). 130/143: stopped by
+    SIGINT/SIGTERM. ``-`` reads the job from stdin and runs it in the current folder.
+    """
+    err = err if err is not None else sys.stderr
+    try:
+        checked = load_jobs(str(path), plugins)
+        if len(checked) != 1:
+            raise JobFileError([f"{path}: holds {len(checked)} MLJobs; mljob run runs one at a time"])
+        job, framework = job_and_framework(checked[0])
+    except JobFileError as error:
+        err.writelines(f"{line}\n" for line in error.lines)
+        return EXIT_FAILED
+    base_dir = Path.cwd() if str(path) == STDIN else Path(path).resolve().parent
+    try:
+        result = run_job(job, framework, base_dir, logs_dir=logs_dir, out=out, live=live)
+    except CannotRun as error:
+        err.write(f"cannot run {job.name} locally:\n")
+        err.writelines(f"  {line}\n" for line in str(error).splitlines())
+        return EXIT_FAILED
+    return result.exit_status

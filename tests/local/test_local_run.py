@@ -1,0 +1,256 @@
+"""The local runtime end to end with tiny Python scripts: restart policies, limits, signals, logs.
+
+Runs go through :func:`mljob.local.run_file` in this process with the test framework (see
+``localfw.py``), except the signal tests, which need ``mljob run`` to be a process of its own.
+"""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from localfw import container, tiny_plugins, write_job
+
+from mljob.local import run_file
+
+HERE = Path(__file__).parent
+
+
+def replica(*args: str, **extra) -> dict:
+    return container(["python", "replica.py", *args], **extra)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    shutil.copy(HERE / "replica.py", tmp_path / "replica.py")
+    monkeypatch.setenv("STATE", str(tmp_path))
+    return tmp_path
+
+
+def run(
+    folder: Path, roles: dict, run_policy: dict | None = None, pod: dict | None = None, **kwargs
+) -> tuple[int, str, str]:
+    path = write_job(folder, roles, run_policy, pod)
+    out, err = io.StringIO(), io.StringIO()
+    code = run_file(path, plugins=tiny_plugins(), out=out, err=err, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+def pids(folder: Path) -> list[int]:
+    return [int(line) for f in folder.glob("*.pids") for line in f.read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie waiting for a reaper counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def summary_row(out: str, name: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.startswith(name + " "))
+
+
+def test_success_prefixes_lines_and_prints_a_summary(folder):
+    code, out, _ = run(
+        folder, {"Lead": (1, "Never", replica("exit", "0")), "Worker": (2, "Never", replica("exit", "0"))}
+    )
+    assert code == 0
+    assert "[lead-0] lead-0 run 1: exit 0" in out
+    assert "[worker-1] worker-1 run 1: exit 0" in out
+    assert summary_row(out, "worker-1") == ["worker-1", "succeeded", "0", "0", summary_row(out, "worker-1")[-1]]
+    assert out.rstrip().endswith("job succeeded in " + out.rstrip().rsplit(" ", 1)[-1])
+
+
+@pytest.mark.parametrize("policy", ["Never", "ExitCode"])
+def test_exit_1_fails_the_job_and_names_the_replica(folder, policy):
+    roles = {"Lead": (1, policy, replica("sleep", "30")), "Worker": (2, policy, replica("exit", "0"))}
+    roles["Worker"] = (2, policy, replica("exit", "0"))
+    code, out, _ = run(folder, {**roles, "Server": (1, policy, replica("exit", "1"))})
+    assert code == 1
+    assert f"[mljob] job failed: server-0 exited with code 1 (restartPolicy {policy})" in out
+    assert summary_row(out, "server-0")[1:3] == ["failed", "1"]
+    assert summary_row(out, "lead-0")[1:3] == ["stopped", "SIGTERM"]
+    assert not any(alive(pid) for pid in pids(folder))
+
+
+def test_exit_137_under_exit_code_is_restarted(folder):
+    code, out, _ = run(folder, {"Lead": (1, "ExitCode", replica("exit-first", "137"))})
+    assert code == 0
+    assert "[mljob] lead-0 exited with code 137" in out
+    assert "[mljob] restarting lead-0 (restartPolicy ExitCode; restart 1 of backoffLimit 6)" in out
+    assert "[lead-0] lead-0 run 2: exit-first 137" in out
+    assert summary_row(out, "lead-0")[1:4] == ["succeeded", "0", "1"]
+
+
+def test_flaky_replica_under_on_failure_is_restarted_until_it_succeeds(folder):
+    roles = {"Worker": (2, "OnFailure", replica("fail-times", "2"))}
+    code, out, _ = run(folder, roles, {"backoffLimit": 4})
+    assert code == 0
+    assert summary_row(out, "worker-0")[1:4] == ["succeeded", "0", "2"]
+    assert summary_row(out, "worker-1")[1:4] == ["succeeded", "0", "2"]
+
+
+def test_backoff_limit_counts_restarts_across_the_job(folder):
+    roles = {"Lead": (1, "OnFailure", replica("sleep", "30")), "Worker": (2, "OnFailure", replica("exit", "3"))}
+    code, out, _ = run(folder, roles, {"backoffLimit": 3})
+    assert code == 1
+    assert "[mljob] job failed: backoff limit reached (3 restarts, backoffLimit 3); last: worker-" in out
+    assert "exited with code 3 (restartPolicy OnFailure)" in out
+    assert not any(alive(pid) for pid in pids(folder))
+
+
+def test_deadline_stops_the_job(folder):
+    started = time.monotonic()
+    code, out, _ = run(folder, {"Lead": (1, "Never", replica("sleep", "60"))}, {"activeDeadlineSeconds": 1})
+    assert code == 1
+    assert time.monotonic() - started < 10
+    assert "[mljob] job failed: deadline exceeded (activeDeadlineSeconds 1)" in out
+    assert not any(alive(pid) for pid in pids(folder))
+
+
+def test_roles_that_run_until_stopped_are_stopped_on_success(folder):
+    roles = {"Lead": (1, "Never", replica("sleep", "1")), "Server": (1, "Never", replica("grandchild"))}
+    code, out, _ = run(folder, roles)
+    assert code == 0
+    assert summary_row(out, "server-0")[1:3] == ["stopped", "SIGTERM"]
+    assert len(pids(folder)) == 3  # lead, server, the server's child
+    assert not any(alive(pid) for pid in pids(folder))
+
+
+def test_a_replica_that_exits_takes_its_leftover_children_with_it(folder):
+    roles = {"Lead": (1, "Never", replica("grandchild", "0.2"))}
+    code, _, _ = run(folder, roles)
+    assert code == 0
+    assert len(pids(folder)) == 2
+    assert not any(alive(pid) for pid in pids(folder))
+
+
+def test_sigterm_is_followed_by_sigkill_after_the_grace_period(folder):
+    roles = {"Lead": (1, "Never", replica("exit", "0")), "Server": (1, "Never", replica("stubborn"))}
+    started = time.monotonic()
+    code, out, _ = run(folder, roles, pod={"terminationGracePeriodSeconds": 1})
+    assert code == 0
+    assert 1 <= time.monotonic() - started < 10
+    assert summary_row(out, "server-0")[1:3] == ["stopped", "SIGKILL"]
+
+
+def test_logs_dir_has_one_file_per_replica(folder):
+    logs = folder / "logs"
+    roles = {"Lead": (1, "ExitCode", replica("exit-first", "137")), "Worker": (1, "Never", replica("exit", "0"))}
+    code, out, _ = run(folder, roles, logs_dir=logs)
+    assert code == 0
+    assert sorted(p.name for p in logs.iterdir()) == ["lead-0.log", "worker-0.log"]
+    lead = (logs / "lead-0.log").read_text().splitlines()
+    assert lead[0] == "lead-0 run 1: exit-first 137"
+    assert "restart 1 after lead-0 exited with code 137" in lead[1]
+    assert lead[2] == "lead-0 run 2: exit-first 137"
+    assert f"logs: {logs}/<replica>.log" in out
+
+
+def test_command_args_and_env_are_expanded_like_the_kubelet(folder):
+    ctr = replica(
+        "echo", "I am $(TINY_ME)", "$$(TINY_ME)", "$(NOPE)", env=[{"name": "MY_VAR", "value": "<$(TINY_ME)>"}]
+    )
+    code, out, _ = run(folder, {"Lead": (1, "Never", ctr)})
+    assert code == 0
+    assert "[lead-0] I am lead-0 $(TINY_ME) $(NOPE)" in out
+    assert "[lead-0] MY_VAR=<lead-0>" in out
+    assert "[lead-0] no newline at the end" in out
+
+
+def test_value_from_is_refused_before_anything_starts(folder):
+    ctr = replica("exit", "0", env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}])
+    code, out, err = run(folder, {"Lead": (1, "Never", ctr)})
+    assert code == 1
+    assert out == ""
+    assert (
+        "spec.replicaSpecs.Lead.template.spec.containers[0].env[0].valueFrom: TOKEN valueFrom is not supported" in err
+    )
+    assert pids(folder) == []
+
+
+def test_an_invalid_job_is_reported_like_mljob_validate(folder):
+    code, _, err = run(folder, {"Leader": (1, "Never", replica("exit", "0"))})
+    assert code == 1
+    assert "spec.replicaSpecs.Leader: unknown role 'Leader'" in err
+
+
+def test_more_gpus_than_the_machine_has_is_an_error(folder, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    ctr = replica("exit", "0", resources={"limits": {"nvidia.com/gpu": 1}})
+    code, _, err = run(folder, {"Worker": (2, "Never", ctr)})
+    assert code == 1
+    assert "the job asks for 2 nvidia.com/gpu in all (worker-0 (1), worker-1 (1)) but this machine has 1 (0)" in err
+
+
+def test_gpus_are_handed_out_disjointly(folder, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
+    gpu = replica("echo", "gpus=$(CUDA_VISIBLE_DEVICES)", resources={"limits": {"nvidia.com/gpu": 1}})
+    roles = {"Lead": (1, "Never", replica("echo", "gpus=$(CUDA_VISIBLE_DEVICES)")), "Worker": (2, "Never", gpu)}
+    code, out, _ = run(folder, roles)
+    assert code == 0
+    assert "[lead-0] gpus=" in out.splitlines()
+    assert "[worker-0] gpus=3" in out
+    assert "[worker-1] gpus=5" in out
+
+
+def start_driver(folder: Path, roles: dict, pod: dict | None = None) -> subprocess.Popen[str]:
+    path = write_job(folder, roles, pod=pod)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "driver.py"), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "STATE": str(folder)},
+    )
+
+
+def wait_for_pids(folder: Path, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(pids(folder)) < count:
+        assert time.monotonic() < deadline, f"only {len(pids(folder))} of {count} processes started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_every_replica_and_leaves_no_process(folder, signum, status):
+    roles = {
+        "Lead": (1, "Never", replica("grandchild")),
+        "Worker": (2, "Never", replica("sleep", "300")),
+        "Server": (1, "Never", replica("stubborn")),
+    }
+    driver = start_driver(folder, roles, pod={"terminationGracePeriodSeconds": 1})
+    wait_for_pids(folder, 5)  # 4 replicas and the lead's child
+    time.sleep(0.3)  # let the stubborn one install its handler
+    driver.send_signal(signum)
+    out, _ = driver.communicate(timeout=30)
+    assert driver.returncode == status, out
+    assert f"job failed: interrupted by {signum.name}; stopped every replica" in out
+    assert summary_row(out, "server-0")[1:3] == ["stopped", "SIGKILL"]
+    assert summary_row(out, "worker-0")[1:3] == ["stopped", "SIGTERM"]
+    time.sleep(0.1)
+    assert [pid for pid in pids(folder) if alive(pid)] == []
+
+
+def test_a_second_ctrl_c_kills_at_once(folder):
+    roles = {"Lead": (1, "Never", replica("stubborn"))}
+    driver = start_driver(folder, roles, pod={"terminationGracePeriodSeconds": 60})
+    wait_for_pids(folder, 1)
+    time.sleep(0.3)
+    started = time.monotonic()
+    driver.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert driver.returncode == 130, out
+    assert "SIGINT again: killing every replica" in out
+    assert [pid for pid in pids(folder) if alive(pid)] == []
