@@ -26,7 +26,7 @@ import pytest
 from pydantic import ValidationError
 
 from mljob.api import API_VERSION, KIND, MLJob, RestartPolicy
-from mljob.framework import Address, Framework, Outcome, Problem, Replica, replicas_of
+from mljob.framework import Address, Cluster, Framework, Outcome, Problem, Replica, replicas_of
 from mljob.hookspecs import hookimpl
 from mljob.names import dns1123_problem, pod_name
 from mljob.plugins import Plugins, load_plugins
@@ -152,6 +152,17 @@ class FakeCluster:
     def hosts_in(self, text: str) -> list[str]:
         """Every host of this cluster's style that occurs in ``text``."""
         return (_FAKE_HOST if self.style == "dns" else _IPV4).findall(text)
+
+
+def loopback_cluster(job: MLJob) -> Cluster:
+    """127.0.0.1 and a free port per replica, exactly as ``mljob run`` wires a job.
+
+    For a plugin's real-training test: start one process per replica with ``framework.env(job,
+    replica, loopback_cluster(job))`` and check the framework's own library connects them.
+    """
+    from mljob.local.cluster import LocalCluster
+
+    return LocalCluster.allocate(replicas_of(job))
 
 
 class FrameworkContract:

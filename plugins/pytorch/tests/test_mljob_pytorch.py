@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,9 +12,9 @@ import mljob_pytorch
 import pytest
 from mljob_pytorch import PyTorch
 
-from mljob import Address, MLJob, Outcome, Replica
+from mljob import MLJob, Outcome, Replica
 from mljob.framework import replicas_of
-from mljob.plugin_testing import FakeCluster, FrameworkContract, make_job
+from mljob.plugin_testing import FakeCluster, FrameworkContract, loopback_cluster, make_job
 from mljob.plugins import load_plugins
 from mljob.render import ServiceCluster, render
 from mljob.validation import check_job
@@ -257,29 +256,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-class LocalCluster:
-    """127.0.0.1 and a free port per replica, as the local runtime gives them."""
-
-    def __init__(self, job: MLJob) -> None:
-        self.addresses = {replica: Address("127.0.0.1", free_port()) for replica in replicas_of(job)}
-
-    def address(self, replica: Replica) -> Address:
-        return self.addresses[replica]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.frameworks
 @pytest.mark.parametrize("roles", [{"Master": 1, "Worker": 2}, {"Worker": 3}])
 def test_torch_distributed_initialises_with_the_wiring(roles: dict[str, int], tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     job = make_job(PT, roles, options={"nprocPerNode": "1"})
-    cluster = LocalCluster(job)
+    cluster = loopback_cluster(job)
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     procs = [

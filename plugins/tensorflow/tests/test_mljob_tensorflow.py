@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,9 +15,9 @@ import mljob_tensorflow
 import pytest
 from mljob_tensorflow import TensorFlow
 
-from mljob import Address, MLJob, Outcome, Replica
+from mljob import MLJob, Outcome, Replica
 from mljob.framework import replicas_of
-from mljob.plugin_testing import FakeCluster, FrameworkContract, make_job
+from mljob.plugin_testing import FakeCluster, FrameworkContract, loopback_cluster, make_job
 from mljob.plugins import load_plugins
 from mljob.render import ServiceCluster, render
 from mljob.validation import check_job
@@ -322,30 +320,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-class LocalCluster:
-    """127.0.0.1 and a free port per replica, as the local runtime gives them."""
-
-    def __init__(self, job: MLJob) -> None:
-        self.addresses = {replica: Address("127.0.0.1", free_port()) for replica in replicas_of(job)}
-
-    def address(self, replica: Replica) -> Address:
-        return self.addresses[replica]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.frameworks
 @pytest.mark.slow
 def test_multi_worker_mirrored_strategy_connects_with_the_wiring(tmp_path: Path) -> None:
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("TensorFlow is not installed")
     job = make_job(TF, {"Chief": 1, "Worker": 2})
-    cluster = LocalCluster(job)
+    cluster = loopback_cluster(job)
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     procs = {
