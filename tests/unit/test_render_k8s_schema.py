@@ -153,8 +153,7 @@ def validate_strict(obj: dict[str, Any]) -> None:
 def test_every_rendered_object_is_valid_kubernetes(framework_name, roles, rich, policy):
     loaded = plugins()
     framework = loaded.framework(framework_name)
-    if framework is None:
-        pytest.skip(f"mljob-{framework_name} is not installed (pip install -e plugins/{framework_name})")
+    assert framework is not None, f"mljob-{framework_name} is not installed: make setup"
     job = make_job(framework, roles, rich=rich, policy=policy)
     checked = check_job(job, loaded)
     assert checked.ok, checked.problems
