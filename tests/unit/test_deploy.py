@@ -43,3 +43,16 @@ def test_operator_runs_the_cli_with_peering():
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:2] == ["mljob", "operator"]
     assert "--peering" in command
+
+
+def test_the_operator_image_installs_every_plugin_and_copies_only_what_exists():
+    """`docker build` cannot run here, so the Dockerfile's inputs are checked instead."""
+    root = DEPLOY.parent
+    lines = (root / "Dockerfile").read_text().splitlines()
+    copied = [part for line in lines if line.startswith("COPY ") for part in line.split()[1:-1]]
+    assert [c for c in copied if not (root / c).exists()] == []
+    plugins = sorted(p.parent.name for p in (root / "plugins").glob("*/pyproject.toml") if p.parent.name != "_template")
+    assert sorted(c.removeprefix("plugins/") for c in copied if c.startswith("plugins/")) == plugins
+    deployment = next(d for _, d in manifests() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["mljob", "operator"]
