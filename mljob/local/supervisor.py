@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from mljob.framework import Framework, Replica
 from mljob.local.display import Counts, Display, LogFiles, SummaryRow
 from mljob.local.launch import Launch
 from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State, Stop, decide, describe_exit
+from mljob.local.procs import kill_session, signal_group
 from mljob.render import restart_policy
 
 INTERRUPTED = "Interrupted"
@@ -265,7 +265,9 @@ class Supervisor:
     ) -> None:
         code = await protocol.exited
         record.running = False
-        _signal_group(transport.get_pid(), signal.SIGKILL)  # what the replica left behind dies with it, as in a pod
+        left = await kill_session(transport.get_pid())  # what the replica left behind dies with it, as in a pod
+        if left:
+            self.display.say(f"{replica}: processes {', '.join(map(str, left))} did not die on SIGKILL", "red")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(protocol.drained), DRAIN_SECONDS)
         transport.close()
@@ -314,12 +316,12 @@ class Supervisor:
     def _terminate(self, record: Record, signum: int) -> None:
         if record.pid is not None and record.running:
             record.stopped = True
-            _signal_group(record.pid, signum)
+            signal_group(record.pid, signum)
 
     def _kill_all(self, signum: int) -> None:
         for record in self.records.values():
             if record.pid is not None and record.running:
-                _signal_group(record.pid, signum)
+                signal_group(record.pid, signum)
 
     def _result(self, finish: Finish) -> RunResult:
         end = self.clock()
@@ -352,12 +354,6 @@ class Supervisor:
 
 
 _SIGNALS = {s.value for s in signal.Signals}
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    """Signal a replica's whole process group; gone already is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:

@@ -35,10 +35,26 @@ elif mode == "grandchild":  # a child in the same process group that would outli
         f.write(f"{child.pid}\n")
     print("grandchild started", flush=True)
     time.sleep(float(rest[0]) if rest else 300)
-elif mode == "stubborn":  # ignores SIGTERM: only SIGKILL stops it
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif mode == "regrouped":  # a child that left our process group: only the session still ties it to us
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], process_group=0)
+    with (state / f"{me}.pids").open("a") as f:
+        f.write(f"{child.pid}\n")
+    print("regrouped child started", flush=True)
+    time.sleep(float(rest[0]))
+elif mode == "stubborn":  # ignores SIGTERM (says so): only SIGKILL stops it
+
+    def ignore(*_: object) -> None:
+        (state / f"{me}.sigterm").touch()
+        print("SIGTERM ignored", flush=True)
+
+    signal.signal(signal.SIGTERM, ignore)
+    (state / f"{me}.ready").touch()
     print("ignoring SIGTERM", flush=True)
-    time.sleep(300)
+    while True:
+        time.sleep(300)
+elif mode == "wait-for":  # exit 0 once $STATE/<file> exists
+    while not (state / rest[0]).exists():
+        time.sleep(0.01)
 elif mode == "echo":
     print(" ".join(rest), flush=True)
     print("MY_VAR=" + os.environ.get("MY_VAR", "<unset>"), flush=True)
