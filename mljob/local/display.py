@@ -162,11 +162,15 @@ class LogFiles:
     def path(self, replica: Replica) -> Path:
         return self.folder / f"{replica}.log"
 
-    def write(self, replica: Replica, text: str) -> None:
+    def open(self, replica: Replica) -> IO[str]:
+        """The replica's file, created when it starts: a replica that prints nothing still has one."""
         file = self.files.get(replica)
         if file is None:
             file = self.files[replica] = self.path(replica).open("a", encoding="utf-8", buffering=1)
-        file.write(text + "\n")
+        return file
+
+    def write(self, replica: Replica, text: str) -> None:
+        self.open(replica).write(text + "\n")
 
     def mark(self, replica: Replica, text: str) -> None:
         """A line from mljob in a replica's log (a restart), dated so it can be matched to others."""

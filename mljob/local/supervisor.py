@@ -238,6 +238,8 @@ class Supervisor:
         if record.first_start is None:
             record.first_start = now
         record.observed = Observed(State.RUNNING)
+        if self.logs is not None:
+            self.logs.open(replica)
         loop = asyncio.get_running_loop()
         protocol = _Protocol(lambda raw: self._emit(replica, raw))
         try:

@@ -151,10 +151,15 @@ def test_sigterm_is_followed_by_sigkill_after_the_grace_period(folder):
 
 def test_logs_dir_has_one_file_per_replica(folder):
     logs = folder / "logs"
-    roles = {"Lead": (1, "ExitCode", replica("exit-first", "137")), "Worker": (1, "Never", replica("exit", "0"))}
+    roles = {
+        "Lead": (1, "ExitCode", replica("exit-first", "137")),
+        "Worker": (1, "Never", replica("exit", "0")),
+        "Server": (1, "Never", container(["true"])),  # prints nothing
+    }
     code, out, _ = run(folder, roles, logs_dir=logs)
     assert code == 0
-    assert sorted(p.name for p in logs.iterdir()) == ["lead-0.log", "worker-0.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["lead-0.log", "server-0.log", "worker-0.log"]
+    assert (logs / "server-0.log").read_text() == ""
     lead = (logs / "lead-0.log").read_text().splitlines()
     assert lead[0] == "lead-0 run 1: exit-first 137"
     assert "restart 1 after lead-0 exited with code 137" in lead[1]

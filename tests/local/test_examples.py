@@ -1,0 +1,122 @@
+"""Every example trains for real through ``mljob run``, as a person would run it.
+
+Each training script checks its own result and prints ``RESULT ok loss A->B allreduce=S ...``
+on every rank that checks; the tests assert the exit status, that line on the ranks that must
+print it (so a script that exited 0 without training fails here), that the loss fell and that
+the ranks agree on the all-reduced value, the summary table, and the ``--logs-dir`` files.
+
+The MXNet example runs under ``.venv-mxnet/bin/mljob`` (MXNet 1.9.1 needs numpy<1.24): its
+``python train.py`` then means that environment's python, because ``mljob run`` puts the folder
+of the interpreter running it first on the replicas' PATH.
+"""
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+MLJOB = Path(sys.executable).parent / "mljob"
+MXNET_MLJOB = ROOT / ".venv-mxnet" / "bin" / "mljob"
+RESULT = re.compile(
+    r"^\[(?P<replica>[a-z]+-\d+)\] RESULT (?P<status>\w+) loss (?P<first>[\d.]+)->(?P<last>[\d.]+) "
+    r"allreduce=(?P<allreduce>[\d.]+)"
+)
+
+pytestmark = pytest.mark.frameworks
+
+
+@dataclass(frozen=True)
+class Example:
+    folder: str
+    checkers: tuple[str, ...]
+    """Replicas that print a RESULT line."""
+    allreduce: float
+    """The value every checker must report."""
+    summary: dict[str, str]
+    """Replica -> the result the summary table must show."""
+    mljob: Path = MLJOB
+
+
+CASES = [
+    Example(
+        "pytorch-ddp",
+        ("master-0", "worker-0", "worker-1"),
+        6.0,  # 1 + 2 + 3 over three ranks
+        {"master-0": "succeeded", "worker-0": "succeeded", "worker-1": "succeeded"},
+    ),
+    Example(
+        "pytorch-torchrun",  # torchrun's child prints through the replica's stdout
+        ("worker-0", "worker-1"),
+        3.0,
+        {"worker-0": "succeeded", "worker-1": "succeeded"},
+    ),
+    Example(
+        "tensorflow-multiworker",
+        ("worker-0", "worker-1"),
+        3.0,
+        {"worker-0": "succeeded", "worker-1": "succeeded"},
+    ),
+    Example(
+        "tensorflow-ps",  # allreduce: the PS-side step counter, one per scheduled step
+        ("chief-0",),
+        60.0,
+        {"chief-0": "succeeded", "worker-0": "stopped", "worker-1": "stopped", "ps-0": "stopped"},
+    ),
+    Example(
+        "mxnet-dist-sync",  # the scheduler and server exit on their own when the workers finish
+        ("worker-0", "worker-1"),
+        3.0,
+        {"worker-0": "succeeded", "worker-1": "succeeded"},
+        MXNET_MLJOB,
+    ),
+]
+
+
+def summary(out: str) -> dict[str, list[str]]:
+    """The final table's rows by replica: [result, exit code, restarts, duration]."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["replica", "result"])
+    rows: dict[str, list[str]] = {}
+    for line in lines[header + 1 :]:
+        if line.startswith("[mljob]"):
+            break
+        name, *cells = line.split()
+        rows[name] = cells
+    return rows
+
+
+@pytest.mark.parametrize("example", CASES, ids=[c.folder for c in CASES])
+def test_example_trains_and_checks_itself(example: Example, tmp_path: Path) -> None:
+    assert example.mljob.exists(), f"{example.mljob} is missing: run `make setup setup-mxnet`"
+    logs = tmp_path / "logs"
+    done = subprocess.run(
+        [str(example.mljob), "run", str(EXAMPLES / example.folder / "job.yaml"), "--logs-dir", str(logs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # the job's folder, not the caller's, is where the replicas run
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert out.rstrip().splitlines()[-1].startswith("[mljob] job succeeded in ")
+
+    results = {m["replica"]: m for m in map(RESULT.match, out.splitlines()) if m}
+    assert sorted(results) == sorted(example.checkers), out
+    for replica, match in results.items():
+        assert match["status"] == "ok", f"{replica}: {match.group(0)}"
+        assert float(match["last"]) < float(match["first"]), f"{replica}: the loss did not fall"
+        assert float(match["allreduce"]) == example.allreduce, f"{replica}: {match.group(0)}"
+
+    rows = summary(out)
+    for replica, result in example.summary.items():
+        assert rows[replica][0] == result, f"{replica}: {rows[replica]}"
+        assert rows[replica][2] == "0", f"{replica} was restarted: {rows[replica]}"
+    assert sorted(p.stem for p in logs.iterdir()) == sorted(rows)
+    for replica in example.checkers:
+        assert "RESULT ok" in (logs / f"{replica}.log").read_text()
