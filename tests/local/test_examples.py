@@ -11,12 +11,16 @@ of the interpreter running it first on the replicas' PATH.
 """
 
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from mljob.local.procs import session_members
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -120,3 +124,42 @@ def test_example_trains_and_checks_itself(example: Example, tmp_path: Path) -> N
     assert sorted(p.stem for p in logs.iterdir()) == sorted(rows)
     for replica in example.checkers:
         assert "RESULT ok" in (logs / f"{replica}.log").read_text()
+
+
+def test_ctrl_c_stops_a_real_training_run_and_leaves_no_process(tmp_path: Path) -> None:
+    """The DDP example, made to train for long, interrupted mid-training like a person would."""
+    job = yaml.safe_load((EXAMPLES / "pytorch-ddp" / "job.yaml").read_text())
+    for spec in job["spec"]["replicaSpecs"].values():
+        container = spec["template"]["spec"]["containers"][0]
+        container["workingDir"] = str(EXAMPLES / "pytorch-ddp")
+        container["env"] = [e for e in container["env"] if e["name"] != "STEPS"] + [
+            {"name": "STEPS", "value": "1000000"}
+        ]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    mljob = subprocess.Popen(
+        [str(MLJOB), "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+    )
+    assert mljob.stdout is not None
+    seen: list[str] = []
+    for line in mljob.stdout:  # until every rank is past its first steps
+        seen.append(line)
+        if sum(" step 20 loss " in s for s in seen) == 3:
+            break
+    sessions = {session_of(pid) for pid in children_of(mljob.pid)}
+    assert len(sessions) == 3, seen
+    mljob.send_signal(signal.SIGINT)
+    rest, _ = mljob.communicate(timeout=60)
+    out = "".join(seen) + rest
+    assert mljob.returncode == 130, out
+    assert "[mljob] job failed: interrupted by SIGINT; stopped every replica" in out
+    assert [summary(out)[r][0] for r in ("master-0", "worker-0", "worker-1")] == ["stopped"] * 3
+    assert [pid for sid in sessions for pid in session_members(sid)] == []
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def session_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
