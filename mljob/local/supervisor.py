@@ -103,6 +103,8 @@ class Record:
     """Whether the process (its group leader) is alive."""
     watcher: asyncio.Task[None] | None = None
     first_start: float | None = None
+    first_launched: float | None = None
+    """When the first process was running the replica's program (exec done), on the run's clock."""
     ended: float | None = None
     stopped: bool = False
     """Stopped by mljob (the job finished or was interrupted), not exited on its own."""
@@ -118,7 +120,7 @@ class RunResult:
     restarts: int
     elapsed: float
     launched: dict[Replica, float]
-    """Seconds from the start of the run to each replica's first launch."""
+    """Seconds from the start of the run until each replica's program first ran (its exec done)."""
 
 
 class Supervisor:
@@ -260,6 +262,8 @@ class Supervisor:
             return
         record.pid = transport.get_pid()
         record.running = True
+        if record.first_launched is None:
+            record.first_launched = self.clock()
         record.watcher = asyncio.create_task(self._watch(replica, record, transport, protocol))
 
     async def _watch(
@@ -334,7 +338,9 @@ class Supervisor:
             status = 130 if "SIGINT" in finish.message else 143
         else:
             status = 1
-        launched = {r: rec.first_start - self.started for r, rec in self.records.items() if rec.first_start is not None}
+        launched = {
+            r: rec.first_launched - self.started for r, rec in self.records.items() if rec.first_launched is not None
+        }
         return RunResult(finish, status, rows, self.restarts, end - self.started, launched)
 
     def _row(self, replica: Replica, record: Record, end: float) -> SummaryRow:
