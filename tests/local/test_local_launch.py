@@ -10,7 +10,7 @@ from localfw import Tiny, container
 
 from mljob import MLJob, Replica
 from mljob.local.cluster import LocalCluster, free_ports
-from mljob.local.gpus import GpuError, assign_gpus, gpu_requests, parse_nvidia_smi, parse_visible
+from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests, parse_nvidia_smi, parse_visible
 from mljob.local.launch import container_env, expand, plan, process_path
 
 W0, W1, LEAD = Replica("Worker", 0), Replica("Worker", 1), Replica("Lead", 0)
@@ -176,3 +176,24 @@ def test_parse_cuda_visible_devices(value, devices):
 def test_parse_nvidia_smi():
     output = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)\n"
     assert parse_nvidia_smi(output) == ["0", "1"]
+
+
+def fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> str:
+    """A folder holding an ``nvidia-smi`` that prints ``output``: a PATH for detect_gpus."""
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\n[ \"$1\" = -L ] || exit 2\ncat <<'END'\n{output}END\nexit {code}\n")
+    script.chmod(0o755)
+    return str(folder)
+
+
+def test_detect_gpus_asks_nvidia_smi_when_cuda_visible_devices_is_unset(tmp_path):
+    smi = "GPU 0: NVIDIA H100 (UUID: GPU-a)\n  MIG 1g.10gb Device 0: (UUID: MIG-b)\nGPU 1: NVIDIA H100 (UUID: GPU-c)\n"
+    path = fake_nvidia_smi(tmp_path, smi)
+    assert detect_gpus({"PATH": path}) == ["0", "1"]
+    assert detect_gpus({"PATH": path, "CUDA_VISIBLE_DEVICES": "1"}) == ["1"]  # what this process may use wins
+    assert detect_gpus({"PATH": path, "CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_detect_gpus_finds_none_without_a_working_nvidia_smi(tmp_path):
+    assert detect_gpus({"PATH": str(tmp_path)}) == []
+    assert detect_gpus({"PATH": fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed\n", code=9)}) == []

@@ -214,6 +214,25 @@ def test_gpus_are_handed_out_disjointly(folder, monkeypatch):
     assert "[worker-1] gpus=5" in out
 
 
+def test_gpus_found_by_nvidia_smi_are_handed_out_disjointly(folder, monkeypatch):
+    smi = folder / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text('#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    two = replica("echo", "gpus=$(CUDA_VISIBLE_DEVICES)", resources={"limits": {"nvidia.com/gpu": 2}})
+    one = replica("echo", "gpus=$(CUDA_VISIBLE_DEVICES)", resources={"limits": {"nvidia.com/gpu": "1"}})
+    code, out, _ = run(folder, {"Lead": (1, "Never", two), "Worker": (2, "Never", one)})
+    assert code == 0
+    assert "[mljob] CUDA_VISIBLE_DEVICES: lead-0=0,1, worker-0=2, worker-1=3" in out
+    assert sorted(line for line in out.splitlines() if "] gpus=" in line) == [
+        "[lead-0] gpus=0,1",
+        "[worker-0] gpus=2",
+        "[worker-1] gpus=3",
+    ]
+
+
 def start_driver(folder: Path, roles: dict, pod: dict | None = None) -> subprocess.Popen[str]:
     path = write_job(folder, roles, pod=pod)
     return subprocess.Popen(
