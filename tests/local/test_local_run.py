@@ -6,6 +6,7 @@ Runs go through :func:`mljob.local.run_file` in this process with the test frame
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -288,3 +289,19 @@ def test_a_second_ctrl_c_kills_at_once(folder):
     assert driver.returncode == 130, out
     assert "SIGINT again: killing every replica" in out
     assert [pid for pid in pids(folder) if alive(pid)] == []
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_live_status_line_counts_replicas_restarts_and_time(folder):
+    path = write_job(folder, {"Lead": (1, "ExitCode", replica("exit-first", "137"))}, {"backoffLimit": 2})
+    out = Terminal()
+    code = run_file(path, plugins=tiny_plugins(), out=out, err=io.StringIO())
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # without colours and cursor moves
+    assert code == 0
+    assert re.search(r"running 1 · succeeded 0 · failed 0 · restarts 0/2 · \d+\.\ds", text)
+    assert "[lead-0] lead-0 run 2: exit-first 137" in text
+    assert summary_row(text.replace("\r", "\n"), "lead-0")[1:4] == ["succeeded", "0", "1"]
