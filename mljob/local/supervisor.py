@@ -4,8 +4,10 @@ Thin on purpose: every decision (restart, fail, succeed, stop) comes from
 :func:`mljob.local.policy.decide`; this module turns it into processes. Each replica runs in a
 session of its own, so stopping it signals its whole process group (``torchrun``'s workers,
 a shell's children) and Ctrl-C in the terminal reaches mljob alone, which then stops every
-replica: SIGTERM, then SIGKILL after the grace period. Exits are awaited, never polled; the
-only timer is the job's deadline.
+replica: SIGTERM, then SIGKILL after the grace period. When a replica's program exits, whatever
+it left in its session is killed and awaited (:mod:`mljob.local.procs`) before the exit counts,
+as a pod's processes end with its container. Exits are awaited, never polled; the only timer
+is the job's deadline.
 """
 
 from __future__ import annotations

@@ -73,7 +73,6 @@ def test_success_prefixes_lines_and_prints_a_summary(folder):
 @pytest.mark.parametrize("policy", ["Never", "ExitCode"])
 def test_exit_1_fails_the_job_and_names_the_replica(folder, policy):
     roles = {"Lead": (1, policy, replica("sleep", "30")), "Worker": (2, policy, replica("exit", "0"))}
-    roles["Worker"] = (2, policy, replica("exit", "0"))
     code, out, _ = run(folder, {**roles, "Server": (1, policy, replica("exit", "1"))})
     assert code == 1
     assert f"[mljob] job failed: server-0 exited with code 1 (restartPolicy {policy})" in out
