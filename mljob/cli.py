@@ -136,6 +136,9 @@ def operator(
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
     peering: Annotated[str | None, typer.Option(help="kopf peering name: run several replicas, one acts.")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="No peering (default without --peering).")] = False,
+    priority: Annotated[
+        int | None, typer.Option(help="Peering priority: the highest acts (default: the replica started first).")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every handler call.")] = False,
 ) -> None:
@@ -145,7 +148,15 @@ def operator(
 
     if bool(namespace) == all_namespaces or (peering and standalone):
         raise fail(["give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"], 2)
-    run_operator(Options(namespace or (), all_namespaces, peering, metrics_port, verbose=verbose))
+    options = Options(
+        namespaces=namespace or (),
+        all_namespaces=all_namespaces,
+        peering=peering,
+        priority=priority,
+        metrics_port=metrics_port,
+        verbose=verbose,
+    )
+    run_operator(options)
 
 
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small

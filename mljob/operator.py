@@ -12,6 +12,13 @@ kopf holds back every handler until all indexes are filled from their initial LI
 operator that restarts mid-job sees every existing pod before it plans: it never creates a
 duplicate (and a duplicate name would be refused by the API server anyway).
 
+Peering (``--peering NAME``): kopf pauses every replica but the one with the highest priority,
+and the default priority (:func:`seniority`) makes that the replica started first. A paused
+replica gets no events, so its controller starts no pass; a timer armed before a pause can still
+fire one, but every write carries a precondition (the job's resourceVersion, the child's uid,
+deterministic child names), so a pass from a stale view is refused instead of undoing the
+acting replica's work.
+
 Nothing else runs: no kopf finalizers, no kopf annotations, no kopf-posted events (handlers
 here are ``on.event`` and ``index`` only, and event posting is off), no timers. Deadlines and
 TTLs are per-job asyncio timers in the controller, set from each plan's wake-up time.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +53,24 @@ class Options:
     all_namespaces: bool = False
     peering: str | None = None
     """kopf peering name: several replicas run, one acts. None: standalone (no peering objects)."""
+    priority: int | None = None
+    """kopf peering priority; the highest acts. None: :func:`seniority`, so the oldest replica acts."""
     metrics_port: int | None = None
     workers: int = 16
     verbose: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def seniority() -> int:
+    """A peering priority that makes the replica started first the one that acts.
+
+    kopf pauses *every* operator when two peers share a priority, so replicas of one Deployment
+    (same arguments) must not share the default 0: nothing would act. Minus the start time in
+    microseconds is unique in practice and keeps the acting replica stable: a replica that starts
+    later (a restart, a rolling update) never outranks the one acting; it takes over when that one
+    leaves the peering (at once on a clean shutdown, after kopf's peer lifetime when killed).
+    """
+    return -(time.time_ns() // 1000)
 
 
 def _owned(body: kopf.Body, **_: Any) -> bool:
@@ -139,15 +161,18 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         registry = build_registry(controller)
         stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
-        logger.info(
-            "watching MLJobs in %s (%s)", scope, f"peering {options.peering}" if options.peering else "standalone"
-        )
+        priority = None
+        if options.peering:
+            priority = options.priority if options.priority is not None else seniority()
+        mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
+        logger.info("watching MLJobs in %s (%s)", scope, mode)
         await kopf.operator(
             registry=registry,
             clusterwide=options.all_namespaces,
             namespaces=list(options.namespaces),
             standalone=options.peering is None,
             peering_name=options.peering,
+            priority=priority,
             stop_flag=stop_flag,
         )
 
@@ -174,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     parser.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
     parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    parser.add_argument("--priority", type=int, help="peering priority, highest acts (default: oldest acts)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -182,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             namespaces=args.namespace,
             all_namespaces=args.all_namespaces,
             peering=None if args.standalone else args.peering,
+            priority=args.priority,
             metrics_port=args.metrics_port,
             verbose=args.verbose,
         )

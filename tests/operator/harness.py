@@ -96,10 +96,15 @@ class E2EJob:
 
 
 class OperatorProcess:
-    """The real operator, ``python -m mljob.operator``, as a subprocess with its log in a file."""
+    """The real operator, the ``mljob operator`` command, as a subprocess with its log in a file.
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    ``args`` replace the default ``--namespace NS --standalone`` (e.g. for peering or several
+    namespaces); ``extra_args`` are added to either.
+    """
+
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, args: list[str] | None = None) -> None:
         self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
+        self.args = args if args is not None else ["--namespace", namespace, "--standalone"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.extra_args: list[str] = []
@@ -108,21 +113,11 @@ class OperatorProcess:
         path = os.pathsep.join(p for p in (str(E2E_PLUGINS), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self.starts += 1
+        command = [sys.executable, "-c", "from mljob.cli import main; main()", "operator"]
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== operator start {self.starts} =====\n".encode())
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mljob.operator",
-                    "--namespace",
-                    self.namespace,
-                    "--standalone",
-                    *self.extra_args,
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                [*command, *self.args, *self.extra_args], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         return self
 
