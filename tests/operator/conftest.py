@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Backend, ClusterBackend, EmulatorBackend, OperatorProcess
+from harness import Backend, ClusterBackend, EmulatorBackend, History, OperatorProcess
 
 from mljob.crd import crd
 from mljob.testing import EmulatorThread, Kubelet, RunForever
@@ -32,9 +32,11 @@ class EmulatedWorld:
         self.kubelet: Kubelet | None = None
         self.operator: OperatorProcess | None = None
         self.backend: EmulatorBackend | None = None
+        self.history = History()
 
     def start(self, operator: bool = True) -> EmulatedWorld:
         self.emu.start()
+        self.emu.call(self.emu.emulator.store.subscribe, self.history.listen)
         self.emu.create("customresourcedefinitions", crd())
         self.kubelet = Kubelet(self.emu.emulator, **self.kubelet_options)
         kubelet = self.kubelet
@@ -84,6 +86,7 @@ def shared_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedW
     world = EmulatedWorld(tmp_path_factory.mktemp("shared")).start()
     yield world
     world.stop()
+    assert not world.history.violations, world.history.violations
 
 
 @pytest.fixture
@@ -101,6 +104,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[.
     for w in made:
         _dump_on_failure(request, w)
         w.stop()
+    for w in made:
+        assert not w.history.violations, w.history.violations
 
 
 def _cluster_selected(config: pytest.Config) -> bool:
@@ -130,3 +135,4 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     assert shared.backend is not None
     yield shared.backend
     _dump_on_failure(request, shared)
+    assert not shared.history.violations, shared.history.violations

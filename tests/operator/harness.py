@@ -333,3 +333,63 @@ def matching(names: list[str], pattern: str) -> list[str]:
 
 def conditions(status: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c.get("reason", "")) for c in status.get("conditions") or ()}
+
+
+EXCLUSIVE = ("Running", "Restarting", "Succeeded", "Failed")
+
+
+class History:
+    """Checks, on every committed write the emulator makes, what must hold at *every* moment.
+
+    Subscribed to the emulator's store, so it sees each version of each object in commit order,
+    not just what a test happens to read at the end:
+
+    * at most one pod per replica (job uid, role, index) exists at a time;
+    * at most one of Running/Restarting/Succeeded/Failed is True in a job's status;
+    * a finished job never leaves its terminal phase.
+    """
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.live: dict[tuple[str, str, str], set[str]] = {}
+        self.max_live = 0
+        self.finished: dict[str, str] = {}
+        self.job_versions = 0
+
+    def listen(self, change: Any) -> None:
+        plural = change.resource.key[1]
+        if plural == "pods":
+            self._pod(change.type, change.obj)
+        elif plural == "mljobs" and change.type != "DELETED":
+            self._job(change.obj)
+
+    def _pod(self, kind: str, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        owner = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+        if owner is None or owner.get("kind") != "MLJob":
+            return
+        labels = meta.get("labels") or {}
+        slot = (owner["uid"], str(labels.get("mljob.io/replica-type")), str(labels.get("mljob.io/replica-index")))
+        names = self.live.setdefault(slot, set())
+        if kind == "DELETED":
+            names.discard(meta["name"])
+            return
+        names.add(meta["name"])
+        self.max_live = max(self.max_live, len(names))
+        if len(names) > 1:
+            self.violations.append(f"two pods for one replica {slot}: {sorted(names)}")
+
+    def _job(self, job: Mapping[str, Any]) -> None:
+        self.job_versions += 1
+        meta, status = job["metadata"], job.get("status") or {}
+        who = f"{meta.get('namespace')}/{meta['name']}@{meta.get('resourceVersion')}"
+        true = [
+            c["type"] for c in status.get("conditions") or () if c.get("status") == "True" and c["type"] in EXCLUSIVE
+        ]
+        if len(true) > 1:
+            self.violations.append(f"{who}: {true} all True at once")
+        uid, phase = str(meta.get("uid")), str(status.get("phase") or "")
+        if uid in self.finished and phase != self.finished[uid]:
+            self.violations.append(f"{who}: left the terminal phase {self.finished[uid]} for {phase!r}")
+        if phase in ("Succeeded", "Failed"):
+            self.finished.setdefault(uid, phase)
