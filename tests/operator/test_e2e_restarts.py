@@ -51,6 +51,12 @@ def test_exit_code_recreates_on_a_signal_until_the_backoff_limit(backend: Backen
     assert "worker-0 exited with code 137" in status["message"]
     assert "backoffLimit 2 reached" in status["message"]
     assert len(backend.events(name, "Restarted")) == 2
+    # Every recreation is a delete and a create, each one an Event on the job.
+    deletes = [e["message"] for e in backend.events(name, "Deleted")]
+    assert len([m for m in deletes if "recreating the pod" in m and f"pod {name}-worker-0" in m]) == 2, deletes
+    creates = [e["message"] for e in backend.events(name, "Created") if f"pod {name}-worker-0" in e["message"]]
+    assert len(creates) == 3, creates
+    assert [e["message"] for e in backend.events(name, "BackoffLimitExceeded")] == [status["message"]]
 
 
 def test_in_place_restarts_exhaust_the_backoff_limit(backend: Backend):
@@ -131,3 +137,24 @@ def test_a_pod_on_a_lost_node_is_deleted_and_its_name_waited_for(shared_world):
     assert status["restartCount"] == 1
     assert "worker-0 lost its node (NodeLost)" in status["message"]
     assert len(backend.pods(name)) == 2  # the lost pod, still terminating, and worker-1: no duplicate
+
+
+def test_never_yields_to_the_framework_success_rule(world):
+    """A worker fails under Never in the same pass in which the chief succeeds: TF's rule says success.
+
+    The operator is stopped while both happen, so its next pass sees both at once, deterministically.
+    """
+    w = world()
+    b = w.backend
+    name = "rs-never-chief"
+    b.submit(E2EJob(name, "tensorflow", {"Chief": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),), "Never")}))
+    b.wait_phase(name, "Running")
+    w.operator.kill()
+    w.on_loop(w.kubelet.exit, f"{name}-worker-1", 1)
+    w.on_loop(w.kubelet.exit, f"{name}-chief-0", 0)
+    b.wait(lambda: b.pods(name)[f"{name}-chief-0"]["status"].get("phase") == "Succeeded", what="chief done")
+    w.operator.start()
+    status = b.wait_phase(name, "Succeeded", "Failed")
+    assert status["phase"] == "Succeeded", status
+    assert status["replicaStatuses"]["Worker"]["failed"] == 1
+    assert not b.events(name, "ReplicaFailed")

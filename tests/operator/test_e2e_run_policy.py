@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -33,26 +34,54 @@ def test_ttl_deletes_the_job_and_its_children(backend: Backend):
 CLEANUP = [
     # (how it ends, cleanPodPolicy, pods left once it has ended)
     ("success", "All", []),
-    ("success", "None", ["rp-clean-success-none-worker-0"]),
-    ("failure", "Running", ["rp-clean-failure-running-worker-0"]),
-    ("failure", "None", ["rp-clean-failure-none-master-0", "rp-clean-failure-none-worker-0"]),
+    ("success", "None", ["worker-0"]),
+    ("failure", "Running", ["worker-0"]),
+    ("failure", "None", ["master-0", "worker-0"]),
+    ("backoff", "Running", ["worker-0"]),
+    ("backoff", "All", []),
+    ("deadline", "None", ["master-0", "worker-0"]),
+    ("deadline", "All", []),
 ]
+ENDS = {
+    "success": ("Succeeded", "Succeeded"),
+    "failure": ("Failed", "ReplicaFailed"),
+    "backoff": ("Failed", "BackoffLimitExceeded"),
+    "deadline": ("Failed", "DeadlineExceeded"),
+}
 
 
 @pytest.mark.parametrize(("end", "policy", "left"), CLEANUP)
-def test_clean_pod_policy_on_success_and_failure(backend: Backend, end, policy, left):
+def test_clean_pod_policy_on_every_terminal_path(backend: Backend, end, policy, left):
     name = f"rp-clean-{end}-{policy.lower()}"
+    run_policy: dict[str, object] = {"cleanPodPolicy": policy}
     if end == "success":
         roles = {"Worker": Role(1, (Run(0, 0.2),))}
-    else:
+    elif end == "failure":
         roles = {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Run(5, 0.3),), "Never")}
-    backend.submit(E2EJob(name, "pytorch", roles, run_policy={"cleanPodPolicy": policy}))
-    backend.wait_phase(name, "Succeeded" if end == "success" else "Failed")
-    backend.wait(lambda: backend.pod_names(name) == left, what=f"pods left: {left}")
+    elif end == "backoff":  # recreated once, then the second 137 exhausts backoffLimit 1
+        roles = {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Run(137, 0.3),), "ExitCode")}
+        run_policy["backoffLimit"] = 1
+    else:
+        roles = {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Forever(),))}
+        run_policy["activeDeadlineSeconds"] = 2
+    backend.submit(E2EJob(name, "pytorch", roles, run_policy=run_policy))
+    phase, reason = ENDS[end]
+    status = backend.wait_phase(name, phase, timeout=backend.timeout + 5)
+    assert conditions(status)[phase] == ("True", reason)
+    want = [f"{name}-{pod}" for pod in left]
+    backend.wait(lambda: backend.pod_names(name, live=False) == want, what=f"pods left: {want}")
     time.sleep(0.3)
-    assert backend.pod_names(name) == left
+    assert backend.pod_names(name, live=False) == want
     service = [s for s in backend.list("services") if s["metadata"]["name"] == name]
     assert bool(service) == (policy == "None")
+    # What a person sees in `kubectl describe`: the terminal transition and every cleanup delete.
+    assert [e["message"] for e in backend.events(name, reason)] == [status["message"]]
+    deleted = " ".join(e["message"] for e in backend.events(name, "Deleted") if "cleanPodPolicy" in e["message"])
+    gone = [f"{role.lower()}-0" for role in roles if f"{role.lower()}-0" not in left]
+    for pod in gone:
+        assert f"pod {name}-{pod}" in deleted, deleted
+    if policy != "None":
+        assert f"service {name}" in deleted, deleted
 
 
 def test_suspend_deletes_the_pods_and_resume_recreates_them(backend: Backend):
@@ -71,6 +100,49 @@ def test_suspend_deletes_the_pods_and_resume_recreates_them(backend: Backend):
     assert status["startTime"] > first["startTime"]
     assert backend.pod_names(name) == [f"{name}-master-0", f"{name}-worker-0"]
     assert backend.events(name, "Resumed")
+
+
+def _with_image(spec: dict, image: str) -> dict:
+    specs = copy.deepcopy(spec["replicaSpecs"])
+    for role in specs.values():
+        role["template"]["spec"]["containers"][0]["image"] = image
+    return specs
+
+
+def test_replica_specs_are_immutable_while_running_and_change_while_suspended(backend: Backend):
+    name = "rp-immutable"
+    backend.submit(E2EJob(name, "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Forever(),))}))
+    backend.wait_phase(name, "Running")
+    uids = {n: p["metadata"]["uid"] for n, p in backend.pods(name).items()}
+    changed = _with_image(backend.job(name)["spec"], "busybox:1.37")
+    refused = ""
+    try:
+        backend.patch("mljobs", name, {"spec": {"replicaSpecs": changed}})
+    except Exception as error:  # a real cluster enforces the CRD's CEL rule
+        refused = str(error)
+    if refused:
+        assert "replicaSpecs is immutable unless the job is suspended" in refused
+    else:  # the emulator does not: the operator refuses to apply it, says so, and keeps the job running
+        event = backend.wait(lambda: backend.events(name, "SpecChangeIgnored"), what="SpecChangeIgnored")
+        assert "suspend the job to change it" in event[0]["message"]
+        assert backend.status(name)["message"] == event[0]["message"]
+        time.sleep(0.3)
+        assert backend.phase(name) == "Running"
+        assert {n: p["metadata"]["uid"] for n, p in backend.pods(name).items()} == uids
+
+    # Kueue's way: suspend, edit, resume; the pods come back with the new spec.
+    backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": True}}})
+    backend.wait_phase(name, "Suspended")
+    changed = _with_image(backend.job(name)["spec"], "busybox:1.36.1")
+    backend.patch("mljobs", name, {"spec": {"replicaSpecs": changed}})
+    backend.wait(lambda: backend.pod_names(name, live=False) == [], what="pods gone")
+    backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": False}}})
+    backend.wait_phase(name, "Running")
+    pods = backend.pods(name)
+    assert sorted(pods) == [f"{name}-master-0", f"{name}-worker-0"]
+    assert {p["spec"]["containers"][0]["image"] for p in pods.values()} == {"busybox:1.36.1"}
+    assert len(backend.events(name, "SpecChangeIgnored")) <= 1
+    backend.delete("mljobs", name)
 
 
 def test_a_job_created_suspended_waits_without_pods(backend: Backend):
@@ -120,13 +192,23 @@ def test_a_pod_with_forged_labels_is_never_counted_adopted_or_deleted(backend: B
     backend.delete("pods", f"{name}-worker-7")
 
 
-def test_an_invalid_job_fails_with_field_paths_while_others_keep_working(backend: Backend):
-    bad, good = "rp-invalid", "rp-beside-invalid"
-    backend.submit(E2EJob(bad, "pytorch", {"Wrker": Role(1)}))
+INVALID = {
+    "unknown-role": ("pytorch", {"Wrker": Role(1)}, "spec.replicaSpecs.Wrker: unknown role 'Wrker'"),
+    "unknown-framework": ("caffe", {"Worker": Role(1)}, "spec.framework: unknown framework 'caffe'"),
+    "two-masters": ("pytorch", {"Master": Role(2)}, "spec.replicaSpecs.Master.replicas:"),
+}
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_an_invalid_job_fails_with_field_paths_while_others_keep_working(backend: Backend, case):
+    bad, good = f"rp-invalid-{case}", f"rp-beside-invalid-{case}"
+    framework, roles, message = INVALID[case]
+    backend.submit(E2EJob(bad, framework, roles))
     backend.submit(E2EJob(good, "pytorch", {"Worker": Role(1, (Run(0, 0.3),))}))
     status = backend.wait_phase(bad, "Failed")
     assert conditions(status)["Failed"] == ("True", "InvalidSpec")
-    assert status["message"].startswith("spec.replicaSpecs.Wrker: unknown role 'Wrker'")
+    assert status["message"].startswith(message), status["message"]
+    assert backend.events(bad, "InvalidSpec")[0]["message"] == status["message"]
     assert backend.pod_names(bad) == []
     assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
 
