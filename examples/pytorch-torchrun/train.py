@@ -57,5 +57,8 @@ dist.destroy_process_group()
 
 ok = losses[-1] < 0.5 * losses[0] and token.item() == world * (world + 1) / 2 and agree
 status = "ok" if ok else "FAILED"
-print(f"RESULT {status} loss {losses[0]:.3f}->{losses[-1]:.4f} allreduce={token.item():.1f} world={world} agree={agree}")
-sys.exit(0 if ok else 1)
+print(f"RESULT {status} loss {losses[0]:.3f}->{losses[-1]:.4f} allreduce={token.item():.1f} world={world} agree={agree}", flush=True)
+# Leave without running C++ destructors: at interpreter exit gloo's threads can abort a process
+# (SIGABRT, "terminate called without an active exception") when a peer exits at the same
+# moment, which would turn a finished, checked run into a failure the restart policy retries.
+os._exit(0 if ok else 1)
