@@ -81,6 +81,19 @@ CASES = [
 ]
 
 
+def run_mljob(command: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    """Exit status and output (stderr after stdout); a run that hangs is stopped as Ctrl-C would,
+    so its replicas do not outlive the test."""
+    mljob = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        out, err = mljob.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        mljob.send_signal(signal.SIGINT)
+        out, err = mljob.communicate(timeout=60)
+        pytest.fail(f"mljob run did not finish in {timeout:.0f}s:\n{out}{err}")
+    return mljob.returncode, out + err
+
+
 def summary(out: str) -> dict[str, list[str]]:
     """The final table's rows by replica: [result, exit code, restarts, duration]."""
     lines = out.splitlines()
@@ -98,16 +111,9 @@ def summary(out: str) -> dict[str, list[str]]:
 def test_example_trains_and_checks_itself(example: Example, tmp_path: Path) -> None:
     assert example.mljob.exists(), f"{example.mljob} is missing: run `make setup setup-mxnet`"
     logs = tmp_path / "logs"
-    done = subprocess.run(
-        [str(example.mljob), "run", str(EXAMPLES / example.folder / "job.yaml"), "--logs-dir", str(logs)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,  # the job's folder, not the caller's, is where the replicas run
-        check=False,
-    )
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
+    command = [str(example.mljob), "run", str(EXAMPLES / example.folder / "job.yaml"), "--logs-dir", str(logs)]
+    code, out = run_mljob(command, cwd=tmp_path)  # the job's folder, not the caller's, is where replicas run
+    assert code == 0, out
     assert out.rstrip().splitlines()[-1].startswith("[mljob] job succeeded in ")
 
     results = {m["replica"]: m for m in map(RESULT.match, out.splitlines()) if m}
