@@ -300,7 +300,11 @@ class Controller:
         # held by an object this job does not control, the job cannot go on: say so, once, and
         # look again later (the stranger's deletion is no event this operator watches).
         existing = await self.api.get(kind, key[0], child)
-        if existing is None or podlib.controller_uid(existing) == _uid(body):
+        if existing is None:
+            # Refused as existing, yet gone: deleted in between, or a proxy's bogus 409. No event
+            # will tell this job that the name is free, so the pass must be retried.
+            raise ApiError(409, "AlreadyExists", f"{kind.lower()} {child} was refused as existing but is gone")
+        if podlib.controller_uid(existing) == _uid(body):
             return None
         clash = (key, child, podlib.uid(existing))
         if clash not in self._clashes:

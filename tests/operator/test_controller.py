@@ -42,6 +42,8 @@ class FakeApi:
         self.service: dict[str, Any] | None = None
         self.calls: list[tuple[str, str]] = []
         self.fail: dict[str, list[int]] = {}
+        self.phantom_conflicts = 0
+        """Creates answered "already exists" without creating anything (an injected 409)."""
 
     def _maybe_fail(self, verb: str) -> None:
         codes = self.fail.get(verb)
@@ -51,6 +53,9 @@ class FakeApi:
     async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         self.calls.append(("create", obj["metadata"]["name"]))
         self._maybe_fail("create")
+        if self.phantom_conflicts and obj["kind"] == "Pod":
+            self.phantom_conflicts -= 1
+            return None
         made = copy.deepcopy(obj)
         made["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
         if obj["kind"] == "Service":
@@ -176,6 +181,22 @@ async def test_server_errors_are_retried_with_backoff_until_the_job_converges():
         assert sorted(api.pods) == ["j-worker-0", "j-worker-1"]
         assert c.metrics.sample("mljob_api_errors_total", status="503") == 1
         assert c.metrics.sample("mljob_reconcile_duration_seconds_count", result="error") >= 2
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_create_refused_as_existing_for_a_pod_that_is_not_there_is_retried():
+    api = FakeApi(job_body())
+    api.phantom_conflicts = 2
+    c = await started(api)
+    try:
+        c.job_event(None, api.job)
+        for _ in range(40):  # no further event arrives: only the controller's retry can create them
+            if len(api.pods) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(api.pods) == ["j-worker-0", "j-worker-1"]
     finally:
         await c.stop()
 

@@ -58,6 +58,7 @@ def test_a_job_runs_to_success_with_exactly_the_rendered_children(backend: Backe
     assert conditions(status)["Running"][0] == "False"
     assert conditions(status)["Succeeded"] == ("True", "Succeeded")
     assert status["restartCount"] == 0
+    assert status["observedGeneration"] == backend.job(name)["metadata"]["generation"]
     assert status["completionTime"] >= status["startTime"]
     # Roles that run until stopped are stopped; the finished workers stay (cleanPodPolicy Running).
     backend.wait(lambda: not set(STOPPED[framework]) & set(backend.pod_names(name)), what="stopped roles gone")
