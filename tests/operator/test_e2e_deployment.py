@@ -88,6 +88,21 @@ def test_with_peering_only_one_replica_acts_and_the_other_takes_over_when_it_lea
         assert "peer-2" not in first.log()
     finally:
         second.stop()
+    # Everything both replicas asked of the API, deploy/'s ClusterRole allows.
+    used = {key for key in w.emulator.stats.counts if key[0] != "discovery"}
+    assert used, w.emulator.stats.counts
+    assert not {key for key in used if not rbac_allows(*key)}, used
+
+
+def rbac_allows(verb: str, resource: str) -> bool:
+    """Whether deploy/rbac.yaml's ClusterRole grants ``verb`` on the emulator's resource label."""
+    (role,) = [d for d in _docs("rbac.yaml") if d["kind"] == "ClusterRole"]
+    name, _, sub = resource.partition("/")
+    plural, _, group = name.partition(".")
+    wanted = f"{plural}/{sub}" if sub else plural
+    return any(
+        group in rule["apiGroups"] and wanted in rule["resources"] and verb in rule["verbs"] for rule in role["rules"]
+    )
 
 
 def _exits(*runs: Run) -> list[Any]:
