@@ -372,6 +372,9 @@ class _Pass:
             self.event("Warning", "SpecChangeIgnored", message)
 
         seen = self.observe(framework)
+        for note in seen.restarted:  # in-place restarts already happened, whatever this pass decides
+            self.event("Warning", "Restarted", note)
+        in_place = len(seen.restarted)
         if self.decide(framework, seen, frozen):
             return
         for retry in seen.retries:
@@ -385,7 +388,7 @@ class _Pass:
         self.creates.extend(seen.missing)
         if self.service is None and self.desired.service is not None:
             self.creates.append(self.desired.service)
-        for note in seen.restarted:
+        for note in seen.restarted[in_place:]:
             self.event("Warning", "Restarted", note)
         if seen.restarted:
             self.message = seen.restarted[-1]

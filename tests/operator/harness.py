@@ -170,6 +170,19 @@ class Backend:
     def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def messages(self, name: str, reason: str, *needles: str) -> list[str]:
+        """The messages of ``name``'s ``reason`` Events, once there is one and they name every needle.
+
+        Events are posted after the status write (and a delete's after the delete), so a test that
+        has just seen the status may be a moment ahead of them.
+        """
+
+        def ready() -> list[str] | None:
+            found = [str(e.get("message") or "") for e in self.events(name, reason)]
+            return found if found and all(n in " ".join(found) for n in needles) else None
+
+        return self.wait(ready, what=f"{reason} events of {name} naming {needles}")
+
     def wait(self, predicate: Callable[[], T], timeout: float | None = None, what: str = "") -> T:
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:

@@ -62,8 +62,8 @@ def test_a_job_runs_to_success_with_exactly_the_rendered_children(backend: Backe
     assert status["completionTime"] >= status["startTime"]
     # Roles that run until stopped are stopped; the finished workers stay (cleanPodPolicy Running).
     backend.wait(lambda: not set(STOPPED[framework]) & set(backend.pod_names(name)), what="stopped roles gone")
-    assert backend.events(name, "Running")
-    assert backend.events(name, "Succeeded")
+    assert backend.messages(name, "Running")
+    assert backend.messages(name, "Succeeded") == ["the job succeeded"]
     created = " ".join(e["message"] for e in backend.events(name, "Created"))  # one event per pass, not per pod
     assert all(f"pod {p}" in created for p in pods)
     assert f"service {name}" in created

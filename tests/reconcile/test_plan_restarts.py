@@ -213,3 +213,18 @@ def test_failure_cleans_up_per_policy_and_leaves_no_creates():
     p = w.plan(s(2))
     assert p.creates == ()
     assert sorted(d.name for d in p.deletes) == ["job", "job-master-0"]  # cleanPodPolicy Running (default)
+
+
+def test_a_restart_seen_in_the_pass_that_ends_the_job_still_gets_its_event():
+    """The operator may see an in-place restart and the success at once (a busy operator, a restart)."""
+    w = World(make_job(framework="toy-master").with_replicas("Master", 1).with_replicas("Worker", 1, "OnFailure"))
+    w.step()
+    w.put(w.update("master-0").running(), w.update("worker-0").running())
+    w.step(s(1))
+    w.put(w.update("worker-0").restarted(1), w.update("master-0").succeeded())
+    p = w.step(s(2))
+    assert p.finished is Phase.SUCCEEDED
+    assert w.status.restart_count == 1
+    assert [(e.reason, e.message.split(";")[0]) for e in p.events if e.reason == "Restarted"] == [
+        ("Restarted", "worker-0 exited with code 1 (Error)")
+    ]
