@@ -39,10 +39,12 @@ crds: setup
 bench-smoke: setup
 	$(BIN)/python bench/render.py --smoke
 	$(BIN)/python bench/launch.py --smoke
+	$(BIN)/python bench/operator.py --smoke
 
 bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/launch.py
+	$(BIN)/python bench/operator.py
 
 # Everything CI checks: lint, the whole test suite (real training included), a benchmark smoke.
 test: setup setup-mxnet lint

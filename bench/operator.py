@@ -137,6 +137,8 @@ async def bench(args: argparse.Namespace) -> None:
                 ended = ("Succeeded", "Failed")
                 await emu.wait_for(lambda: all(any(timeline.first(n, p) for p in ended) for n in names), timeout=900)
                 finished = time.monotonic()
+                # The terminal status is written before cleanPodPolicy's deletes: count those too.
+                await emu.wait_for(lambda: not emu.list("services"), timeout=60)
                 emu.cut_watches_every(None)
                 emu.faults.clear()
                 work = Counter({k: v for k, v in emu.stats.counts.items() if k[0] not in ("watch", "discovery")})
