@@ -26,13 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from benchkit import BenchPlugin, shape
 
-from mljob import Cluster, Framework, MLJob, Replica, Role, hookimpl
+from mljob import Framework
 from mljob.cli_common import job_and_framework, load_jobs
 from mljob.local.display import Display
 from mljob.local.runner import prepare
@@ -44,40 +44,6 @@ STAMP = re.compile(r"^\[[a-z]+-\d+\] (\d+\.\d+)$")
 FULL = (1, 32)
 SMOKE = (1, 4)
 DEFAULT_FRAMEWORK = "pytorch"
-
-
-class Bench(Framework):
-    """Used only when no framework plugin is installed, so the benchmark always has something to run."""
-
-    name = "bench"
-    roles = (Role("Leader", default_port=5000, leader=True, max_replicas=1), Role("Worker", default_port=5000))
-
-    def env(self, job: MLJob, replica: Replica, cluster: Cluster) -> Mapping[str, str]:
-        return {"BENCH_LEADER": str(cluster.address(Replica("Leader", 0))), "BENCH_RANK": str(replica.index)}
-
-
-class BenchPlugin:
-    @hookimpl
-    def mljob_register_frameworks(self, register):
-        register(Bench())
-
-
-def shape(framework: Framework, replicas: int) -> dict[str, int]:
-    """``replicas`` replicas in all: the required roles, the leader role once, the rest in the bulk role."""
-    counts: dict[str, int] = {}
-    for role in framework.roles:
-        if role.min_replicas > 0:
-            counts[role.name] = role.min_replicas
-        elif role.leader and not any(r.leader for r in framework.roles if r.name in counts):
-            counts[role.name] = 1
-    bulk = next(
-        (r.name for r in framework.roles if r.name == "Worker"),
-        next(r.name for r in framework.roles if r.max_replicas is None),
-    )
-    rest = replicas - sum(counts.values())
-    if rest > 0:
-        counts[bulk] = counts.get(bulk, 0) + rest
-    return counts
 
 
 def write_job(folder: Path, framework: Framework, replicas: int) -> Path:

@@ -16,48 +16,17 @@ import argparse
 import sys
 import time
 import tracemalloc
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mljob import Cluster, Framework, MLJob, Replica, Role, hookimpl
+from benchkit import BenchPlugin, shape
+
+from mljob import Framework, MLJob
 from mljob.plugins import Plugins, load_plugins
 from mljob.render import render
 from mljob.validation import check_job
 
 FULL = (10, 200, 2_000)
 SMOKE = (2, 5)
-
-
-class Bench(Framework):
-    """Used only when no framework plugin is installed, so the benchmark always has something to run."""
-
-    name = "bench"
-    roles = (Role("Leader", default_port=5000, leader=True, max_replicas=1), Role("Worker", default_port=5000))
-
-    def env(self, job: MLJob, replica: Replica, cluster: Cluster) -> Mapping[str, str]:
-        return {"BENCH_LEADER": str(cluster.address(Replica("Leader", 0))), "BENCH_RANK": str(replica.index)}
-
-
-class BenchPlugin:
-    @hookimpl
-    def mljob_register_frameworks(self, register):
-        register(Bench())
-
-
-def shape(framework: Framework, replicas: int) -> dict[str, int]:
-    """A typical job of ``replicas`` replicas: the required roles, one leader, the rest workers."""
-    counts: dict[str, int] = {}
-    for role in framework.roles:
-        if role.min_replicas > 0:
-            counts[role.name] = role.min_replicas
-        elif role.leader and not any(r.leader for r in framework.roles if r.name in counts):
-            counts[role.name] = 1
-    bulk = next(
-        (r.name for r in framework.roles if r.name == "Worker"),
-        next(r.name for r in framework.roles if r.max_replicas is None),
-    )
-    counts[bulk] = counts.get(bulk, 0) + max(replicas - sum(counts.values()), 0)
-    return counts
 
 
 def make_job(framework: Framework, replicas: int) -> MLJob:
