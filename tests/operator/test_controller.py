@@ -202,6 +202,44 @@ async def test_a_create_refused_as_existing_for_a_pod_that_is_not_there_is_retri
 
 
 @pytest.mark.asyncio
+async def test_a_create_refused_because_our_own_pod_exists_is_done_not_an_error():
+    """The index lags (a restarted operator, a lost watch event): AlreadyExists for our own pod is success."""
+    api = FakeApi(job_body())
+    c = Controller(api, plugins_for(*_pytorch()), Metrics(), debounce=0.01)  # type: ignore[arg-type]
+    c.bind(lambda key: ([], api.service))  # the watch has not shown the pods yet
+    await c.start()
+    try:
+        for i in range(2):
+            await api.create(
+                {
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": f"j-worker-{i}",
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "mljob.io/v1alpha1",
+                                "kind": "MLJob",
+                                "name": "j",
+                                "uid": UID,
+                                "controller": True,
+                            }
+                        ],
+                    },
+                }
+            )
+        api.calls.clear()
+        c.job_event(None, api.job)
+        await settle(c, api, 0.5)
+        assert c.passes == 1  # no retry was scheduled
+        assert sorted(n for v, n in api.calls if v == "create") == ["j", "j-worker-0", "j-worker-1"]
+        assert ("event", "NameTaken") not in api.calls
+        assert c.metrics.sample("mljob_reconcile_duration_seconds_count", result="ok") == 1
+        assert c.metrics.sample("mljob_pods_created_total", framework="pytorch", namespace="ns") == 0
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
 async def test_the_deadline_wakes_the_job_without_any_event():
     # The status keeps startTime to the second: a clock that starts on a whole second keeps the
     # deadline exactly one second after the first pass, however late in a second the test starts.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from harness import Backend, E2EJob, Forever, Role, Run, conditions
 
@@ -23,6 +25,22 @@ CASES = {
     ),
 }
 STOPPED = {"pytorch": [], "tensorflow": ["e2e-tf-ps-0"], "mxnet": ["e2e-mxnet-scheduler-0", "e2e-mxnet-server-0"]}
+
+
+MISSING = object()
+
+
+def mismatches(got: Any, want: Any, path: str = "") -> list[str]:
+    """Where ``got`` differs from ``want``, ignoring keys only ``got`` has (what the server and kubelet add)."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: {got!r} is not a mapping"]
+        return [m for k, v in want.items() for m in mismatches(got.get(k, MISSING), v, f"{path}.{k}")]
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return [f"{path}: {got!r} != {want!r}"]
+        return [m for i, (g, w) in enumerate(zip(got, want, strict=True)) for m in mismatches(g, w, f"{path}[{i}]")]
+    return [] if got == want else [f"{path}: {got!r} != {want!r}"]
 
 
 @pytest.mark.parametrize("framework", CASES)
@@ -48,9 +66,12 @@ def test_a_job_runs_to_success_with_exactly_the_rendered_children(backend: Backe
         assert got["spec"]["containers"][0]["env"] == obj["spec"]["containers"][0]["env"]
         assert got["spec"]["hostname"] == obj["spec"]["hostname"]
         assert got["spec"]["subdomain"] == name
+        assert not mismatches(got, obj), mismatches(got, obj)  # everything render prints, as printed
     services = [s for s in backend.list("services") if s["metadata"]["name"] == name]
     assert len(services) == 1
     assert services[0]["spec"]["clusterIP"] == "None"
+    (rendered_service,) = [o for o in want if o["kind"] == "Service"]
+    assert not mismatches(services[0], rendered_service), mismatches(services[0], rendered_service)
 
     status = backend.wait_phase(name, "Succeeded", "Failed")
     assert status["phase"] == "Succeeded", status

@@ -21,6 +21,24 @@ def test_on_failure_restarts_in_place_and_counts(backend: Backend):
     assert len(backend.events(name, "Restarted")) == 2
 
 
+def test_always_restarts_in_place_even_after_a_clean_exit_and_counts(backend: Backend):
+    """Under Always the kubelet restarts a container that exited 0 too; each restart counts all the same."""
+    name = "rs-always"
+    backend.submit(
+        E2EJob(name, "pytorch", {"Master": Role(1, (Run(0, 2.0),)), "Worker": Role(2, (FAST, Forever()), "Always")})
+    )
+    status = backend.wait_phase(name, "Succeeded", "Failed", timeout=backend.timeout * 3)
+    assert status["phase"] == "Succeeded", status  # the master's success ends it (the PyTorch rule)
+    assert status["restartCount"] == 2
+    assert status["replicaStatuses"]["Worker"]["restarts"] == 2
+    assert status["replicaStatuses"]["Master"]["restarts"] == 0
+    restarted = backend.messages(name, "Restarted", "worker-0 exited with code 0", "worker-1 exited with code 0")
+    assert len(restarted) == 2, restarted
+    assert all("restarted in place" in m for m in restarted), restarted
+    # The workers never finish on their own: cleanPodPolicy Running stops them.
+    backend.wait(lambda: backend.pod_names(name) == [f"{name}-master-0"], what="running workers cleaned up")
+
+
 def test_never_fails_the_job_and_names_the_replica(backend: Backend):
     name = "rs-never"
     backend.submit(E2EJob(name, "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(2, (Run(3),), "Never")}))

@@ -37,6 +37,8 @@ CLEANUP = [
     # (how it ends, cleanPodPolicy, pods left once it has ended)
     ("success", "All", []),
     ("success", "None", ["worker-0"]),
+    ("success", "Running", ["worker-0"]),
+    ("failure", "All", []),
     ("failure", "Running", ["worker-0"]),
     ("failure", "None", ["master-0", "worker-0"]),
     ("backoff", "Running", ["worker-0"]),
@@ -94,6 +96,8 @@ def test_suspend_deletes_the_pods_and_resume_recreates_them(backend: Backend):
     assert conditions(status)["Suspended"] == ("True", "Suspended")
     assert "startTime" not in status
     backend.wait(lambda: backend.pod_names(name, live=False) == [], what="pods gone")
+    assert backend.messages(name, "Suspended") == [status["message"]]
+    backend.messages(name, "Deleted", f"pod {name}-master-0", f"pod {name}-worker-0", "suspended")
     time.sleep(1.1)  # startTime has a one-second resolution
     backend.patch("mljobs", name, {"spec": {"runPolicy": {"suspend": False}}})
     status = backend.wait_phase(name, "Running")
@@ -211,6 +215,28 @@ def test_an_invalid_job_fails_with_field_paths_while_others_keep_working(backend
     assert status["message"].startswith(message), status["message"]
     assert backend.messages(bad, "InvalidSpec") == [status["message"]]
     assert backend.pod_names(bad) == []
+    assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
+
+
+def test_a_job_the_models_cannot_even_parse_fails_with_the_field_path(backend: Backend):
+    """What the CRD's schema refuses on a real cluster reaches the operator where the CRD is older or absent."""
+    bad, good = "rp-unparsable", "rp-beside-unparsable"
+    path = "spec.replicaSpecs.Worker.restartPolicy"
+    refused = ""
+    try:
+        backend.submit(E2EJob(bad, "pytorch", {"Worker": Role(1, policy="Sometimes")}))
+    except Exception as error:  # a real cluster validates against the CRD's schema
+        refused = str(error)
+    backend.submit(E2EJob(good, "pytorch", {"Worker": Role(1, (Run(0, 0.3),))}))
+    if refused:
+        assert "Sometimes" in refused
+    else:  # the emulator stores it: the operator fails it instead of crashing or retrying forever
+        status = backend.wait_phase(bad, "Failed")
+        assert conditions(status)["Failed"] == ("True", "InvalidSpec")
+        assert status["message"].startswith(f"{path}: must be one of"), status["message"]
+        assert status["observedGeneration"] == backend.job(bad)["metadata"]["generation"]
+        assert backend.messages(bad, "InvalidSpec") == [status["message"]]
+        assert backend.pod_names(bad) == []
     assert backend.wait_phase(good, "Succeeded")["phase"] == "Succeeded"
 
 

@@ -9,6 +9,8 @@ from mljob.api import Phase
 from mljob.framework import Replica
 from mljob.hookspecs import hookimpl
 from mljob.plugin_testing import plugins_for
+from mljob.reconcile import reject
+from mljob.validation import parse_job
 
 
 def running(**policy) -> World:
@@ -245,3 +247,26 @@ def test_a_finished_job_ignores_suspend():
     p = w.step(s(3))
     assert w.status.phase is Phase.SUCCEEDED
     assert p.events == ()
+
+
+def test_a_body_the_models_reject_fails_once_with_the_field_path():
+    """What the CRD schema would refuse (a cluster whose CRD is older, or none): InvalidSpec, then nothing."""
+    body = make_job().with_replicas("Worker", 1, policy="Sometimes").body
+    job, problems = parse_job(body)
+    assert job is None
+    p = reject(body, problems, s(0))
+    assert p.creates == ()
+    assert p.deletes == ()
+    assert p.finished is Phase.FAILED
+    assert p.status is not None
+    assert p.status["phase"] == "Failed"
+    assert p.status["message"].startswith("spec.replicaSpecs.Worker.restartPolicy: must be one of")
+    assert p.status["observedGeneration"] == 1
+    (failed,) = [c for c in p.status["conditions"] if c["type"] == "Failed"]
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidSpec")
+    assert [(e.type, e.reason, e.message) for e in p.events] == [("Warning", "InvalidSpec", p.status["message"])]
+    # The next pass reads the Failed status back: terminal is final, nothing more is written.
+    assert reject({**body, "status": p.status}, problems, s(1)).empty
+    # Nor is a job that is being deleted touched.
+    deleting = {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2025-01-01T12:00:00Z"}}
+    assert reject(deleting, problems, s(1)).empty
