@@ -3,18 +3,23 @@
 Every line a replica prints is shown as ``[worker-1] ...``, in the order lines arrive. On a
 terminal a status line stays below them (rich's ``Live``), redrawn a few times a second; in a
 pipe or a file there is no status line and no colour, so logs stay greppable. Everything goes
-to one stream so the order a person reads is the order things happened.
+to one stream so the order a person reads is the order things happened. When that stream's
+reader goes away (``mljob run job.yaml | head``, or ``| tee`` ended by the same Ctrl-C), the
+display goes quiet and tells its owner, which stops the job as SIGPIPE would, without a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -37,6 +42,8 @@ class Counts:
     restarts: int
     backoff_limit: int
     elapsed: float
+    stopped: int = 0
+    """Ended by mljob (the job finished or was interrupted): neither succeeded nor failed."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +73,27 @@ class _StatusLine:
         self.spinner = Spinner("dots", style="bold")
 
     def __rich__(self) -> RenderableType:
-        c = self.counts()
-        self.spinner.text = Text.assemble(
-            (f" running {c.running}", "bold"),
-            " · ",
-            (f"succeeded {c.succeeded}", "green"),
-            " · ",
-            (f"failed {c.failed}", "red" if c.failed else ""),
-            " · ",
-            (f"restarts {c.restarts}/{c.backoff_limit}", "yellow" if c.restarts else ""),
-            " · ",
-            format_duration(c.elapsed),
-        )
+        self.spinner.text = status_text(self.counts())
         return Group(self.spinner)
+
+
+def status_text(c: Counts) -> Text:
+    """``running 2 · succeeded 1 · failed 0 · restarts 1/6 · 4.2s``; ``stopped N`` once mljob stops some."""
+    parts: list[tuple[str, str]] = [
+        (f" running {c.running}", "bold"),
+        (f"succeeded {c.succeeded}", "green"),
+        (f"failed {c.failed}", "red" if c.failed else ""),
+    ]
+    if c.stopped:
+        parts.append((f"stopped {c.stopped}", "yellow"))
+    parts.append((f"restarts {c.restarts}/{c.backoff_limit}", "yellow" if c.restarts else ""))
+    parts.append((format_duration(c.elapsed), ""))
+    text = Text()
+    for i, (words, style) in enumerate(parts):
+        if i:
+            text.append(" · ")
+        text.append(words, style)
+    return text
 
 
 class Display:
@@ -91,6 +106,10 @@ class Display:
         self.console = Console(file=self.out, highlight=False, soft_wrap=True, force_terminal=is_tty or None)
         self.colours: dict[str, str] = {}
         self._live: Live | None = None
+        self.closed = False
+        """The stream's reader is gone: nothing more is written."""
+        self.on_closed: Callable[[], None] | None = None
+        """Called once when the reader goes away."""
 
     def start(self, counts: Callable[[], Counts]) -> None:
         """Show the live status line (on a terminal only)."""
@@ -101,9 +120,9 @@ class Display:
             self._live.start()
 
     def stop(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
 
     def __enter__(self) -> Display:
         return self
@@ -116,19 +135,49 @@ class Display:
     def line(self, name: str, text: str) -> None:
         """One line a replica printed."""
         if not self.live_enabled:
-            self.out.write(f"[{name}] {text}\n")
-            self.out.flush()
+            self._write(f"[{name}] {text}\n")
             return
         colour = self.colours.setdefault(name, COLOURS[len(self.colours) % len(COLOURS)])
-        self.console.print(Text(f"[{name}] ", style=colour) + Text.from_ansi(text))
+        self._print(Text(f"[{name}] ", style=colour) + Text.from_ansi(text))
 
     def say(self, text: str, style: str = "dim") -> None:
         """Something mljob itself has to say, marked so it is not mistaken for a replica's output."""
         if not self.live_enabled:
-            self.out.write(f"[mljob] {text}\n")
-            self.out.flush()
+            self._write(f"[mljob] {text}\n")
             return
-        self.console.print(Text("[mljob] ", style="bold") + Text(text, style=style))
+        self._print(Text("[mljob] ", style="bold") + Text(text, style=style))
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError:  # EPIPE: the reader left; EIO: the terminal hung up
+            self._reader_gone()
+
+    def _print(self, renderable: RenderableType, **options: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.console.print(renderable, **options)
+            self.out.flush()
+        except OSError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.closed = True
+        # What is still buffered, and the status line's last redraw, would fail again (at exit).
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.out.fileno())
+            finally:
+                os.close(devnull)
+        with contextlib.suppress(OSError):
+            self.stop()
+        if self.on_closed is not None:
+            self.on_closed()
 
     def summary(self, rows: Sequence[SummaryRow]) -> None:
         """The final table: replica, result, exit code, restarts, duration."""
@@ -147,23 +196,32 @@ class Display:
                 str(row.restarts),
                 format_duration(row.duration),
             )
-        self.console.print(table, soft_wrap=False, crop=False, width=max(self.console.width, 80))
-        self.out.flush()
+        self._print(table, soft_wrap=False, crop=False, width=max(self.console.width, 80))
 
 
 class LogFiles:
-    """``--logs-dir``: one plain file per replica, appended across restarts."""
+    """``--logs-dir``: one plain file per replica, appended across restarts.
 
-    def __init__(self, folder: Path) -> None:
+    The folder and every file are opened here, before anything starts, so a folder that cannot
+    be written is an :class:`OSError` up front rather than in the middle of a run.
+    """
+
+    def __init__(self, folder: Path, replicas: Iterable[Replica] = ()) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.files: dict[Replica, IO[str]] = {}
+        try:
+            for replica in replicas:
+                self.open(replica)
+        except OSError:
+            self.close()
+            raise
 
     def path(self, replica: Replica) -> Path:
         return self.folder / f"{replica}.log"
 
     def open(self, replica: Replica) -> IO[str]:
-        """The replica's file, created when it starts: a replica that prints nothing still has one."""
+        """The replica's file: a replica that prints nothing still has one."""
         file = self.files.get(replica)
         if file is None:
             file = self.files[replica] = self.path(replica).open("a", encoding="utf-8", buffering=1)

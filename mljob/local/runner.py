@@ -74,12 +74,21 @@ def run_job(
 ) -> RunResult:
     """Run a checked job to its end and show it; raises :class:`CannotRun` before starting anything."""
     prepared, cluster = prepare(job, framework, base_dir, environ)
-    logs = LogFiles(logs_dir) if logs_dir is not None else None
+    logs = None
+    if logs_dir is not None:
+        try:
+            logs = LogFiles(logs_dir, prepared.launches)
+        except OSError as error:
+            if logs_dir.exists() and not logs_dir.is_dir():
+                raise CannotRun(f"--logs-dir {logs_dir}: is a file; give a folder (created if missing)") from error
+            where = error.filename if error.filename is not None else logs_dir
+            raise CannotRun(f"--logs-dir {logs_dir}: cannot write {where}: {error.strerror or error}") from error
     with Display(out, live) as display:
         for notice in prepared.notices:
             display.say(notice)
         addresses = ", ".join(f"{r}={cluster.address(r)}" for r in prepared.launches)
-        display.say(f"{job.name}: {len(prepared.launches)} replicas of {framework.name}: {addresses}")
+        count = len(prepared.launches)
+        display.say(f"{job.name}: {count} replica{'' if count == 1 else 's'} of {framework.name}: {addresses}")
         if logs is not None:
             display.say(f"logs: {logs.folder}/<replica>.log")
         supervisor = Supervisor(job, framework, prepared.launches, display, logs)
@@ -104,8 +113,9 @@ def run_file(
     """What ``mljob run`` does; returns its exit status.
 
     0: the job succeeded. 1: it failed, or the file is not a valid MLJob, or it cannot run
-    locally (the reasons on ``err``, as ``mljob validate`` words them). 130/143: stopped by
-    SIGINT/SIGTERM. ``-`` reads the job from stdin and runs it in the current folder.
+    locally (the reasons on ``err``, as ``mljob validate`` words them). 130/143/129: stopped by
+    SIGINT/SIGTERM/SIGHUP; 141: stopped because the output's reader went away. ``-`` reads the
+    job from stdin and runs it in the current folder.
     """
     err = err if err is not None else sys.stderr
     try:

@@ -4,7 +4,8 @@ Thin on purpose: every decision (restart, fail, succeed, stop) comes from
 :func:`mljob.local.policy.decide`; this module turns it into processes. Each replica runs in a
 session of its own, so stopping it signals its whole process group (``torchrun``'s workers,
 a shell's children) and Ctrl-C in the terminal reaches mljob alone, which then stops every
-replica: SIGTERM, then SIGKILL after the grace period. When a replica's program exits, whatever
+replica: SIGTERM, then SIGKILL after the grace period. SIGTERM, SIGHUP (the terminal closed)
+and the output's reader going away (SIGPIPE's case) stop them the same way. When a replica's program exits, whatever
 it left in its session is killed and awaited (:mod:`mljob.local.procs`) before the exit counts,
 as a pod's processes end with its container. Exits are awaited, never polled; the only timer
 is the job's deadline.
@@ -45,6 +46,11 @@ class Exited:
 @dataclass(frozen=True)
 class Interrupted:
     signum: int
+    """The signal that stopped the run; SIGPIPE when the output's reader went away."""
+
+
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop every replica gracefully; the exit status is then 128 + the signal's number."""
 
 
 Event = Exited | Interrupted
@@ -147,19 +153,23 @@ class Supervisor:
         self.restarts = 0
         self.started = 0.0
         self.stopping = False
+        self.interrupted: int | None = None
+        display.on_closed = self._on_output_closed
 
     def counts(self) -> Counts:
-        running = succeeded = failed = 0
+        running = succeeded = failed = stopped = 0
         for record in self.records.values():
             code = record.observed.exit_code
             if record.observed.state is State.RUNNING:
                 running += 1
+            elif record.observed.state is State.EXITED and record.stopped:
+                stopped += 1
             elif record.observed.state is State.EXITED and code == 0:
                 succeeded += 1
             elif record.observed.state is State.EXITED:
                 failed += 1
         limit = self.job.spec.run_policy.backoff_limit
-        return Counts(running, succeeded, failed, self.restarts, limit, self.clock() - self.started)
+        return Counts(running, succeeded, failed, self.restarts, limit, self.clock() - self.started, stopped)
 
     async def run(self) -> RunResult:
         """Start the replicas, apply the policy until the job finishes, stop what still runs."""
@@ -167,6 +177,8 @@ class Supervisor:
         self.started = self.clock()
         handled = _install_signals(loop, self._on_signal)
         self.display.start(self.counts)
+        if self.display.closed:  # the reader left before the run began
+            self._on_output_closed()
         try:
             decision = await self._drive()
             finish = decision.finish
@@ -201,8 +213,14 @@ class Supervisor:
                 continue
             while True:
                 if isinstance(event, Interrupted):
+                    self.interrupted = event.signum
                     name = signal.Signals(event.signum).name
-                    finish = Finish(False, INTERRUPTED, f"interrupted by {name}; stopped every replica")
+                    why = (
+                        "the output was closed (SIGPIPE)"
+                        if event.signum == signal.SIGPIPE
+                        else f"interrupted by {name}"
+                    )
+                    finish = Finish(False, INTERRUPTED, f"{why}; stopped every replica")
                     running = [Stop(r) for r, record in self.records.items() if record.running]
                     return Decision((*running, finish))
                 self._note_exit(event)
@@ -299,6 +317,11 @@ class Supervisor:
         else:
             self.events.put_nowait(Interrupted(signum))
 
+    def _on_output_closed(self) -> None:
+        """Nobody reads what the replicas print any more: stop the job, as SIGPIPE would stop a command."""
+        if not self.stopping:
+            self.events.put_nowait(Interrupted(signal.SIGPIPE))
+
     async def _stop_all(self, stops: Sequence[Stop]) -> None:
         """SIGTERM each replica's group after its linger, SIGKILL after the grace period, await every exit."""
         self.stopping = True
@@ -336,8 +359,8 @@ class Supervisor:
         rows = [self._row(replica, record, end) for replica, record in self.records.items()]
         if finish.succeeded:
             status = 0
-        elif finish.reason == INTERRUPTED:
-            status = 130 if "SIGINT" in finish.message else 143
+        elif finish.reason == INTERRUPTED and self.interrupted is not None:
+            status = 128 + self.interrupted
         else:
             status = 1
         launched = {
@@ -367,9 +390,9 @@ _SIGNALS = {s.value for s in signal.Signals}
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> list[int]:
-    """Route SIGINT and SIGTERM to ``handler`` when this is the main thread (else leave them)."""
+    """Route :data:`STOPPING_SIGNALS` to ``handler`` when this is the main thread (else leave them)."""
     installed: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOPPING_SIGNALS:
         try:
             loop.add_signal_handler(signum, handler, signum)
         except (ValueError, RuntimeError, NotImplementedError):

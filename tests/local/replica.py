@@ -55,6 +55,10 @@ elif mode == "stubborn":  # ignores SIGTERM (says so): only SIGKILL stops it
 elif mode == "wait-for":  # exit 0 once $STATE/<file> exists
     while not (state / rest[0]).exists():
         time.sleep(0.01)
+elif mode == "chatty":  # a line every few milliseconds, until stopped
+    while True:
+        print(f"{me} still here", flush=True)
+        time.sleep(0.005)
 elif mode == "echo":
     print(" ".join(rest), flush=True)
     print("MY_VAR=" + os.environ.get("MY_VAR", "<unset>"), flush=True)

@@ -4,6 +4,7 @@ Runs go through :func:`mljob.local.run_file` in this process with the test frame
 ``localfw.py``), except the signal tests, which need ``mljob run`` to be a process of its own.
 """
 
+import contextlib
 import io
 import os
 import re
@@ -30,7 +31,10 @@ def replica(*args: str, **extra) -> dict:
 def folder(tmp_path, monkeypatch):
     shutil.copy(HERE / "replica.py", tmp_path / "replica.py")
     monkeypatch.setenv("STATE", str(tmp_path))
-    return tmp_path
+    yield tmp_path
+    for pid in pids(tmp_path):  # a test that failed may have left some; the assertions say so
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run(
@@ -112,6 +116,7 @@ def test_deadline_stops_the_job(folder):
     assert code == 1
     assert summary_row(out, "lead-0")[1:3] == ["stopped", "SIGTERM"]
     assert "[mljob] job failed: deadline exceeded (activeDeadlineSeconds 1)" in out
+    assert "[mljob] tiny: 1 replica of tiny: lead-0=127.0.0.1:" in out
     assert not any(alive(pid) for pid in pids(folder))
 
 
@@ -165,6 +170,28 @@ def test_logs_dir_has_one_file_per_replica(folder):
     assert "restart 1 after lead-0 exited with code 137" in lead[1]
     assert lead[2] == "lead-0 run 2: exit-first 137"
     assert f"logs: {logs}/<replica>.log" in out
+
+
+def test_logs_dir_that_is_a_file_is_refused_before_anything_starts(folder):
+    (folder / "logs").write_text("not a folder")
+    code, out, err = run(folder, {"Lead": (1, "Never", replica("exit", "0"))}, logs_dir=folder / "logs")
+    assert code == 1
+    assert out == ""
+    assert (
+        err
+        == f"cannot run tiny locally:\n  --logs-dir {folder / 'logs'}: is a file; give a folder (created if missing)\n"
+    )
+    assert pids(folder) == []
+
+
+def test_a_replica_log_that_cannot_be_written_is_refused_before_anything_starts(folder):
+    logs = folder / "logs"
+    (logs / "worker-1.log").mkdir(parents=True)
+    code, out, err = run(folder, {"Worker": (2, "Never", replica("exit", "0"))}, logs_dir=logs)
+    assert code == 1
+    assert out == ""
+    assert f"--logs-dir {logs}: cannot write {logs / 'worker-1.log'}: Is a directory" in err
+    assert pids(folder) == []
 
 
 def test_command_args_and_env_are_expanded_like_the_kubelet(folder):
@@ -258,7 +285,7 @@ def wait_for_file(path: Path, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_stops_every_replica_and_leaves_no_process(folder, signum, status):
     roles = {
         "Lead": (1, "Never", replica("grandchild")),
@@ -274,6 +301,32 @@ def test_a_signal_stops_every_replica_and_leaves_no_process(folder, signum, stat
     assert f"job failed: interrupted by {signum.name}; stopped every replica" in out
     assert summary_row(out, "server-0")[1:3] == ["stopped", "SIGKILL"]
     assert summary_row(out, "worker-0")[1:3] == ["stopped", "SIGTERM"]
+    assert [pid for pid in pids(folder) if alive(pid)] == []
+
+
+def test_when_the_output_is_closed_every_replica_is_stopped_without_a_traceback(folder):
+    """``mljob run job.yaml | head``, or ``| tee`` ended by the same Ctrl-C: the reader goes away."""
+    path = write_job(folder, {"Lead": (1, "Never", replica("chatty")), "Server": (1, "Never", replica("grandchild"))})
+    driver = subprocess.Popen(
+        [sys.executable, str(HERE / "driver.py"), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "STATE": str(folder)},
+    )
+    assert driver.stdout is not None
+    assert driver.stderr is not None
+    wait_for_pids(folder, 3)  # lead, server and the server's child
+    while b"still here" not in driver.stdout.readline():  # the run is under way
+        pass
+    driver.stdout.close()
+    try:
+        status = driver.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        raise
+    err = driver.stderr.read().decode()
+    assert status == 128 + signal.SIGPIPE, err
+    assert err == ""
     assert [pid for pid in pids(folder) if alive(pid)] == []
 
 
