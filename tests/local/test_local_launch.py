@@ -197,3 +197,15 @@ def test_detect_gpus_asks_nvidia_smi_when_cuda_visible_devices_is_unset(tmp_path
 def test_detect_gpus_finds_none_without_a_working_nvidia_smi(tmp_path):
     assert detect_gpus({"PATH": str(tmp_path)}) == []
     assert detect_gpus({"PATH": fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed\n", code=9)}) == []
+
+
+def test_only_the_wiring_container_runs_and_the_others_are_named(tmp_path):
+    sidecar = {"name": "logger", "image": "busybox", "command": ["sleep", "inf"]}
+    init = {"name": "fetch", "image": "busybox", "command": ["true"]}
+    job = make_job(container(["python", "-V"]), replicas=1, pod={"initContainers": [init]})
+    job.spec.replica_specs["Worker"].template["spec"]["containers"].insert(0, sidecar)
+    result = plan(job, Tiny(), LocalCluster({W0: 20001}), tmp_path, {"PATH": "/usr/bin"})
+    assert result.problems == []
+    assert result.launches[W0].argv[1:] == ("-V",)
+    assert "Worker: only container 'tiny' runs locally, not logger, init container fetch" in result.notices
+    assert any("busybox, python:3.11-slim not used locally" in n for n in result.notices)

@@ -216,6 +216,21 @@ def test_value_from_is_refused_before_anything_starts(folder):
     assert pids(folder) == []
 
 
+def test_a_file_of_several_jobs_is_refused(folder):
+    path = write_job(folder, {"Lead": (1, "Never", replica("exit", "0"))})
+    path.write_text(path.read_text() + "---\n" + path.read_text())
+    err = io.StringIO()
+    assert run_file(path, plugins=tiny_plugins(), out=io.StringIO(), err=err) == 1
+    assert err.getvalue() == f"{path}: holds 2 MLJobs; mljob run runs one at a time\n"
+    assert pids(folder) == []
+
+
+def test_a_job_with_no_replicas_is_refused(folder):
+    code, out, err = run(folder, {"Lead": (0, "Never", replica("exit", "0"))})
+    assert (code, out) == (1, "")
+    assert "every replicaSpecs entry has replicas: 0" in err
+
+
 def test_an_invalid_job_is_reported_like_mljob_validate(folder):
     code, _, err = run(folder, {"Leader": (1, "Never", replica("exit", "0"))})
     assert code == 1
