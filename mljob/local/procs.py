@@ -15,9 +15,9 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
-PROC = Path("/proc")
+from mljob.local.keeper import session_members
+
 POLL_SECONDS = 0.01
 """Polling interval of the fallback without pidfds."""
 
@@ -26,31 +26,6 @@ def signal_group(pgid: int, signum: int) -> None:
     """Signal a replica's whole process group; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-
-
-def session_members(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (zombies are dead already); ``[]`` without ``/proc``.
-
-    A session, not a process group: a child that moved itself into a group of its own (a shell
-    with job control) is still the replica's.
-    """
-    members: list[int] = []
-    try:
-        entries = list(PROC.iterdir())
-    except OSError:
-        return members
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # exited while we looked
-            continue
-        # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 3 and fields[3] == str(sid) and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
 
 
 async def kill_session(sid: int, timeout: float = 5.0) -> list[int]:

@@ -5,7 +5,8 @@ Thin on purpose: every decision (restart, fail, succeed, stop) comes from
 session of its own, so stopping it signals its whole process group (``torchrun``'s workers,
 a shell's children) and Ctrl-C in the terminal reaches mljob alone, which then stops every
 replica: SIGTERM, then SIGKILL after the grace period. SIGTERM, SIGHUP (the terminal closed)
-and the output's reader going away (SIGPIPE's case) stop them the same way. When a replica's program exits, whatever
+and the output's reader going away (SIGPIPE's case) stop them the same way; if mljob itself is
+killed, its keeper (:mod:`mljob.local.keeper`) does. When a replica's program exits, whatever
 it left in its session is killed and awaited (:mod:`mljob.local.procs`) before the exit counts,
 as a pod's processes end with its container. Exits are awaited, never polled; the only timer
 is the job's deadline.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from mljob.api import MLJob
 from mljob.framework import Framework, Replica
 from mljob.local.display import Counts, Display, LogFiles, SummaryRow
+from mljob.local.keeper import Keeper
 from mljob.local.launch import Launch
 from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State, Stop, decide, describe_exit
 from mljob.local.procs import kill_session, signal_group
@@ -154,6 +156,7 @@ class Supervisor:
         self.started = 0.0
         self.stopping = False
         self.interrupted: int | None = None
+        self.keeper = Keeper()
         display.on_closed = self._on_output_closed
 
     def counts(self) -> Counts:
@@ -176,6 +179,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self.started = self.clock()
         handled = _install_signals(loop, self._on_signal)
+        await self.keeper.start()
         self.display.start(self.counts)
         if self.display.closed:  # the reader left before the run began
             self._on_output_closed()
@@ -188,6 +192,7 @@ class Supervisor:
             for signum in handled:
                 loop.remove_signal_handler(signum)
             self._kill_all(signal.SIGKILL)  # only does something if we got here by an exception
+            await self.keeper.close()
             self.display.stop()
             if self.logs is not None:
                 self.logs.close()
@@ -281,6 +286,7 @@ class Supervisor:
             self.events.put_nowait(Exited(replica, CANNOT_START))
             return
         record.pid = transport.get_pid()
+        self.keeper.hold(record.pid, launch.grace_seconds)
         record.running = True
         if record.first_launched is None:
             record.first_launched = self.clock()
@@ -292,6 +298,7 @@ class Supervisor:
         code = await protocol.exited
         record.running = False
         left = await kill_session(transport.get_pid())  # what the replica left behind dies with it, as in a pod
+        self.keeper.release(transport.get_pid())
         if left:
             self.display.say(f"{replica}: processes {', '.join(map(str, left))} did not die on SIGKILL", "red")
         with contextlib.suppress(TimeoutError):

@@ -19,6 +19,7 @@ import pytest
 from localfw import container, tiny_plugins, write_job
 
 from mljob.local import run_file
+from mljob.local.keeper import Keeper, stop_sessions
 
 HERE = Path(__file__).parent
 
@@ -317,6 +318,60 @@ def test_a_signal_stops_every_replica_and_leaves_no_process(folder, signum, stat
     assert summary_row(out, "server-0")[1:3] == ["stopped", "SIGKILL"]
     assert summary_row(out, "worker-0")[1:3] == ["stopped", "SIGTERM"]
     assert [pid for pid in pids(folder) if alive(pid)] == []
+
+
+def test_a_killed_mljob_leaves_no_replica_behind(folder):
+    """SIGKILL gives mljob no chance to stop its replicas: its keeper does, as mljob would have."""
+    roles = {
+        "Lead": (1, "Never", replica("grandchild")),
+        "Worker": (1, "Never", replica("sleep", "300")),
+        "Server": (1, "Never", replica("stubborn")),
+    }
+    driver = start_driver(folder, roles, pod={"terminationGracePeriodSeconds": 1})
+    wait_for_pids(folder, 4)  # 3 replicas and the lead's child
+    wait_for_file(folder / "server-0.ready")
+    driver.kill()
+    out, _ = driver.communicate(timeout=30)
+    wait_for_file(folder / "server-0.sigterm")  # SIGTERM first, as mljob would have
+    deadline = time.monotonic() + 30
+    while left := [pid for pid in pids(folder) if alive(pid)]:
+        assert time.monotonic() < deadline, f"processes {left} outlived mljob"
+        time.sleep(0.05)
+    assert "mljob run died: stopping 3 replica(s) it left running" in out
+
+
+def test_the_keeper_kills_what_ignores_sigterm_after_the_grace_period(tmp_path):
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, sys, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(300)"
+    )
+    stubborn = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        wait_for_file(ready)
+        stop_sessions({stubborn.pid: 0.2})
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
+@pytest.mark.asyncio
+async def test_a_keeper_told_done_leaves_the_sessions_alone():
+    """A clean run ends its keeper, which then stops nothing: those session numbers may be reused."""
+    keeper = Keeper()
+    await keeper.start()
+    process = keeper.process
+    assert process is not None
+    sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        keeper.hold(sleeper.pid, 1.0)
+        await keeper.close()
+        assert process.returncode == 0
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_when_the_output_is_closed_every_replica_is_stopped_without_a_traceback(folder):
