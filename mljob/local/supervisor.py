@@ -179,11 +179,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self.started = self.clock()
         handled = _install_signals(loop, self._on_signal)
-        await self.keeper.start()
         self.display.start(self.counts)
         if self.display.closed:  # the reader left before the run began
             self._on_output_closed()
         try:
+            await self.keeper.start()
             decision = await self._drive()
             finish = decision.finish
             assert finish is not None
