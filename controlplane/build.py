@@ -1,0 +1,106 @@
+"""Build the control plane's binaries from the pinned Go wrapper modules into controlplane/bin/ (git-ignored).
+
+Reused while the versions and the wrapper modules are unchanged: bin/STAMP holds a hash of them. Builds run one
+at a time because each link of a Kubernetes command needs about 2.3 GB. Standard library only: `make
+controlplane` runs it before any virtual environment exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gomod import GO_ENV, HERE, KUBE_COMMANDS, versions  # type: ignore[import-not-found,unused-ignore]
+
+BIN = HERE / "bin"
+BUILD_TAGS = "selinux,notest,grpcnotrace"  # as upstream's release builds
+STAMP = BIN / "STAMP"
+
+# (output name, wrapper module folder, main package)
+TARGETS: tuple[tuple[str, str, str], ...] = (
+    *((cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}") for cmd in KUBE_COMMANDS),
+    ("etcd", "etcd", "go.etcd.io/etcd/server/v3"),
+    ("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+)
+
+
+def key() -> str:
+    """What the binaries depend on: the versions, every wrapper's go.mod and go.sum, and the build flags."""
+    digest = hashlib.sha256((HERE / "versions.env").read_bytes())
+    for folder in sorted((HERE / "go").iterdir()):
+        for name in ("go.mod", "go.sum"):
+            digest.update((folder / name).read_bytes())
+    for _, wrapper, package in TARGETS:
+        digest.update(f"{package} {ldflags(wrapper)} {BUILD_TAGS}".encode())
+    return digest.hexdigest()
+
+
+def ldflags(wrapper: str) -> str:
+    """Stamp the Kubernetes version as upstream's build does, so /version says v1.37.2, not v0.0.0-master."""
+    flags = ["-s", "-w"]
+    if wrapper == "kubernetes":
+        version = versions()["KUBERNETES_VERSION"]
+        major, minor = version.lstrip("v").split(".")[:2]
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            flags += [
+                f"-X {pkg}.gitVersion={version}",
+                f"-X {pkg}.gitMajor={major}",
+                f"-X {pkg}.gitMinor={minor}",
+                f"-X {pkg}.gitTreeState=clean",
+            ]
+    return " ".join(flags)
+
+
+def build(force: bool = False) -> None:
+    want = key()
+    fresh = STAMP.exists() and STAMP.read_text().strip() == want
+    if not force and fresh and all((BIN / name).exists() for name, _, _ in TARGETS):
+        print(f"control plane binaries up to date in {BIN}")
+        return
+    BIN.mkdir(exist_ok=True)
+    STAMP.unlink(missing_ok=True)
+    env = {**os.environ, **GO_ENV, "CGO_ENABLED": "0"}
+    for name, wrapper, package in TARGETS:
+        started = time.monotonic()
+        tmp = BIN / f".{name}.tmp"
+        subprocess.run(
+            [
+                "go", "build", "-trimpath", "-tags", BUILD_TAGS,
+                "-ldflags", ldflags(wrapper), "-o", str(tmp), package,
+            ],
+            cwd=HERE / "go" / wrapper, env=env, check=True,
+        )  # fmt: skip
+        tmp.replace(BIN / name)
+        size = (BIN / name).stat().st_size / 2**20
+        print(f"built {name:<24} {time.monotonic() - started:6.1f} s {size:6.1f} MiB", flush=True)
+    copy_node_stages()
+    STAMP.write_text(want + "\n")
+
+
+# kwok's own node stages, from the pinned module: Nodes become Ready and keep their leases (heartbeats), so the
+# controller-manager never marks them NotReady and evicts their pods.
+NODE_STAGES = ("node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml")
+
+
+def copy_node_stages() -> None:
+    env = {**os.environ, **GO_ENV}
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
+        cwd=HERE / "go" / "kwok", env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    source = Path(out.stdout.strip()) / "kustomize" / "stage"
+    target = BIN / "kwok-stages"
+    target.mkdir(exist_ok=True)
+    for rel in NODE_STAGES:
+        shutil.copyfile(source / rel, target / Path(rel).name)
+
+
+if __name__ == "__main__":
+    if shutil.which("go") is None:
+        sys.exit("controlplane/build.py: `go` is not on PATH; the control plane is built from Go modules")
+    build(force="--force" in sys.argv)
