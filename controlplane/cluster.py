@@ -1,0 +1,460 @@
+"""Start a real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager, scheduler, kwok.
+
+The binaries are the ones `make controlplane` built from the pinned Go modules (controlplane/build.py). Every
+component listens on a free loopback port, with a fresh CA and an admin client certificate (O=system:masters),
+RBAC on and an audit log the tests count requests in. kwok plays the kubelet of a few fake Nodes, driven by the
+project's own Stages (controlplane/stages/) and kwok's stock node stages.
+
+Every process is started with a parent-death signal, so even a SIGKILLed test run leaves none behind; a normal
+stop sends SIGTERM, then SIGKILL after a grace period, and waits for each.
+
+    with ControlPlane(tmp_path).start() as cp:
+        os.environ["KUBECONFIG"] = str(cp.kubeconfig)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from controlplane.pki import Authority, Pair, service_account_keys
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(os.environ.get("MLJOB_CONTROLPLANE_BIN", HERE / "bin"))
+STAGES = HERE / "stages"
+SERVICE_CIDR = "10.0.0.0/24"
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    """A fake Node kwok keeps Ready: its capacity and labels (zone, hostname) are what the scheduler sees."""
+
+    name: str
+    cpu: str = "32"
+    memory: str = "256Gi"
+    pods: str = "1000"
+    gpus: str = "0"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
+        if self.gpus != "0":
+            capacity["nvidia.com/gpu"] = self.gpus
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            **self.labels,
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+            "spec": {},
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+
+
+DEFAULT_NODES = (
+    Node("kwok-node-0", labels={"topology.kubernetes.io/zone": "zone-a"}),
+    Node("kwok-node-1", labels={"topology.kubernetes.io/zone": "zone-a"}),
+    Node("kwok-node-2", labels={"topology.kubernetes.io/zone": "zone-b"}),
+)
+
+
+class StartError(RuntimeError):
+    """A component did not become healthy; the message names it and ends with its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _parent_death_signal() -> None:
+    """In the child, before exec: die with the test run that started us, whatever killed it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def kubeconfig_text(server: str, ca: Path, user: str, *, client: Pair | None = None, token: str | None = None) -> str:
+    """A kubeconfig for one identity: a client certificate or a bearer token."""
+    creds: dict[str, Any] = {}
+    if client is not None:
+        creds = {"client-certificate": str(client.cert), "client-key": str(client.key)}
+    if token is not None:
+        creds = {"token": token}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": creds}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+class ControlPlane:
+    """One control plane in ``workdir``; ``start()`` returns once every component is healthy."""
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        nodes: Sequence[Node] = DEFAULT_NODES,
+        bin_dir: Path = BIN,
+        apiserver_args: Sequence[str] = (),
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mljob-cp-"))
+        self.nodes = tuple(nodes)
+        self.bin = bin_dir
+        self.apiserver_args = tuple(apiserver_args)
+        self.log = log or (lambda message: None)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.pki = self.workdir / "pki"
+        self.logs = self.workdir / "logs"
+        self.audit_log = self.logs / "audit.log"
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.port = 0
+        self.startup_seconds = 0.0
+        self._ca: Authority | None = None
+
+    # --- public ----------------------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    def start(self) -> ControlPlane:
+        missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+                   if not (self.bin / b).exists()]  # fmt: skip
+        if missing:
+            raise StartError(f"missing control plane binaries {missing} in {self.bin}: run `make controlplane`")
+        started = time.monotonic()
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            self._certificates()
+            self._etcd()
+            self._apiserver()
+            self._controller_manager()
+            self._scheduler()
+            self._kwok()
+            self._nodes()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        self.log(f"control plane up in {self.startup_seconds:.1f} s at {self.server} (KUBECONFIG={self.kubeconfig})")
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every component (kwok first, etcd last), SIGKILL what is left after ``grace``, wait for all."""
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = (), path: Path | None = None) -> Path:
+        """A kubeconfig for another identity, by a client certificate the API server trusts."""
+        assert self._ca is not None
+        pair = self._ca.issue(f"user-{user.replace(':', '_')}", user, orgs=groups)
+        path = path or self.workdir / f"{user.replace(':', '_')}.kubeconfig"
+        path.write_text(kubeconfig_text(self.server, self.ca, user, client=pair))
+        return path
+
+    def token_kubeconfig(self, token: str, user: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with a bearer token (a ServiceAccount's)."""
+        path.write_text(kubeconfig_text(self.server, self.ca, user, token=token))
+        return path
+
+    def alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def component_log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- start-up, one component at a time ---------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                [str(self.bin / args[0]), *args[1:]],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_parent_death_signal,
+                cwd=self.workdir,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.procs.get(name)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError, ssl.SSLError, urllib.error.URLError, ValueError):
+                if ready():
+                    return
+            time.sleep(0.05)
+        state = "exited" if proc is not None and proc.poll() is not None else "not healthy"
+        raise StartError(f"{name} {state} after start; its log ends:\n{self.component_log(name)[-3000:]}")
+
+    def _certificates(self) -> None:
+        self._ca = ca = Authority(self.pki)
+        self._serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"),
+        )
+        self._admin = ca.issue("admin", "mljob-admin", orgs=("system:masters",))
+        self._sa = service_account_keys(self.pki)
+
+    def _etcd(self) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        self._spawn(
+            "etcd",
+            [
+                "etcd",
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=1) as r:
+                return bool(json.load(r).get("health") == "true")
+
+        self._wait("etcd", healthy)
+
+    def _apiserver(self) -> None:
+        self.port = free_port()
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self._spawn(
+            "kube-apiserver",
+            [
+                "kube-apiserver",
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}",
+                f"--tls-cert-file={self._serving.cert}",
+                f"--tls-private-key-file={self._serving.key}",
+                f"--client-ca-file={self.ca}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={self._sa.cert}",
+                f"--service-account-signing-key-file={self._sa.key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                # Blocking: each request's audit line is written before its response, so a test that counts
+                # requests right after making them sees all of them.
+                "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0",
+                "--profiling=false",
+                "--v=1",
+                *self.apiserver_args,
+            ],
+        )
+        self.kubeconfig.write_text(kubeconfig_text(self.server, self.ca, "mljob-admin", client=self._admin))
+        context = self.ssl_context()
+        self._wait("kube-apiserver", lambda: self._get("/readyz", context) == 200)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS to the API server as the admin: its CA and the admin client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self._admin.cert), str(self._admin.key))
+        return context
+
+    def _get(self, path: str, context: ssl.SSLContext, base: str | None = None) -> int:
+        with urllib.request.urlopen(f"{base or self.server}{path}", context=context, timeout=2) as r:
+            return int(r.status)
+
+    def _component_auth(self) -> list[str]:
+        return [f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}"]
+
+    def _healthz(self, name: str, port: int) -> None:
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait(name, lambda: self._get("/healthz", insecure, f"https://127.0.0.1:{port}") == 200)
+
+    def _controller_manager(self) -> None:
+        port = free_port()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                "kube-controller-manager",
+                f"--kubeconfig={self.kubeconfig}",
+                *self._component_auth(),
+                "--leader-elect=false",
+                f"--service-account-private-key-file={self._sa.key}",
+                f"--root-ca-file={self.ca}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--v=1",
+            ],
+        )
+        self._healthz("kube-controller-manager", port)
+
+    def _scheduler(self) -> None:
+        port = free_port()
+        config = self.workdir / "scheduler.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 200, "burst": 400},
+                    "leaderElection": {"leaderElect": False},
+                }
+            )
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                "kube-scheduler",
+                f"--config={config}",
+                *self._component_auth(),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--v=1",
+            ],
+        )
+        self._healthz("kube-scheduler", port)
+
+    def _kwok(self) -> None:
+        stages = [STAGES / name for name in sorted(os.listdir(STAGES)) if name.endswith(".yaml")]
+        stages += sorted((self.bin / "kwok-stages").glob("*.yaml"))
+        config = self.workdir / "kwok.yaml"
+        config.write_text("\n---\n".join(p.read_text() for p in stages))
+        port = free_port()
+        self._spawn(
+            "kwok",
+            [
+                "kwok",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=true",
+                f"--server-address=127.0.0.1:{port}",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.0.1.1",
+            ],
+        )
+        self._wait(
+            "kwok", lambda: self._get("/healthz", ssl.create_default_context(), f"http://127.0.0.1:{port}") == 200
+        )
+
+    def _nodes(self) -> None:
+        """Create the Nodes, then wait until kwok reports every one Ready."""
+        api = _core_api(self.kubeconfig)
+        for node in self.nodes:
+            api.create_node(node.body())
+
+        def ready() -> bool:
+            items = api.list_node().items
+            ok = [
+                n.metadata.name
+                for n in items
+                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or ())
+            ]
+            return len(ok) == len(self.nodes)
+
+        self._wait("kwok", ready)
+        api.api_client.close()
+
+
+def _core_api(kubeconfig: Path) -> Any:
+    """The official client's CoreV1Api (untyped here: its models are checked by the API server, not mypy)."""
+    import kubernetes  # the tests' and the operator's dependency; building the control plane needs none of it
+
+    k8s: Any = kubernetes
+    return k8s.client.CoreV1Api(k8s.config.new_client_from_config(str(kubeconfig)))
+
+
+def wait_for_default_service_account(kubeconfig: Path, namespace: str, timeout: float = 30.0) -> None:
+    """Namespaces get their ``default`` ServiceAccount from the controller-manager a moment after creation."""
+    api = _core_api(kubeconfig)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(sa.metadata.name == "default" for sa in api.list_namespaced_service_account(namespace).items):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"no default ServiceAccount in {namespace} after {timeout} s")
+    finally:
+        api.api_client.close()
+
+
+@contextlib.contextmanager
+def running(workdir: Path | None = None, **kwargs: Any) -> Iterator[ControlPlane]:
+    cp = ControlPlane(workdir, **kwargs)
+    try:
+        yield cp.start()
+    finally:
+        cp.stop()

@@ -1,0 +1,206 @@
+"""The local control plane: what it starts, that RBAC and the audit log are on, that kwok plays the project's
+Stages as a kubelet would, that kubectl works against it, and that stopping it leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from controlplane import ControlPlane
+from controlplane.audit import AuditLog
+from controlplane.cluster import BIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with ControlPlane(tmp_path_factory.mktemp("cp")) as plane:
+        yield plane.start()
+
+
+@pytest.fixture(scope="module")
+def core(cp: ControlPlane) -> Any:
+    api = kubernetes.config.new_client_from_config(str(cp.kubeconfig))
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": "stages"}})
+    return core
+
+
+def wait(predicate, timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def kubectl(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "kubectl"), f"--kubeconfig={cp.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def pod(name: str, runs: str | None, policy: str = "OnFailure") -> dict[str, Any]:
+    annotations = {"kwok.mljob.io/runs": runs} if runs else {}
+    return {
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }
+
+
+def status(core: Any, name: str) -> dict[str, Any]:
+    return core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, "stages")).get("status") or {}
+
+
+def test_every_component_is_up_and_the_server_reports_the_pinned_version(cp, core):
+    assert set(cp.alive()) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    assert all(cp.alive().values())
+    version = kubernetes.client.VersionApi(core.api_client).get_code()
+    pinned = next(line.split("=")[1] for line in (ROOT / "controlplane/versions.env").read_text().splitlines()
+                  if line.startswith("KUBERNETES_VERSION="))  # fmt: skip
+    assert version.git_version == pinned
+    nodes = core.list_node().items
+    assert len(nodes) == len(cp.nodes)
+    assert all(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions) for n in nodes)
+    assert {n.metadata.labels["topology.kubernetes.io/zone"] for n in nodes} == {"zone-a", "zone-b"}
+    assert 0 < cp.startup_seconds < 120
+
+
+def test_rbac_is_on_and_the_audit_log_names_who_asked(cp, core):
+    nobody = cp.user_kubeconfig("nobody")
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(nobody)))
+    mark = AuditLog(cp.audit_log).mark()
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        api.list_namespaced_pod("default")
+    assert refused.value.status == 403
+    (request,) = AuditLog(cp.audit_log).requests(mark, user="nobody")
+    assert (request.verb, request.resource, request.code) == ("list", "pods", 403)
+
+
+def test_a_scripted_pod_is_scheduled_runs_restarts_in_place_and_succeeds(core):
+    core.create_namespaced_pod("stages", pod("scripted", "3@0.2 0@0.2"))
+    done = wait(lambda: status(core, "scripted").get("phase") == "Succeeded", what="the pod to succeed")
+    assert done
+    got = status(core, "scripted")
+    (container,) = got["containerStatuses"]
+    assert container["restartCount"] == 1
+    assert container["state"]["terminated"]["exitCode"] == 0
+    assert container["state"]["terminated"]["reason"] == "Completed"
+    body = core.read_namespaced_pod("scripted", "stages")
+    assert body.spec.node_name.startswith("kwok-node-")  # bound by the real scheduler
+    assert got["podIP"]
+
+
+def test_under_never_a_failing_run_fails_the_pod_with_its_code_and_reason(core):
+    core.create_namespaced_pod("stages", pod("oom", "137@0.1@OOMKilled", policy="Never"))
+    wait(lambda: status(core, "oom").get("phase") == "Failed", what="the pod to fail")
+    terminated = status(core, "oom")["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
+
+
+def test_a_test_can_end_a_run_evict_a_pod_and_lose_its_node(core):
+    for name in ("ended", "evicted", "lost"):
+        core.create_namespaced_pod("stages", pod(name, None))
+    for name in ("ended", "evicted", "lost"):
+        wait(lambda name=name: status(core, name).get("phase") == "Running", what=f"{name} running")
+
+    core.patch_namespaced_pod("ended", "stages", {"metadata": {"annotations": {"kwok.mljob.io/exit": "2 - 0"}}})
+    wait(lambda: status(core, "ended")["containerStatuses"][0]["restartCount"] == 1, what="restart in place")
+    last = status(core, "ended")["containerStatuses"][0]["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (2, "Error")
+    assert status(core, "ended")["phase"] == "Running"  # OnFailure: back up, and the cue is spent
+
+    core.patch_namespaced_pod("evicted", "stages", {"metadata": {"annotations": {"kwok.mljob.io/evict": "no room"}}})
+    wait(lambda: status(core, "evicted").get("phase") == "Failed", what="eviction")
+    assert (status(core, "evicted")["reason"], status(core, "evicted")["message"]) == ("Evicted", "no room")
+
+    core.patch_namespaced_pod("lost", "stages", {"metadata": {"annotations": {"kwok.mljob.io/lose-node": "true"}}})
+    wait(lambda: status(core, "lost").get("phase") == "Unknown", what="node lost")
+    assert status(core, "lost")["reason"] == "NodeLost"
+    core.delete_namespaced_pod("lost", "stages")
+    core.delete_namespaced_pod("ended", "stages")
+    wait(lambda: "ended" not in {p.metadata.name for p in core.list_namespaced_pod("stages").items}, what="deleted")
+    lost = core.read_namespaced_pod("lost", "stages")  # a pod on a lost node never finishes terminating
+    assert lost.metadata.deletion_timestamp is not None
+    core.delete_namespaced_pod("lost", "stages", grace_period_seconds=0)
+
+
+def test_kubectl_at_the_server_version_works_against_it(cp):
+    done = kubectl(cp, "version", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    versions = json.loads(done.stdout)
+    assert versions["clientVersion"]["gitVersion"] == versions["serverVersion"]["gitVersion"]
+    assert "WARNING" not in done.stderr  # no version skew
+
+
+def test_make_cluster_prints_a_kubeconfig_and_ctrl_c_leaves_no_process(tmp_path):
+    workdir = tmp_path / "people"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "--workdir", str(workdir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "export KUBECONFIG=" in line:
+            break
+    kubeconfig = Path(lines[-1].split("=", 1)[1].strip())
+    assert kubeconfig.exists(), "".join(lines)
+    assert any(line.startswith("control plane up in") for line in lines), lines
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                 text=True, check=False).stdout.split()]  # fmt: skip
+    assert len(children) == 5, children
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(kubeconfig)))
+    assert api.list_namespace().items
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    assert "control plane stopped" in proc.stdout.read()
+    assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_a_killed_test_run_takes_its_control_plane_with_it(tmp_path):
+    """SIGKILL of the Python process that started it: the parent-death signal ends every component."""
+    script = (
+        "import sys, time; from controlplane import ControlPlane; "
+        f"cp = ControlPlane(__import__('pathlib').Path({str(tmp_path / 'k')!r})).start(); "
+        "print(' '.join(str(p.pid) for p in cp.procs.values()), flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 5
+    proc.kill()
+    proc.wait()
+    wait(lambda: not [pid for pid in pids if _alive(pid)], 30, "every component to die with its parent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
