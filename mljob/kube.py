@@ -28,6 +28,15 @@ import aiohttp
 from mljob.api import GROUP, KIND, PLURAL, VERSION, format_time
 
 COMPONENT = "mljob-operator"
+
+
+def user_agent() -> str:
+    """``mljob-operator/<version>``: how the API server's audit log and metrics tell our requests apart."""
+    from mljob import __version__
+
+    return f"{COMPONENT}/{__version__}"
+
+
 CORE = {"Pod": "pods", "Service": "services", "Event": "events"}
 
 
@@ -132,7 +141,9 @@ class Api:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=0)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers={"User-Agent": user_agent()}
+            )
         return self._session
 
     async def request(
@@ -176,6 +187,31 @@ class Api:
             if error.status == 409:
                 return None
             raise
+
+    async def ensure_peering(self, name: str, namespaces: list[str]) -> list[str]:
+        """Create kopf's peering object(s) named ``name`` unless they exist; the problems, for a warning.
+
+        kopf only patches its peering object and needs it to exist. Created here, not in deploy/, a custom
+        resource in the same `kubectl apply -k` as its CRD would be refused until the CRD is registered.
+        ``namespaces`` empty: the ClusterKopfPeering; else a KopfPeering in each (globs are skipped).
+        """
+        targets: list[tuple[str, str, str | None]] = []
+        if not namespaces:
+            targets.append(("/apis/kopf.dev/v1/clusterkopfpeerings", "ClusterKopfPeering", None))
+        targets += [
+            (f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings", "KopfPeering", ns)
+            for ns in namespaces
+            if not any(c in ns for c in "*?![]")
+        ]
+        problems = []
+        for path, kind, namespace in targets:
+            meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+            try:
+                await self.request("POST", path, {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta})
+            except ApiError as error:
+                if error.status != 409:
+                    problems.append(f"{kind} {name}: {error}")
+        return problems
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Read one pod or service; None when there is none (used only to explain a name clash)."""

@@ -33,8 +33,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import kopf
 
+from mljob import kube
 from mljob import pods as podlib
 from mljob.api import GROUP, PLURAL, VERSION
 from mljob.controller import Controller, Key
@@ -94,12 +96,29 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     controller.bind(children)
 
     # Ids are explicit: an index reaches handlers as a kwarg named by its id, and a nested
-    # function's default id is its qualified name. Every handler but login is a coroutine: kopf
+    # function's default id is its qualified name. Every handler is a coroutine: kopf
     # runs plain functions in a thread pool, off the loop the controller's queue and timers use.
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        # kopf's own session would say "kopf/<version>"; every request of the operator, watches included,
+        # carries ours so the API server's audit log can count them by user agent.
+        info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+        if info is None:
+            return None
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+            headers={**info.as_http_headers(), "User-Agent": kube.user_agent()},
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
+        )
+        return kopf.AiohttpSession(
+            server=info.server,
+            default_namespace=info.default_namespace,
+            priority=info.priority,
+            expiration=info.expiration,
+            aiohttp_session=session,
+        )
 
     @kopf.on.startup(id="startup", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -165,6 +184,10 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         if options.peering:
             priority = options.priority if options.priority is not None else seniority()
         mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
+        if options.peering:
+            namespaces = [] if options.all_namespaces else list(options.namespaces)
+            for problem in await api.ensure_peering(options.peering, namespaces):
+                logger.warning("could not create the peering object (kopf will report it): %s", problem)
         logger.info("watching MLJobs in %s (%s)", scope, mode)
         await kopf.operator(
             registry=registry,
