@@ -4,47 +4,64 @@
     python bench/operator.py --smoke         # 3 jobs and a 2 s idle window: proves the bench works (CI)
     python bench/operator.py --jobs 200 --replicas 8 --faults 0.05 --cut-watches 2
 
-The real operator runs as a subprocess (the ``mljob operator`` command) against the in-memory
-API emulator with its simulated kubelet, as in the end-to-end tests. Every job's pods run for
-``--run`` seconds and one worker per job restarts in place once, so each job goes through
-create -> Running -> Restarting -> Running -> Succeeded. Times come from the emulator's own
-change feed (when each write was committed), reconcile pass durations from the operator's
-Prometheus metrics. Watch streams and discovery are the operator's standing cost and are
-reported apart; everything else is work it chose to do. A benchmark, not a test: it prints
-numbers and asserts nothing about them.
+The real operator runs as a subprocess (the ``mljob operator`` command) against the local control plane
+(controlplane/: etcd, kube-apiserver, controller-manager, scheduler, kwok; `make controlplane` builds it), as
+in the end-to-end tests. Every job's pods are bound by the real scheduler to kwok's nodes and run for ``--run``
+seconds; each worker restarts in place once, so each job goes through create -> Running -> Restarting ->
+Running -> Succeeded. Times come from a watch on the MLJobs (when each phase was first seen), requests from the
+API server's audit log (the operator's own identity), reconcile pass durations from the operator's
+Prometheus metrics. Watch streams and discovery are the operator's standing cost and are reported apart;
+everything else is work it chose to do. A benchmark, not a test: it prints numbers and asserts nothing about
+them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from mljob.crd import crd
-from mljob.testing import Change, Exit, KubeEmulator, Kubelet, RunForever
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the control plane is a package of the repository
+
+from controlplane import ControlPlane  # noqa: E402
+from controlplane.audit import AuditLog  # noqa: E402
+from controlplane.proxy import FaultProxy  # noqa: E402
+from mljob.crd import crd  # noqa: E402
 
 COMMAND = [sys.executable, "-c", "from mljob.cli import main; main()", "operator"]
+NAMESPACE = "bench"
+USER = "bench-operator"
 
 
-def job(name: str, replicas: int, forever: bool) -> dict[str, object]:
-    container = {"name": "pytorch", "image": "busybox:1.36"}
-    template = {"spec": {"containers": [container]}}
+def job(name: str, replicas: int, run: float, forever: bool) -> dict[str, object]:
+    """A PyTorch job whose pods kwok plays: each worker fails once halfway, restarts in place, then succeeds."""
+
+    def template(runs: str) -> dict[str, Any]:
+        container = {"name": "pytorch", "image": "busybox:1.36"}
+        return {"metadata": {"annotations": {"kwok.mljob.io/runs": runs}}, "spec": {"containers": [container]}}
+
+    master = "forever" if forever else f"0@{run}"
+    worker = "forever" if forever else f"1@{run / 2} 0@{run / 2}"
     return {
         "apiVersion": "mljob.io/v1alpha1",
         "kind": "MLJob",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "framework": "pytorch",
             "replicaSpecs": {
-                "Master": {"replicas": 1, "template": template},
-                "Worker": {"replicas": replicas - 1, "template": template, "restartPolicy": "OnFailure"},
+                "Master": {"replicas": 1, "template": template(master)},
+                "Worker": {"replicas": replicas - 1, "template": template(worker), "restartPolicy": "OnFailure"},
             },
             "runPolicy": {"activeDeadlineSeconds": 3600} if forever else {},
         },
@@ -52,23 +69,50 @@ def job(name: str, replicas: int, forever: bool) -> dict[str, object]:
 
 
 class Timeline:
-    """When each job was created and first reached each phase, from the emulator's change feed."""
+    """When each job was created and first reached each phase, from a watch on the MLJobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, custom: Any) -> None:
+        self.custom = custom
         self.created: dict[str, float] = {}
         self.phases: dict[str, dict[str, float]] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def listen(self, change: Change) -> None:
-        if change.resource.key[1] != "mljobs" or change.type == "DELETED":
-            return
-        name, now = change.name, time.monotonic()
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        version = ""
+        while not self.stopping.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    self.custom.list_namespaced_custom_object, "mljob.io", "v1alpha1", NAMESPACE, "mljobs",
+                    resource_version=version or None, timeout_seconds=5,
+                )  # fmt: skip
+                for event in stream:
+                    obj = event["raw_object"]
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] != "DELETED":
+                        self.listen(obj)
+            except Exception:
+                time.sleep(0.1)
+
+    def listen(self, obj: dict[str, Any]) -> None:
+        name, now = obj["metadata"]["name"], time.monotonic()
         self.created.setdefault(name, now)
-        phase = str((change.obj.get("status") or {}).get("phase") or "")
+        phase = str((obj.get("status") or {}).get("phase") or "")
         if phase:
             self.phases.setdefault(name, {}).setdefault(phase, now)
 
     def first(self, name: str, phase: str) -> float | None:
         return self.phases.get(name, {}).get(phase)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -106,64 +150,101 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-async def bench(args: argparse.Namespace) -> None:
+def bench(args: argparse.Namespace) -> None:
+    import kubernetes
+
     jobs, replicas = args.jobs, args.replicas
-    async with KubeEmulator() as emu:
-        emu.create("customresourcedefinitions", crd())
-        timeline = Timeline()
-        emu.store.subscribe(timeline.listen)
-        tmp = Path(tempfile.mkdtemp(prefix="mljob-bench-"))
-        env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig(tmp / "kubeconfig"))}
+    tmp = Path(tempfile.mkdtemp(prefix="mljob-bench-"))
+    with ControlPlane(tmp / "controlplane") as cp:
+        cp.start()
+        api = kubernetes.config.new_client_from_config(str(cp.kubeconfig))
+        core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
+        ext = kubernetes.client.ApiextensionsV1Api(api)
+        ext.create_custom_resource_definition(crd())
+        wait_for(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition("mljobs.mljob.io").status.conditions or ()
+            ),
+            60,
+            "the CRD",
+        )
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        audit = AuditLog(cp.audit_log)
+        kubeconfig = cp.user_kubeconfig(USER, ("system:masters",))
+        proxy = None
+        if args.faults or args.cut_watches:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(cp.ca))
+            context.load_cert_chain(str(cp.pki / f"user-{USER}.crt"), str(cp.pki / f"user-{USER}.key"))
+            proxy = FaultProxy(cp.server, context, error_rate=args.faults, cut_watches_after=args.cut_watches or None)
+            proxy.start()
+            kubeconfig = tmp / "proxy.kubeconfig"
+            kubeconfig.write_text(
+                f"apiVersion: v1\nkind: Config\nclusters: [{{name: p, cluster: {{server: '{proxy.url}'}}}}]\n"
+                "users: [{name: p, user: {}}]\ncontexts: [{name: p, context: {cluster: p, user: p}}]\n"
+                "current-context: p\n"
+            )
+        timeline = Timeline(custom)
+        timeline.thread.start()
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         port = free_port()
-        async with Kubelet(emu, default=Exit(0, args.run)) as kubelet:
-            kubelet.script("idle-*", RunForever())
-            kubelet.script("bench-*-worker-0", Exit(1, args.run / 2), Exit(0, args.run / 2))  # one restart per job
-            log = open(tmp / "operator.log", "wb")  # noqa: SIM115 - closed after the subprocess ends
-            proc = await asyncio.create_subprocess_exec(
-                *COMMAND, "--namespace", "default", "--standalone", "--metrics-port", str(port),
-                env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        with open(tmp / "operator.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*COMMAND, "--namespace", NAMESPACE, "--standalone", "--metrics-port", str(port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-            try:
-                await emu.wait_for(lambda: emu.open_watches >= 3, timeout=60)
-                if args.faults:
-                    emu.faults.error_rate(("create", "patch", "delete"), args.faults, codes=(500, 409, 429))
-                if args.cut_watches:
-                    emu.cut_watches_every(args.cut_watches)
-                emu.stats.reset()
-                started = time.monotonic()
-                names = [f"bench-{i}" for i in range(jobs)]
-                for name in names:
-                    emu.create("mljobs", job(name, replicas, forever=False))
-                ended = ("Succeeded", "Failed")
-                await emu.wait_for(lambda: all(any(timeline.first(n, p) for p in ended) for n in names), timeout=900)
-                finished = time.monotonic()
-                # The terminal status is written before cleanPodPolicy's deletes: count those too.
-                await emu.wait_for(lambda: not emu.list("services"), timeout=60)
-                emu.cut_watches_every(None)
-                emu.faults.clear()
-                work = Counter({k: v for k, v in emu.stats.counts.items() if k[0] not in ("watch", "discovery")})
-                standing = sum(v for k, v in emu.stats.counts.items() if k[0] in ("watch", "discovery"))
-                injected = emu.stats.injected
-                passes = await asyncio.to_thread(scrape, port)
+        try:
+            # Ready once its watches on MLJobs, pods and services are open, as the audit log shows.
+            wait_for(
+                lambda: len({r.resource for r in audit.requests(user=USER) if r.verb == "watch"}) >= 3, 60, "watches"
+            )
+            mark = audit.mark()
+            started = time.monotonic()
+            names = [f"bench-{i}" for i in range(jobs)]
+            for name in names:
+                custom.create_namespaced_custom_object(
+                    "mljob.io", "v1alpha1", NAMESPACE, "mljobs", job(name, replicas, args.run, forever=False)
+                )
+            ended = ("Succeeded", "Failed")
+            wait_for(lambda: all(any(timeline.first(n, p) for p in ended) for n in names), 900, "every job to end")
+            finished = time.monotonic()
+            # The terminal status is written before cleanPodPolicy's deletes: count those too.
+            wait_for(lambda: not core.list_namespaced_service(NAMESPACE).items, 60, "services cleaned up")
+            done = audit.requests(mark, user=USER)
+            standing_verbs = ("watch",)
+            work = Counter(r.key for r in done if r.verb not in standing_verbs and r.resource)
+            standing = sum(1 for r in done if r.verb in standing_verbs or not r.resource)
+            injected = sum(proxy.stats.injected.values()) if proxy else 0
+            passes = scrape(port)
+            if proxy is not None:
+                proxy.error_rate, proxy.cut_watches_after = 0.0, None
 
-                emu.create("mljobs", job("idle-job", replicas, forever=True))
-                await emu.wait_for(lambda: timeline.first("idle-job", "Running"), timeout=60)
-                await asyncio.sleep(2.0)  # the last status write and its echo settle
-                moment = time.monotonic()
-                await asyncio.sleep(args.idle)
-                idle_all = emu.stats.since(moment)
-            finally:
-                proc.terminate()
-                await proc.wait()
-                log.close()
+            custom.create_namespaced_custom_object(
+                "mljob.io", "v1alpha1", NAMESPACE, "mljobs", job("idle-job", replicas, args.run, forever=True)
+            )
+            wait_for(lambda: timeline.first("idle-job", "Running"), 60, "the idle job to run")
+            time.sleep(2.0)  # the last status write and its echo settle
+            moment = audit.mark()
+            time.sleep(args.idle)  # the measurement: a window in which nothing changes
+            idle_all = audit.requests(moment, user=USER)
+        finally:
+            proc.terminate()
+            proc.wait()
+            timeline.stopping.set()
+            if proxy is not None:
+                proxy.stop()
 
+    startup = cp.startup_seconds
     to_running = [t - timeline.created[n] for n in names if (t := timeline.first(n, "Running")) is not None]
     last_running = max((timeline.first(n, "Running") or started) for n in names)
     to_done = [(timeline.first(n, "Succeeded") or finished) - timeline.created[n] for n in names]
     total = sum(work.values())
     mean_pass = passes["sum"] / passes["count"] * 1000 if passes["count"] else float("nan")
     print(
-        f"operator benchmark: {jobs} jobs x {replicas} pods (pods run {args.run:g} s, one in-place restart per job), "
+        f"operator benchmark on the local control plane: {jobs} jobs x {replicas} pods (pods run {args.run:g} s, "
+        "each worker restarts in place once), "
         f"{args.faults:.0%} of writes failing"
         + (f", watches cut every {args.cut_watches:g} s" if args.cut_watches else "")
     )
@@ -177,6 +258,7 @@ async def bench(args: argparse.Namespace) -> None:
         ("reconcile passes per job", f"{passes['count'] / jobs:.1f}"),
         ("reconcile pass mean (ms)", f"{mean_pass:.1f}"),
         ("watch + discovery requests", f"{standing}"),
+        ("control plane start-up (s)", f"{startup:.1f}"),
         (f"idle running job: requests in {args.idle:g} s", f"{len(idle_all)} (watch and discovery included)"),
     ]
     print(table(rows))
@@ -198,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.jobs, args.replicas, args.idle, args.run = 3, 3, 2.0, 1.0
-    asyncio.run(bench(args))
+    bench(args)
 
 
 if __name__ == "__main__":

@@ -1,67 +1,92 @@
-"""Fixtures for the operator end to end: the emulator world (shared or private) and the cluster backend.
+"""Fixtures for the operator end to end, on one real control plane per test session.
 
-Most scenarios share one emulator and one operator process per session (job names are unique),
-which keeps the suite fast; scenarios that kill the operator, inject faults or count requests
-get a private world. ``pytest -m cluster`` runs the backend-agnostic scenarios on the cluster in
-``KUBECONFIG`` as well (and only then: a plain run never touches a real cluster).
+The session starts the local control plane (controlplane/: etcd, kube-apiserver, controller-manager, scheduler
+and kwok, built by `make controlplane`), installs the CRD and watches every pod and MLJob into a
+:class:`History` that checks invariants on each committed version. Each test gets a namespace of its own:
+
+* ``backend``: a namespace the shared operator watches (one ``mljob operator --namespace 'e2e-s-*'`` for the
+  whole session, which keeps the suite fast);
+* ``world()``: a namespace with an operator of its own, for scenarios that kill it, inject faults through the
+  proxy, or count its requests: each such operator authenticates as its own user, so the audit log tells its
+  requests from everybody else's.
+
+``pytest -m cluster`` with KUBECONFIG runs the scenarios marked ``cluster`` on that cluster instead (pods then
+run busybox with a real kubelet; kwok's triggers are not there).
 """
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import os
-import uuid
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Backend, ClusterBackend, EmulatorBackend, History, OperatorProcess
+from harness import History, Kube, OperatorProcess, Watcher
 
-from mljob.crd import crd
-from mljob.testing import EmulatorThread, Kubelet, RunForever
+from controlplane import ControlPlane
+from controlplane.audit import AuditLog, Request
+from controlplane.proxy import FaultProxy
+
+SHARED = "e2e-s-"
+PRIVATE = "e2e-p-"
 
 
-class EmulatedWorld:
-    """An emulator thread, its kubelet, the MLJob CRD, and the real operator as a subprocess."""
+@dataclass
+class Session:
+    """What every end-to-end test shares: the cluster, its admin kubeconfig, the audit log and the history."""
 
-    def __init__(self, tmp: Path, **kubelet: Any) -> None:
-        self.tmp = tmp
-        self.kubelet_options = {"default": RunForever(), "termination_delay": 0.1, **kubelet}
-        self.emu = EmulatorThread()
-        self.kubelet: Kubelet | None = None
-        self.operator: OperatorProcess | None = None
-        self.backend: EmulatorBackend | None = None
-        self.history = History()
-
-    def start(self, operator: bool = True) -> EmulatedWorld:
-        self.emu.start()
-        self.emu.call(self.emu.emulator.store.subscribe, self.history.listen)
-        self.emu.create("customresourcedefinitions", crd())
-        self.kubelet = Kubelet(self.emu.emulator, **self.kubelet_options)
-        kubelet = self.kubelet
-        self.emu.call(lambda: asyncio.ensure_future(kubelet.start()))
-        self.backend = EmulatorBackend(self.emu, kubelet)
-        kubeconfig = self.emu.kubeconfig(self.tmp / "kubeconfig")
-        self.operator = OperatorProcess(kubeconfig, "default", self.tmp / "operator.log")
-        if operator:
-            self.operator.start()
-        return self
-
-    def stop(self) -> None:
-        if self.operator is not None:
-            self.operator.stop()
-        if self.kubelet is not None:
-            kubelet = self.kubelet
-            self.emu.call(lambda: asyncio.ensure_future(kubelet.stop()))
-        self.emu.stop()
-
-    def on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self.emu.call(fn, *args, **kwargs)
+    kubeconfig: Path
+    tmp: Path
+    history: History
+    watcher: Watcher
+    control_plane: ControlPlane | None
+    kwok: bool
 
     @property
-    def emulator(self) -> Any:
-        return self.emu.emulator
+    def audit(self) -> AuditLog:
+        assert self.control_plane is not None, "requests are counted on the local control plane only"
+        return AuditLog(self.control_plane.audit_log)
+
+    def identity(self, user: str) -> Path:
+        """A kubeconfig for ``user`` with the admin's rights, so the audit log names its requests."""
+        if self.control_plane is None:
+            return self.kubeconfig
+        return self.control_plane.user_kubeconfig(user, groups=("system:masters",))
+
+
+def _foreign_cluster(config: pytest.Config) -> bool:
+    return "cluster" in (config.option.markexpr or "") and bool(os.environ.get("KUBECONFIG"))
+
+
+@pytest.fixture(scope="session")
+def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    cp: ControlPlane | None = None
+    if _foreign_cluster(request.config):
+        kubeconfig = Path(os.environ["KUBECONFIG"])
+    else:
+        cp = ControlPlane(tmp / "controlplane", log=print).start()
+        kubeconfig = cp.kubeconfig
+    try:
+        Kube(kubeconfig, "default").install_crd()
+        history = History()
+        watcher = Watcher(kubeconfig, history).start()
+        yield Session(kubeconfig, tmp, history, watcher, cp, kwok=cp is not None)
+        watcher.stop()
+    finally:
+        if cp is not None:
+            cp.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scenarios on the shared operator that need no kwok cue run on any cluster: mark them ``cluster``."""
+    for item in items:
+        if "backend" in getattr(item, "fixturenames", ()) and item.get_closest_marker("kwok") is None:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -73,66 +98,132 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 FAILED = pytest.StashKey[bool]()
+_numbers = itertools.count()
 
 
-def _dump_on_failure(request: pytest.FixtureRequest, world: EmulatedWorld) -> None:
-    if request.node.stash.get(FAILED, False) and world.operator is not None:
+def namespace_for(request: pytest.FixtureRequest, prefix: str) -> str:
+    """A DNS label from the test's name, unique in the session."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    return f"{prefix}{next(_numbers)}-{slug}"[:63].rstrip("-")
+
+
+def _dump(request: pytest.FixtureRequest, operator: OperatorProcess | None) -> None:
+    if request.node.stash.get(FAILED, False) and operator is not None:
         print(f"----- operator log (tail) for {request.node.name} -----")
-        print(world.operator.log()[-8000:])
+        print(operator.log()[-8000:])
 
 
 @pytest.fixture(scope="session")
-def shared_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedWorld]:
-    world = EmulatedWorld(tmp_path_factory.mktemp("shared")).start()
-    yield world
-    world.stop()
-    assert not world.history.violations, world.history.violations
+def shared_operator(e2e: Session) -> Iterator[OperatorProcess]:
+    """One operator for every ``backend`` test: it watches the namespaces named ``e2e-s-*``."""
+    kubeconfig = e2e.identity("e2e-shared-operator")
+    operator = OperatorProcess(kubeconfig, "", e2e.tmp / "shared-operator.log", ["--namespace", f"{SHARED}*"])
+    operator.start()
+    yield operator
+    operator.stop()
 
 
 @pytest.fixture
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., EmulatedWorld]]:
-    """A private world per test: ``world()`` starts it (kubelet options as keywords)."""
-    made: list[EmulatedWorld] = []
+def backend(request: pytest.FixtureRequest, e2e: Session, shared_operator: OperatorProcess) -> Iterator[Kube]:
+    """A fresh namespace the shared operator acts in; checked against the history when the test ends."""
+    kube = Kube(e2e.kubeconfig, namespace_for(request, SHARED), kwok=e2e.kwok)
+    kube.create_namespace()
+    yield kube
+    _dump(request, shared_operator)
+    e2e.watcher.catch_up(kube)
+    violations = e2e.history.violations_in(kube.namespace)
+    kube.delete_namespace()
+    assert not violations, violations
 
-    def make(operator: bool = True, **kubelet: Any) -> EmulatedWorld:
-        w = EmulatedWorld(tmp_path / f"world{len(made)}", **kubelet)
-        (tmp_path / f"world{len(made)}").mkdir()
+
+@dataclass
+class World:
+    """A namespace with its own operator (as user ``user``), optionally behind a fault-injecting proxy."""
+
+    kube: Kube
+    operator: OperatorProcess
+    user: str
+    tmp: Path
+    session: Session
+    proxy: FaultProxy | None = None
+
+    @property
+    def history(self) -> History:
+        return self.session.history
+
+    def mark(self) -> int:
+        return self.session.audit.mark()
+
+    def requests(self, since: int = 0) -> list[Request]:
+        """What this world's operator asked of the API server, as the server's audit log has it."""
+        return self.session.audit.requests(since, user=self.user)
+
+    def catch_up(self) -> None:
+        self.session.watcher.catch_up(self.kube)
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, e2e: Session, tmp_path: Path) -> Iterator[Callable[..., World]]:
+    """A private world per call: ``world(operator=False, proxy=dict(error_rate=...))``."""
+    made: list[World] = []
+
+    def make(operator: bool = True, proxy: dict[str, Any] | None = None) -> World:
+        assert e2e.control_plane is not None, "a private world needs the local control plane"
+        n = len(made)
+        kube = Kube(e2e.kubeconfig, namespace_for(request, PRIVATE), kwok=e2e.kwok)
+        kube.create_namespace()
+        user = f"e2e-operator-{kube.namespace}"[:63]
+        folder = tmp_path / f"world{n}"
+        folder.mkdir()
+        kubeconfig = e2e.control_plane.user_kubeconfig(user, ("system:masters",), folder / "operator.kubeconfig")
+        fault_proxy = None
+        if proxy is not None:
+            context = _user_context(e2e.control_plane, kubeconfig)
+            fault_proxy = FaultProxy(e2e.control_plane.server, context, **proxy).start()
+            kubeconfig = folder / "proxy.kubeconfig"
+            kubeconfig.write_text(_plain_kubeconfig(fault_proxy.url))
+        process = OperatorProcess(kubeconfig, kube.namespace, folder / "operator.log")
+        w = World(kube, process, user, folder, e2e, fault_proxy)
         made.append(w)
-        return w.start(operator=operator)
+        if operator:
+            process.start()
+        return w
 
     yield make
     for w in made:
-        _dump_on_failure(request, w)
-        w.stop()
+        _dump(request, w.operator)
+        w.operator.stop()
+        if w.proxy is not None:
+            w.proxy.stop()
     for w in made:
-        assert not w.history.violations, w.history.violations
+        w.catch_up()
+        violations = e2e.history.violations_in(w.kube.namespace)
+        w.kube.delete_namespace()
+        assert not violations, violations
 
 
-def _cluster_selected(config: pytest.Config) -> bool:
-    return "cluster" in (config.option.markexpr or "") and bool(os.environ.get("KUBECONFIG"))
+def _user_context(cp: ControlPlane, kubeconfig: Path) -> Any:
+    """TLS to the API server as the identity in ``kubeconfig`` (its client certificate)."""
+    import ssl
+
+    import yaml
+
+    user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+    context = ssl.create_default_context(cafile=str(cp.ca))
+    context.load_cert_chain(user["client-certificate"], user["client-key"])
+    return context
 
 
-@pytest.fixture(scope="session")
-def cluster_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClusterBackend, OperatorProcess]]:
-    backend = ClusterBackend(f"mljob-e2e-{uuid.uuid4().hex[:6]}")
-    backend.setup()
-    tmp = tmp_path_factory.mktemp("cluster")
-    operator = OperatorProcess(Path(os.environ["KUBECONFIG"]), backend.namespace, tmp / "operator.log").start()
-    yield backend, operator
-    operator.stop()
-    backend.teardown()
+def _plain_kubeconfig(server: str) -> str:
+    import yaml
 
-
-@pytest.fixture(params=["emulator", pytest.param("cluster", marks=pytest.mark.cluster)])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The same scenario on the emulator, and with ``-m cluster`` and KUBECONFIG on a real cluster."""
-    if request.param == "cluster":
-        if not _cluster_selected(request.config):
-            pytest.skip("needs -m cluster and KUBECONFIG pointing at a real cluster")
-        yield request.getfixturevalue("cluster_world")[0]
-        return
-    shared: EmulatedWorld = request.getfixturevalue("shared_world")
-    assert shared.backend is not None
-    yield shared.backend
-    _dump_on_failure(request, shared)
-    assert not shared.history.violations, shared.history.violations
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "proxy", "cluster": {"server": server}}],
+            "users": [{"name": "proxy", "user": {}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+            "current-context": "proxy",
+        }
+    )

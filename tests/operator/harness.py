@@ -1,10 +1,11 @@
-"""One scenario body, two backends: the emulator with its simulated kubelet, or a real cluster.
+"""What an end-to-end scenario needs from a real cluster: its namespace, scripted pods, the operator, a history.
 
-A scenario submits an :class:`E2EJob` whose replicas carry a *script* of runs (exit code N after
-T seconds, or run until stopped). On the emulator the kubelet plays the script; on a real cluster
-the same script becomes the container's ``sh -c`` command (busybox), counting its runs in an
-emptyDir so in-place restarts follow the script too. Both backends then answer the same
-questions (the job, its pods, its events) and wait the same way.
+A scenario submits an :class:`E2EJob` whose replicas carry a *script* of runs (exit code N after T seconds, or
+run until stopped). On the local control plane, kwok plays the script from the pod annotation
+``kwok.mljob.io/runs`` (controlplane/stages/pod-run-end.yaml), with the kubelet's restart rules; on another
+cluster (``-m cluster``) the same script is the container's ``sh -c`` command (busybox), counting its runs in an
+emptyDir so in-place restarts follow it too. A test can also end a run, evict a pod or lose its node at a moment
+of its choosing (annotations kwok's stages act on), which only the local control plane does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ T = TypeVar("T")
 IMAGE = "busybox:1.36"
 E2E_PLUGINS = Path(__file__).parent / "e2e_plugins"
 """A plugin package that raises on purpose for annotated jobs, on the operator's PYTHONPATH."""
+RUNS = "kwok.mljob.io/runs"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Run:
 
     code: int = 0
     after: float = 0.3
+    reason: str | None = None  # e.g. OOMKilled; default Completed for 0, Error otherwise
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,14 @@ def shell(script: Script) -> str:
     return "\n".join(lines)
 
 
+def kwok_runs(script: Script) -> str:
+    """The script as kwok's pod-run-end stage reads it: ``CODE@SECONDS[@REASON]`` or ``forever``, in order."""
+    return " ".join(
+        "forever" if isinstance(r, Forever) else f"{r.code}@{r.after}" + (f"@{r.reason}" if r.reason else "")
+        for r in script
+    )
+
+
 @dataclass
 class Role:
     replicas: int = 1
@@ -83,7 +96,10 @@ class E2EJob:
             container = {"name": self.framework, "image": IMAGE, "command": ["sh", "-c", shell(r.script)]}
             container["volumeMounts"] = [{"name": "e2e", "mountPath": "/mljob-e2e"}]
             volumes = [{"name": "e2e", "emptyDir": {}}]
-            template = {"spec": {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 2}}
+            template = {
+                "metadata": {"annotations": {RUNS: kwok_runs(r.script)}},
+                "spec": {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 2},
+            }
             specs[role] = {"replicas": r.replicas, "template": template}
             if r.policy:
                 specs[role]["restartPolicy"] = r.policy
@@ -142,33 +158,137 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class Backend:
-    """What a scenario needs from a Kubernetes API: the same calls on both backends."""
+def _client(kubeconfig: Path) -> Any:
+    from kubernetes import config
 
-    namespace = "default"
-    timeout = 15.0
-    emulated = True
+    return config.new_client_from_config(str(kubeconfig))
+
+
+class Kube:
+    """One namespace of a real cluster, through the official client as the admin; the calls every scenario makes."""
+
+    timeout = 60.0
+
+    def __init__(self, kubeconfig: Path, namespace: str, *, kwok: bool = True) -> None:
+        import kubernetes
+
+        self.kubeconfig = kubeconfig
+        self.api = _client(kubeconfig)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.ext = kubernetes.client.ApiextensionsV1Api(self.api)
+        self.namespace = namespace
+        self.kwok = kwok
+        """Whether kwok plays the pods (the local control plane): the triggers below need it."""
+
+    # --- namespaces and the CRD -------------------------------------------------------------------------------
+
+    def install_crd(self) -> None:
+        """Create (or keep) the MLJob CRD and wait until it is Established, as `kubectl wait` would."""
+        import kubernetes
+
+        with contextlib.suppress(kubernetes.client.ApiException):
+            self.ext.create_custom_resource_definition(crd())
+
+        def established() -> bool:
+            got = self.ext.read_custom_resource_definition("mljobs.mljob.io")
+            return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or ())
+
+        self.wait(established, what="the MLJob CRD to be Established")
+
+    def create_namespace(self, name: str | None = None) -> None:
+        self.core.create_namespace({"metadata": {"name": name or self.namespace}})
+
+    def delete_namespace(self, name: str | None = None) -> None:
+        import kubernetes
+
+        with contextlib.suppress(kubernetes.client.ApiException):
+            self.core.delete_namespace(name or self.namespace)
+
+    def other(self, namespace: str) -> Kube:
+        """The same cluster, another namespace."""
+        return Kube(self.kubeconfig, namespace, kwok=self.kwok)
+
+    # --- objects ------------------------------------------------------------------------------------------------
 
     def submit(self, job: E2EJob) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.create("mljobs", job.body(self.namespace))
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
 
     def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        raise NotImplementedError
+        import kubernetes
+
+        try:
+            if resource == "mljobs":
+                return self.custom.get_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name)  # type: ignore[no-any-return]
+            read = {"pods": self.core.read_namespaced_pod, "services": self.core.read_namespaced_service}[resource]
+            return self._plain(read(name, self.namespace))
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def list(self, resource: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        if resource == "mljobs":
+            found = self.custom.list_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs")
+            return list(found["items"])
+        fn = {"pods": self.core.list_namespaced_pod, "services": self.core.list_namespaced_service}[resource]
+        kind = {"pods": "Pod", "services": "Service"}[resource]
+        # A list's items come without apiVersion and kind (the list says them once); put them back.
+        return [
+            {"apiVersion": "v1", "kind": kind, **self._plain(o)}
+            for o in fn(self.namespace, label_selector=label_selector or "").items
+        ]
 
     def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        if resource == "mljobs":
+            return self.custom.create_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", body)  # type: ignore[no-any-return]
+        fn = {"pods": self.core.create_namespaced_pod, "services": self.core.create_namespaced_service}[resource]
+        return self._plain(fn(self.namespace, body))
 
     def patch(self, resource: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        if resource == "pods":
+            return self._plain(self.core.patch_namespaced_pod(name, self.namespace, patch))
+        assert resource == "mljobs"
+        return self.custom.patch_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name, patch)  # type: ignore[no-any-return]
 
     def delete(self, resource: str, name: str) -> None:
-        raise NotImplementedError
+        if resource == "mljobs":
+            self.custom.delete_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name)
+        else:
+            {"pods": self.core.delete_namespaced_pod, "services": self.core.delete_namespaced_service}[resource](
+                name, self.namespace
+            )
 
     def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        events = [self._plain(e) for e in items]
+        return [e for e in events if reason is None or e.get("reason") == reason]
+
+    # --- the kubelet's side, played by kwok ---------------------------------------------------------------------
+
+    def _annotate(self, pod: str, key: str, value: str) -> None:
+        assert self.kwok, "only kwok's nodes take scripted exits, evictions and lost nodes"
+        self.patch("pods", pod, {"metadata": {"annotations": {f"kwok.mljob.io/{key}": value}}})
+
+    def exit(self, pod: str, code: int = 0, reason: str | None = None) -> None:
+        """The pod's current run exits now with ``code`` (its restart policy then applies)."""
+        body = self.get("pods", pod)
+        assert body is not None, f"no pod {pod}"
+        statuses = (body.get("status") or {}).get("containerStatuses") or [{}]
+        restarts = int(statuses[0].get("restartCount") or 0)
+        self._annotate(pod, "exit", f"{code} {reason or '-'} {restarts}")
+
+    def evict(self, pod: str, message: str = "The node was low on resource: memory.") -> None:
+        self._annotate(pod, "evict", message)
+
+    def lose_node(self, pod: str) -> None:
+        """The pod's node stops reporting: phase Unknown (NodeLost), and deleting the pod never completes."""
+        self._annotate(pod, "lose-node", "true")
+
+    # --- waiting ------------------------------------------------------------------------------------------------
 
     def messages(self, name: str, reason: str, *needles: str) -> list[str]:
         """The messages of ``name``'s ``reason`` Events, once there is one and they name every needle.
@@ -223,121 +343,8 @@ class Backend:
         return sorted(n for n, p in self.pods(job).items() if not (live and p["metadata"].get("deletionTimestamp")))
 
 
-class EmulatorBackend(Backend):
-    """The emulator in its own thread, its kubelet on the emulator's loop."""
-
-    def __init__(self, emu: Any, kubelet: Any) -> None:
-        self.emu, self.kubelet = emu, kubelet
-
-    def submit(self, job: E2EJob) -> dict[str, Any]:
-        self.script(job)
-        return self.create("mljobs", job.body(self.namespace))
-
-    def script(self, job: E2EJob) -> None:
-        """Hand the roles' scripts to the kubelet (a later, more specific script wins)."""
-        from mljob.testing import Exit, RunForever
-
-        for role, r in job.roles.items():
-            outcomes = [RunForever() if isinstance(run, Forever) else Exit(run.code, run.after) for run in r.script]
-            self.emu.call(self.kubelet.script, f"{job.name}-{role.lower()}-*", *outcomes)
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        return self.emu.get(resource, name, self.namespace)  # type: ignore[no-any-return]
-
-    def list(self, resource: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        return self.emu.call(self.emu.emulator.list, resource, self.namespace, label_selector=label_selector)  # type: ignore[no-any-return]
-
-    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.emu.create(resource, body, self.namespace)  # type: ignore[no-any-return]
-
-    def patch(self, resource: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.emu.patch(resource, name, patch, self.namespace)  # type: ignore[no-any-return]
-
-    def delete(self, resource: str, name: str) -> None:
-        self.emu.delete(resource, name, self.namespace)
-
-    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
-        return self.emu.call(self.emu.emulator.events_for, name, reason=reason, namespace=self.namespace)  # type: ignore[no-any-return]
-
-    def on_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        return self.emu.call(fn, *args)  # type: ignore[no-any-return]
-
-
-class ClusterBackend(Backend):
-    """A real cluster from ``KUBECONFIG``: one namespace per session, deleted at the end."""
-
-    emulated = False
-    timeout = 120.0
-
-    def __init__(self, namespace: str) -> None:
-        import kubernetes
-
-        kubernetes.config.load_kube_config()
-        self.api = kubernetes.client.ApiClient()
-        self.core = kubernetes.client.CoreV1Api(self.api)
-        self.custom = kubernetes.client.CustomObjectsApi(self.api)
-        self.ext = kubernetes.client.ApiextensionsV1Api(self.api)
-        self.namespace = namespace
-
-    def setup(self) -> None:
-        import kubernetes
-
-        with contextlib.suppress(kubernetes.client.ApiException):
-            self.ext.create_custom_resource_definition(crd())
-        self.core.create_namespace({"metadata": {"name": self.namespace}})
-        time.sleep(2)  # the CRD becomes established
-
-    def teardown(self) -> None:
-        self.core.delete_namespace(self.namespace)
-
-    def submit(self, job: E2EJob) -> dict[str, Any]:
-        return self.create("mljobs", job.body(self.namespace))
-
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
-
-    def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        import kubernetes
-
-        try:
-            if resource == "mljobs":
-                return self.custom.get_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name)  # type: ignore[no-any-return]
-            read = {"pods": self.core.read_namespaced_pod, "services": self.core.read_namespaced_service}[resource]
-            return self._plain(read(name, self.namespace))
-        except kubernetes.client.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def list(self, resource: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        if resource == "mljobs":
-            found = self.custom.list_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs")
-            return list(found["items"])
-        fn = {"pods": self.core.list_namespaced_pod, "services": self.core.list_namespaced_service}[resource]
-        return [self._plain(o) for o in fn(self.namespace, label_selector=label_selector or "").items]
-
-    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
-        if resource == "mljobs":
-            return self.custom.create_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", body)  # type: ignore[no-any-return]
-        fn = {"pods": self.core.create_namespaced_pod, "services": self.core.create_namespaced_service}[resource]
-        return self._plain(fn(self.namespace, body))
-
-    def patch(self, resource: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        assert resource == "mljobs"
-        return self.custom.patch_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name, patch)  # type: ignore[no-any-return]
-
-    def delete(self, resource: str, name: str) -> None:
-        if resource == "mljobs":
-            self.custom.delete_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name)
-        else:
-            {"pods": self.core.delete_namespaced_pod, "services": self.core.delete_namespaced_service}[resource](
-                name, self.namespace
-            )
-
-    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
-        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
-        events = [self._plain(e) for e in items]
-        return [e for e in events if reason is None or e.get("reason") == reason]
+Backend = Kube
+"""The name scenarios use for the cluster they run on."""
 
 
 def matching(names: list[str], pattern: str) -> list[str]:
@@ -351,33 +358,62 @@ def conditions(status: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
 EXCLUSIVE = ("Running", "Restarting", "Succeeded", "Failed")
 
 
-class History:
-    """Checks, on every committed write the emulator makes, what must hold at *every* moment.
+@dataclass(frozen=True)
+class Change:
+    """One committed version of an object, as a watch delivers it."""
 
-    Subscribed to the emulator's store, so it sees each version of each object in commit order,
-    not just what a test happens to read at the end:
+    type: str  # ADDED, MODIFIED, DELETED
+    plural: str  # pods, mljobs
+    obj: Mapping[str, Any]
+
+
+class History:
+    """Checks, on every committed version the API server sends, what must hold at *every* moment.
+
+    Fed by watches on pods and MLJobs in every namespace (:class:`Watcher`), so it sees each version of
+    each object in commit order, not just what a test happens to read at the end:
 
     * at most one pod per replica (job uid, role, index) exists at a time;
     * at most one of Running/Restarting/Succeeded/Failed is True in a job's status;
     * a finished job never leaves its terminal phase.
+
+    It also counts pod creations (ADDED) by namespace and name.
     """
 
     def __init__(self) -> None:
         self.violations: list[str] = []
         self.live: dict[tuple[str, str, str], set[str]] = {}
-        self.max_live = 0
+        self.max_live: dict[str, int] = Counter()
         self.finished: dict[str, str] = {}
         self.job_versions = 0
+        self.added: Counter[tuple[str, str]] = Counter()
+        self.seen: dict[tuple[str, str, str], str] = {}
+        """(plural, namespace, name) -> the last resourceVersion seen ("" once deleted)."""
+        self.lock = threading.Lock()
 
-    def listen(self, change: Any) -> None:
-        plural = change.resource.key[1]
-        if plural == "pods":
-            self._pod(change.type, change.obj)
-        elif plural == "mljobs" and change.type != "DELETED":
-            self._job(change.obj)
+    def listen(self, change: Change) -> None:
+        with self.lock:
+            meta = change.obj["metadata"]
+            key = (change.plural, str(meta.get("namespace") or ""), str(meta["name"]))
+            self.seen[key] = "" if change.type == "DELETED" else str(meta.get("resourceVersion") or "")
+            if change.plural == "pods":
+                self._pod(change.type, change.obj)
+            elif change.plural == "mljobs" and change.type != "DELETED":
+                self._job(change.obj)
+
+    def violations_in(self, namespace: str) -> list[str]:
+        with self.lock:
+            return [v for v in self.violations if f"{namespace}/" in v]
+
+    def adds(self, namespace: str) -> Counter[str]:
+        with self.lock:
+            return Counter({name: n for (ns, name), n in self.added.items() if ns == namespace})
 
     def _pod(self, kind: str, pod: Mapping[str, Any]) -> None:
         meta = pod["metadata"]
+        namespace = str(meta.get("namespace") or "")
+        if kind == "ADDED":
+            self.added[(namespace, meta["name"])] += 1
         owner = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
         if owner is None or owner.get("kind") != "MLJob":
             return
@@ -388,9 +424,9 @@ class History:
             names.discard(meta["name"])
             return
         names.add(meta["name"])
-        self.max_live = max(self.max_live, len(names))
+        self.max_live[namespace] = max(self.max_live[namespace], len(names))
         if len(names) > 1:
-            self.violations.append(f"two pods for one replica {slot}: {sorted(names)}")
+            self.violations.append(f"{namespace}/: two pods for one replica {slot}: {sorted(names)}")
 
     def _job(self, job: Mapping[str, Any]) -> None:
         self.job_versions += 1
@@ -406,3 +442,89 @@ class History:
             self.violations.append(f"{who}: left the terminal phase {self.finished[uid]} for {phase!r}")
         if phase in ("Succeeded", "Failed"):
             self.finished.setdefault(uid, phase)
+
+
+class Watcher:
+    """Watches pods and MLJobs in every namespace into a :class:`History`, from one LIST on, resuming on errors."""
+
+    def __init__(self, kubeconfig: Path, history: History) -> None:
+        self.kubeconfig, self.history = kubeconfig, history
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(plural,), name=f"watch-{plural}", daemon=True)
+            for plural in ("pods", "mljobs")
+        ]
+
+    def start(self) -> Watcher:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _list(self, plural: str, **kwargs: Any) -> Any:
+        import kubernetes
+
+        api = _client(self.kubeconfig)
+        if plural == "pods":
+            return kubernetes.client.CoreV1Api(api).list_pod_for_all_namespaces(**kwargs)
+        return kubernetes.client.CustomObjectsApi(api).list_cluster_custom_object(
+            "mljob.io", "v1alpha1", "mljobs", **kwargs
+        )
+
+    def _run(self, plural: str) -> None:
+        import kubernetes
+
+        version = ""
+        while not self.stopping.is_set():
+            try:
+                if not version:
+                    listed = self._list(plural)
+                    meta = listed["metadata"] if isinstance(listed, dict) else listed.metadata
+                    version = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                stream = kubernetes.watch.Watch().stream(
+                    self._list_fn(plural), resource_version=version, timeout_seconds=5, _request_timeout=10
+                )
+                for event in stream:
+                    obj = event["raw_object"]
+                    version = obj["metadata"].get("resourceVersion") or version
+                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.history.listen(Change(event["type"], plural, obj))
+                    if self.stopping.is_set():
+                        return
+            except kubernetes.client.ApiException as error:
+                if error.status == 410:
+                    version = ""  # too old: list again (what a watch missed in between is lost to the history)
+                time.sleep(0.2)
+            except Exception:
+                time.sleep(0.2)
+
+    def _list_fn(self, plural: str) -> Callable[..., Any]:
+        import kubernetes
+
+        api = _client(self.kubeconfig)
+        if plural == "pods":
+            return kubernetes.client.CoreV1Api(api).list_pod_for_all_namespaces  # type: ignore[no-any-return]
+        custom = kubernetes.client.CustomObjectsApi(api)
+
+        def mljobs(**kwargs: Any) -> Any:
+            return custom.list_cluster_custom_object("mljob.io", "v1alpha1", "mljobs", **kwargs)
+
+        return mljobs
+
+    def catch_up(self, kube: Kube, timeout: float = 30.0) -> None:
+        """Wait until the history has seen the namespace's pods and MLJobs as they are now."""
+
+        def current() -> bool:
+            want: dict[tuple[str, str, str], str] = {}
+            for plural in ("pods", "mljobs"):
+                for obj in kube.list(plural):
+                    want[(plural, kube.namespace, obj["metadata"]["name"])] = obj["metadata"]["resourceVersion"]
+            with self.history.lock:
+                have = {k: v for k, v in self.history.seen.items() if k[1] == kube.namespace and v}
+            return have == want
+
+        kube.wait(current, timeout, f"the watch history to catch up with {kube.namespace}")

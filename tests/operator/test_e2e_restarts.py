@@ -1,4 +1,4 @@
-"""Restart policies and backoffLimit, end to end; the eviction and node-loss cases need the emulator."""
+"""Restart policies and backoffLimit, end to end; evictions and lost nodes are played by kwok on a test's cue."""
 
 from __future__ import annotations
 
@@ -88,33 +88,29 @@ def test_in_place_restarts_exhaust_the_backoff_limit(backend: Backend):
     assert status["message"].startswith("worker-0 exited with code 2 (Error)")
 
 
-# --- the emulator can do what a test cannot ask of a real cluster ------------------------------------
+# --- kwok's nodes do what a test cannot ask of a real kubelet on cue ------------------------------------------
 
 
-def recreated_once(world, pattern: str) -> None:
-    """The first incarnation of each matching pod exits 137, later ones succeed (a kubelet-side script)."""
-    import fnmatch
-
-    from mljob.testing import Exit
-
-    seen: set[str] = set()
-
-    def first(pod) -> bool:
-        name = pod["metadata"]["name"]
-        if not fnmatch.fnmatchcase(name, pattern) or name in seen:
-            return False
-        seen.add(name)
-        return True
-
-    world.on_loop(world.kubelet.script, pattern, Exit(0, 0.3))
-    world.on_loop(world.kubelet.script, first, Exit(137, 0.2, "OOMKilled"))
-
-
-def test_exit_code_recreation_then_success(shared_world):
-    backend = shared_world.backend
+@pytest.mark.kwok
+def test_exit_code_recreation_then_success(backend: Backend):
+    """Each worker's first pod is OOMKilled (137): recreated, counted, and the new pods succeed."""
     name = "rs-exitcode-ok"
-    recreated_once(shared_world, f"{name}-worker-*")
-    backend.create("mljobs", E2EJob(name, "pytorch", {"Worker": Role(2, policy="ExitCode")}).body("default"))
+    backend.submit(E2EJob(name, "pytorch", {"Worker": Role(2, (Forever(),), policy="ExitCode")}))
+    backend.wait_phase(name, "Running")
+    first = {n: p["metadata"]["uid"] for n, p in backend.pods(name).items()}
+    for pod in first:
+        backend.exit(pod, 137, "OOMKilled")
+    backend.wait(lambda: backend.status(name).get("restartCount") == 2, what="both workers recreated")
+    backend.wait(
+        lambda: (
+            all(p["metadata"]["uid"] != first[n] for n, p in backend.pods(name).items())
+            and len(backend.pod_names(name)) == 2
+        ),
+        what="two new pods",
+    )
+    for pod in first:
+        backend.wait(lambda pod=pod: backend.pods(name)[pod]["status"].get("phase") == "Running", what=f"{pod} up")
+        backend.exit(pod, 0)
     status = backend.wait_phase(name, "Succeeded", "Failed")
     assert status["phase"] == "Succeeded", status
     assert status["restartCount"] == 2
@@ -125,14 +121,14 @@ def test_exit_code_recreation_then_success(shared_world):
     ]
 
 
+@pytest.mark.kwok
 @pytest.mark.parametrize("policy", ["OnFailure", "ExitCode"])
-def test_an_evicted_pod_is_recreated_and_counted(shared_world, policy):
-    backend = shared_world.backend
+def test_an_evicted_pod_is_recreated_and_counted(backend: Backend, policy):
     name = f"rs-evict-{policy.lower()}"
     backend.submit(E2EJob(name, "pytorch", {"Worker": Role(2, (Forever(),), policy)}))
     backend.wait_phase(name, "Running")
     old_uid = backend.pods(name)[f"{name}-worker-1"]["metadata"]["uid"]
-    shared_world.on_loop(shared_world.kubelet.evict, f"{name}-worker-1")
+    backend.evict(f"{name}-worker-1")
     backend.wait(
         lambda: backend.status(name).get("restartCount") == 1 and backend.phase(name) == "Running",
         what="recreated and running again",
@@ -142,19 +138,24 @@ def test_an_evicted_pod_is_recreated_and_counted(shared_world, policy):
     assert "was evicted" in backend.status(name)["message"]
 
 
-def test_a_pod_on_a_lost_node_is_deleted_and_its_name_waited_for(shared_world):
+@pytest.mark.kwok
+def test_a_pod_on_a_lost_node_is_deleted_and_its_name_waited_for(backend: Backend):
     """Deleting a pod on a lost node never completes: the operator must not create a second one."""
-    backend = shared_world.backend
     name = "rs-lost"
     backend.submit(E2EJob(name, "pytorch", {"Worker": Role(2, (Forever(),), "ExitCode")}))
     backend.wait_phase(name, "Running")
-    shared_world.on_loop(shared_world.kubelet.lose_node, f"{name}-worker-0")
+    backend.lose_node(f"{name}-worker-0")
     backend.wait(lambda: backend.phase(name) == "Restarting", what="Restarting")
     backend.wait(lambda: backend.pods(name)[f"{name}-worker-0"]["metadata"].get("deletionTimestamp"), what="deleted")
     status = backend.status(name)
     assert status["restartCount"] == 1
     assert "worker-0 lost its node (NodeLost)" in status["message"]
     assert len(backend.pods(name)) == 2  # the lost pod, still terminating, and worker-1: no duplicate
+    # What frees the name on a real cluster: someone force-deletes the pod; then the replica comes back.
+    backend.core.delete_namespaced_pod(f"{name}-worker-0", backend.namespace, grace_period_seconds=0)
+    backend.wait(
+        lambda: backend.phase(name) == "Running" and len(backend.pod_names(name)) == 2, what="worker-0 recreated"
+    )
 
 
 def test_never_yields_to_the_framework_success_rule(world):
@@ -163,14 +164,15 @@ def test_never_yields_to_the_framework_success_rule(world):
     The operator is stopped while both happen, so its next pass sees both at once, deterministically.
     """
     w = world()
-    b = w.backend
+    b = w.kube
     name = "rs-never-chief"
     b.submit(E2EJob(name, "tensorflow", {"Chief": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),), "Never")}))
     b.wait_phase(name, "Running")
     w.operator.kill()
-    w.on_loop(w.kubelet.exit, f"{name}-worker-1", 1)
-    w.on_loop(w.kubelet.exit, f"{name}-chief-0", 0)
+    b.exit(f"{name}-worker-1", 1)
+    b.exit(f"{name}-chief-0", 0)
     b.wait(lambda: b.pods(name)[f"{name}-chief-0"]["status"].get("phase") == "Succeeded", what="chief done")
+    b.wait(lambda: b.pods(name)[f"{name}-worker-1"]["status"].get("phase") == "Failed", what="worker failed")
     w.operator.start()
     status = b.wait_phase(name, "Succeeded", "Failed")
     assert status["phase"] == "Succeeded", status

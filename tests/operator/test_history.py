@@ -1,21 +1,20 @@
-"""The invariant checker the end-to-end worlds run on every write: it must catch what it claims to."""
+"""The invariant checker the end-to-end tests run on every committed version: it must catch what it claims to."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-from harness import History
+from harness import Change, History
 
 
-def change(kind: str, plural: str, obj: dict[str, Any]) -> Any:
-    return SimpleNamespace(type=kind, resource=SimpleNamespace(key=("", plural)), obj=obj)
+def change(kind: str, plural: str, obj: dict[str, Any]) -> Change:
+    return Change(kind, plural, obj)
 
 
 def pod(name: str, index: str, owned: bool = True) -> dict[str, Any]:
     refs = [{"kind": "MLJob", "uid": "u1", "controller": True}] if owned else []
     labels = {"mljob.io/replica-type": "worker", "mljob.io/replica-index": index}
-    return {"metadata": {"name": name, "labels": labels, "ownerReferences": refs}}
+    return {"metadata": {"name": name, "namespace": "ns", "labels": labels, "ownerReferences": refs}}
 
 
 def job(rv: int, phase: str, *true: str) -> dict[str, Any]:
@@ -44,3 +43,13 @@ def test_exclusive_conditions_and_leaving_a_terminal_phase_are_caught():
     assert h.violations == []
     h.listen(change("MODIFIED", "mljobs", job(3, "Running", "Running", "Succeeded")))
     assert len(h.violations) == 2
+
+
+def test_violations_are_told_apart_by_namespace_and_pod_creations_counted():
+    h = History()
+    h.listen(change("ADDED", "pods", pod("j-worker-0", "0")))
+    h.listen(change("ADDED", "pods", pod("j-worker-0-copy", "0")))
+    assert len(h.violations_in("ns")) == 1
+    assert h.violations_in("other") == []
+    assert h.adds("ns") == {"j-worker-0": 1, "j-worker-0-copy": 1}
+    assert h.max_live["ns"] == 2
