@@ -6,8 +6,10 @@ does all the work and its audit log still counts every request that reached it. 
 
 * answer a fraction of writes (POST, PUT, PATCH, DELETE) with an error of its own (500, 409 or 429 by default),
   without forwarding them: the write did not happen, exactly what the client is told;
-* cut every watch stream a fixed time after it started, by closing the connection mid-stream, as a load
-  balancer or an API server restart does.
+* cut every watch stream a fixed time after it started, or all of them when told (``cut_watches()``), by
+  closing the connection mid-stream, as a load balancer or an API server restart does.
+
+It also counts the 410 Gone errors the API server sends down watch streams.
 
 It runs its own asyncio loop in a thread so a synchronous test can start, tune and stop it.
 """
@@ -41,6 +43,8 @@ class ProxyStats:
     injected: Counter[int] = field(default_factory=Counter)
     watches: int = 0
     cut: int = 0
+    gone: int = 0
+    """410 Gone errors the API server sent down a watch stream (a resumed watch's version too old)."""
 
 
 def is_watch(request: web.Request) -> bool:
@@ -72,6 +76,7 @@ class FaultProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.port = 0
+        self._open: set[asyncio.Event] = set()
 
     @property
     def url(self) -> str:
@@ -103,13 +108,15 @@ class FaultProxy:
         )
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def _stop(self) -> None:
+        for event in list(self._open):
+            event.set()  # open watches end now, not when the API server ends them
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -154,20 +161,45 @@ class FaultProxy:
     ) -> web.StreamResponse:
         self.stats.watches += 1
         deadline = None if self.cut_watches_after is None else self._loop.time() + self.cut_watches_after
-        while True:
-            timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
-            try:
-                chunk = await asyncio.wait_for(upstream.content.readany(), timeout)
-            except TimeoutError:
-                self.stats.cut += 1
-                upstream.close()
-                if request.transport is not None:
-                    request.transport.close()  # mid-stream, no final chunk: what a dropped connection looks like
-                return response
-            if not chunk:
-                await response.write_eof()
-                return response
-            await response.write(chunk)
+        cut = asyncio.Event()
+        self._open.add(cut)
+        try:
+            while True:
+                timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
+                read = asyncio.ensure_future(upstream.content.readany())
+                told = asyncio.ensure_future(cut.wait())
+                done, _ = await asyncio.wait({read, told}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                told.cancel()
+                if read not in done:
+                    read.cancel()
+                    self.stats.cut += 1
+                    upstream.close()
+                    if request.transport is not None:
+                        request.transport.close()  # mid-stream, no final chunk: what a dropped connection looks like
+                    return response
+                try:
+                    chunk = read.result()
+                except aiohttp.ClientError:  # the API server ended the stream badly: so does the proxy
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                if not chunk:
+                    await response.write_eof()
+                    return response
+                if b'"type":"ERROR"' in chunk and b'"code":410' in chunk:
+                    self.stats.gone += 1
+                await response.write(chunk)
+        finally:
+            self._open.discard(cut)
+
+    def cut_watches(self) -> None:
+        """Cut every watch stream open now (from any thread)."""
+
+        def cut() -> None:
+            for event in list(self._open):
+                event.set()
+
+        self._loop.call_soon_threadsafe(cut)
 
 
 def injected(code: int, request: web.Request) -> web.Response:

@@ -130,3 +130,18 @@ def test_a_watch_is_cut_mid_stream_after_the_set_time_and_other_requests_are_not
     assert proxy.stats.watches == 1
     assert proxy.stats.cut == 1
     assert code == 201
+
+
+def test_cut_watches_cuts_every_open_watch_at_once(upstream):
+    async def scenario(proxy: FaultProxy) -> tuple[list[dict], BaseException | None]:
+        reading = asyncio.ensure_future(read_watch(f"{proxy.url}/watch?watch=1"))
+        while proxy.stats.watches < 1:
+            await asyncio.sleep(0.01)
+        proxy.cut_watches()
+        return await reading
+
+    with FaultProxy(f"http://127.0.0.1:{upstream.port}", ssl.create_default_context()) as proxy:
+        lines, ended = asyncio.run(scenario(proxy))
+    assert isinstance(ended, aiohttp.ClientPayloadError), ended
+    assert len(lines) < 200
+    assert proxy.stats.cut == 1
