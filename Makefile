@@ -56,8 +56,12 @@ bench: setup
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/operator.py
 
-# Everything CI checks: lint, the whole test suite (real training included), a benchmark smoke.
-test: setup setup-mxnet controlplane lint
+# Everything CI checks: lint, the whole test suite (real training and the operator on the real control plane
+# included), a benchmark smoke. The two Python environments and the control plane are set up side by side:
+# pip waits on the network, the Go build on the CPU.
+test:
+	$(MAKE) -j3 setup setup-mxnet controlplane
+	$(MAKE) lint
 	$(BIN)/pytest
 	$(MAKE) bench-smoke
 
