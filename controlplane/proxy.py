@@ -9,7 +9,8 @@ does all the work and its audit log still counts every request that reached it. 
 * cut every watch stream a fixed time after it started, or all of them when told (``cut_watches()``), by
   closing the connection mid-stream, as a load balancer or an API server restart does.
 
-It also counts the 410 Gone errors the API server sends down watch streams.
+It also counts what the API server sends down watch streams that a client must handle: BOOKMARK events and
+410 Gone errors.
 
 It runs its own asyncio loop in a thread so a synchronous test can start, tune and stop it.
 """
@@ -45,6 +46,8 @@ class ProxyStats:
     cut: int = 0
     gone: int = 0
     """410 Gone errors the API server sent down a watch stream (a resumed watch's version too old)."""
+    bookmarks: dict[str, list[str]] = field(default_factory=dict)
+    """By watched path: the resourceVersion of every BOOKMARK event the API server sent down its streams."""
 
 
 def is_watch(request: web.Request) -> bool:
@@ -163,6 +166,7 @@ class FaultProxy:
         deadline = None if self.cut_watches_after is None else self._loop.time() + self.cut_watches_after
         cut = asyncio.Event()
         self._open.add(cut)
+        pending = b""  # a watch event split across chunks, for the counting below (forwarding is unchanged)
         try:
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - self._loop.time())
@@ -186,11 +190,22 @@ class FaultProxy:
                 if not chunk:
                     await response.write_eof()
                     return response
-                if b'"type":"ERROR"' in chunk and b'"code":410' in chunk:
-                    self.stats.gone += 1
+                *events, pending = (pending + chunk).split(b"\n")
+                for line in events:
+                    self._count(line, request.path)
                 await response.write(chunk)
         finally:
             self._open.discard(cut)
+
+    def _count(self, line: bytes, path: str) -> None:
+        if b'"BOOKMARK"' not in line and b'"ERROR"' not in line:
+            return
+        event = json.loads(line)
+        if event.get("type") == "BOOKMARK":
+            version = str(event["object"]["metadata"]["resourceVersion"])
+            self.stats.bookmarks.setdefault(path, []).append(version)
+        elif event.get("type") == "ERROR" and event.get("object", {}).get("code") == 410:
+            self.stats.gone += 1
 
     def cut_watches(self) -> None:
         """Cut every watch stream open now (from any thread)."""

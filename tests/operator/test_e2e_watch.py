@@ -100,3 +100,37 @@ def test_a_resumed_watch_told_410_gone_lists_again_and_the_job_still_converges(u
             if operator.proc is not None:
                 os.kill(operator.proc.pid, signal.SIGCONT)
             operator.stop()
+
+
+@pytest.mark.slow
+def test_a_cut_watch_resumes_from_the_last_bookmark_without_listing_again(world):
+    """On a quiet watch the API server sends a BOOKMARK about once a minute, carrying a fresh resourceVersion.
+
+    The operator asks for them (kopf's allowWatchBookmarks) and resumes a cut watch from the newest one: no LIST,
+    no event replayed. Without bookmarks it would resume from the version of the last object it saw, which a
+    busy cluster compacts away, ending in the 410 Gone and relist of the test above.
+    """
+    w = world(proxy={})
+    b = w.kube
+    b.submit(E2EJob("quiet", "pytorch", {"Worker": Role(1, (Forever(),))}))
+    b.wait_phase("quiet", "Running")
+    assert w.proxy is not None
+    stats = w.proxy.stats
+    paths = [f"/api/v1/namespaces/{b.namespace}/{r}" for r in ("pods", "services")]
+    paths.append(f"/apis/mljob.io/v1alpha1/namespaces/{b.namespace}/mljobs")
+    # A bookmark on each of the operator's own watches: about a minute of nothing happening.
+    b.wait(lambda: all(stats.bookmarks.get(p) for p in paths), timeout=150, what="a bookmark on each watch")
+    last = {p: stats.bookmarks[p][-1] for p in paths}
+    mark = w.mark()
+    w.proxy.cut_watches()
+
+    def resumed() -> dict[str, str] | None:
+        found = {}
+        for r in w.requests(mark):
+            path, _, query = r.uri.partition("?")
+            if r.verb == "watch" and path in last:
+                found[path] = dict(part.split("=", 1) for part in query.split("&")).get("resourceVersion", "")
+        return found if len(found) == len(last) else None
+
+    assert b.wait(resumed, what="the three watches resumed") == last
+    assert [r for r in w.requests(mark) if r.verb == "list"] == []
