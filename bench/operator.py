@@ -27,7 +27,6 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # the control plane is a package of the repositor
 from controlplane import ControlPlane  # noqa: E402
 from controlplane.audit import AuditLog  # noqa: E402
 from controlplane.proxy import FaultProxy  # noqa: E402
+from controlplane.waiting import until as wait_for  # noqa: E402
 from mljob.crd import crd  # noqa: E402
 
 COMMAND = [sys.executable, "-c", "from mljob.cli import main; main()", "operator"]
@@ -105,14 +105,6 @@ class Timeline:
 
     def first(self, name: str, phase: str) -> float | None:
         return self.phases.get(name, {}).get(phase)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def free_port() -> int:

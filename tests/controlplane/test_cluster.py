@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from controlplane import ControlPlane
 from controlplane.audit import AuditLog
 from controlplane.cluster import BIN
+from controlplane.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +38,7 @@ def core(cp: ControlPlane) -> Any:
 
 
 def wait(predicate, timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return until(predicate, timeout, what)
 
 
 def kubectl(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:

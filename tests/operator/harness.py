@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controlplane.waiting import until
 from mljob.crd import crd
 
 T = TypeVar("T")
@@ -304,14 +305,10 @@ class Kube:
         return self.wait(ready, what=f"{reason} events of {name} naming {needles}")
 
     def wait(self, predicate: Callable[[], T], timeout: float | None = None, what: str = "") -> T:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or predicate}")
-            time.sleep(0.05)
+        try:
+            return until(predicate, timeout or self.timeout, what or str(predicate))
+        except TimeoutError as error:
+            raise AssertionError(str(error)) from None
 
     # --- questions every scenario asks -------------------------------------------------------------
 
