@@ -252,6 +252,7 @@ def bench(args: argparse.Namespace) -> None:
         ("watch + discovery requests", f"{standing}"),
         ("control plane start-up (s)", f"{startup:.1f}"),
         (f"idle running job: requests in {args.idle:g} s", f"{len(idle_all)} (watch and discovery included)"),
+        *((f"  idle: {verb} {resource}", f"{n}") for (verb, resource), n in Counter(r.key for r in idle_all).items()),
     ]
     print(table(rows))
     print("\nAPI requests by verb and resource (not counting watch and discovery):")

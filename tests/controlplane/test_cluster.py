@@ -102,6 +102,15 @@ def test_a_scripted_pod_is_scheduled_runs_restarts_in_place_and_succeeds(core):
     assert got["podIP"]
 
 
+def test_a_pod_with_resources_runs_too(core):
+    """The API server sets a pod's qosClass at creation and refuses any change: the Stages leave it alone."""
+    body = pod("guaranteed", "0@0.1")
+    body["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}}
+    core.create_namespaced_pod("stages", body)
+    wait(lambda: status(core, "guaranteed").get("phase") == "Succeeded", what="the pod to succeed")
+    assert status(core, "guaranteed")["qosClass"] == "Guaranteed"
+
+
 def test_under_never_a_failing_run_fails_the_pod_with_its_code_and_reason(core):
     core.create_namespaced_pod("stages", pod("oom", "137@0.1@OOMKilled", policy="Never"))
     wait(lambda: status(core, "oom").get("phase") == "Failed", what="the pod to fail")
