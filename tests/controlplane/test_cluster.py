@@ -172,8 +172,7 @@ def test_make_cluster_prints_a_kubeconfig_and_ctrl_c_leaves_no_process(tmp_path)
     kubeconfig = Path(lines[-1].split("=", 1)[1].strip())
     assert kubeconfig.exists(), "".join(lines)
     assert any(line.startswith("control plane up in") for line in lines), lines
-    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                 text=True, check=False).stdout.split()]  # fmt: skip
+    children = _children(proc.pid)
     assert len(children) == 5, children
     api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(str(kubeconfig)))
     assert api.list_namespace().items
@@ -198,6 +197,19 @@ def test_a_killed_test_run_takes_its_control_plane_with_it(tmp_path):
     proc.kill()
     proc.wait()
     wait(lambda: not [pid for pid in pids if _alive(pid)], 30, "every component to die with its parent")
+
+
+def _children(parent: int) -> list[int]:
+    """The live processes whose parent is ``parent``, from /proc (what `pgrep -P` reads)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _alive(pid: int) -> bool:
