@@ -193,7 +193,11 @@ class FaultProxy:
                 *events, pending = (pending + chunk).split(b"\n")
                 for line in events:
                     self._count(line, request.path)
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:  # the client hung up (kopf reconnects an inactive watch): so do we
+                    upstream.close()
+                    return response
         finally:
             self._open.discard(cut)
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from controlplane.proxy import FaultProxy
+from controlplane.waiting import until
 
 
 class Upstream:
@@ -145,3 +146,18 @@ def test_cut_watches_cuts_every_open_watch_at_once(upstream):
     assert isinstance(ended, aiohttp.ClientPayloadError), ended
     assert len(lines) < 200
     assert proxy.stats.cut == 1
+
+
+def test_a_client_that_hangs_up_mid_watch_is_let_go_quietly(upstream, caplog):
+    async def hang_up(url: str) -> int:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            await response.content.readline()
+            await response.content.readline()
+        return 2  # the session closes the connection mid-stream here
+
+    with FaultProxy(f"http://127.0.0.1:{upstream.port}", ssl.create_default_context()) as proxy:
+        asyncio.run(hang_up(f"{proxy.url}/watch?watch=true"))
+        until(lambda: not proxy._open, 5, "the proxy to drop the watch")
+        code, _, _ = call(f"{proxy.url}/after")
+    assert code == 201
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
