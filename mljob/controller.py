@@ -18,7 +18,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mljob import pods as podlib
@@ -263,7 +263,12 @@ class Controller:
                 logger.info("%s/%s: deleted the job: ttlSecondsAfterFinished passed", namespace, name)
         if errors:
             raise errors[0]
-        self._wake(key, result.wake_at)
+        when = result.wake_at
+        lapse = self.expectations.expires_in(key)
+        if lapse is not None:  # a lost or never-coming watch event must not hold the job past the lapse
+            at = self.clock() + timedelta(seconds=lapse + 0.05)
+            when = at if when is None else min(when, at)
+        self._wake(key, when)
 
     def _remember(self, key: Key, fresh: Mapping[str, Any]) -> None:
         if fresh.get("metadata") and key in self.jobs:

@@ -38,6 +38,28 @@ class Expectations:
     def deleted(self, key: Key, kind: str, name: str, uid: str) -> None:
         self._deleted.setdefault(key, {})[(kind, name)] = (self.clock(), uid)
 
+    def observed(self, key: Key, kind: str, obj: Mapping[str, Any]) -> None:
+        """The watch has shown ``obj``, in any state (deleted too): an expectation about it is over.
+
+        Without this, a child created and then deleted by someone else before the index ever showed it
+        would count as present until the expectation's ttl, with no event left to wake the job after it.
+        """
+        which = (kind, podlib.name(obj))
+        created = self._created.get(key, {})
+        if which in created and podlib.uid(created[which][1]) == podlib.uid(obj):
+            del created[which]
+        deleted = self._deleted.get(key, {})
+        if which in deleted and deleted[which][1] == podlib.uid(obj) and podlib.terminating(obj):
+            del deleted[which]
+
+    def expires_in(self, key: Key) -> float | None:
+        """Seconds until the job's oldest expectation lapses (the job must be looked at again then), or None."""
+        times = [at for at, _ in self._created.get(key, {}).values()]
+        times += [at for at, _ in self._deleted.get(key, {}).values()]
+        if not times:
+            return None
+        return max(0.0, min(times) + self.ttl - self.clock())
+
     def forget(self, key: Key) -> None:
         self._created.pop(key, None)
         self._deleted.pop(key, None)

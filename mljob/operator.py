@@ -149,11 +149,13 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.event("pods", id="pod_event", when=_owned, registry=registry)
     async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
+        controller.expectations.observed(_index_key(body), "Pod", body)
         controller.trigger(_index_key(body))
 
     @kopf.on.event("services", id="service_event", when=_owned, registry=registry)
     async def service_event(body: kopf.Body, **kwargs: Any) -> None:
         remember(kwargs)
+        controller.expectations.observed(_index_key(body), "Service", body)
         controller.trigger(_index_key(body))
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="job_event", registry=registry)

@@ -145,6 +145,27 @@ def test_a_test_can_end_a_run_evict_a_pod_and_lose_its_node(core):
     core.delete_namespaced_pod("lost", "stages", grace_period_seconds=0)
 
 
+def test_a_pod_created_in_the_name_of_a_deleted_finished_one_is_left_alone(core):
+    """The API server deletes a finished pod at once; kwok must not then delete its namesake (seen in CI)."""
+    core.create_namespaced_pod("stages", pod("namesake", "3@0.05", policy="Never"))
+    wait(lambda: status(core, "namesake").get("phase") == "Failed", what="the first pod to fail")
+    core.delete_namespaced_pod("namesake", "stages")
+    wait(lambda: "namesake" not in {p.metadata.name for p in core.list_namespaced_pod("stages").items}, what="gone")
+    core.create_namespaced_pod("stages", pod("namesake", "0@1.0", policy="Never"))
+    # It lives its whole script: were it deleted in the first 100 ms, it would never succeed.
+    wait(lambda: _phase_or_gone(core, "namesake") in ("Succeeded", "gone"), what="the namesake to finish")
+    assert _phase_or_gone(core, "namesake") == "Succeeded"
+
+
+def _phase_or_gone(core: Any, name: str) -> str:
+    try:
+        return str(status(core, name).get("phase") or "")
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return "gone"
+        raise
+
+
 def test_kubectl_at_the_server_version_works_against_it(cp):
     done = kubectl(cp, "version", "-o", "json")
     assert done.returncode == 0, done.stderr

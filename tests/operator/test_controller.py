@@ -307,3 +307,49 @@ def test_the_clock_is_injectable():
     moment = datetime(2030, 1, 1, tzinfo=UTC)
     c = Controller(FakeApi(job_body()), plugins_for(), Metrics(), clock=lambda: moment)  # type: ignore[arg-type]
     assert c.clock() - moment == timedelta(0)
+
+
+@pytest.mark.asyncio
+async def test_a_pod_deleted_by_someone_else_before_the_index_showed_it_is_created_again():
+    """Seen on the real control plane: kwok deleted a recreated pod by name before the operator's index had it.
+
+    The create expectation made the pod count as present; only the watch's DELETED event ends it now.
+    """
+    api = FakeApi(job_body())
+    c = Controller(api, plugins_for(*_pytorch()), Metrics(), debounce=0.01)  # type: ignore[arg-type]
+    shown: dict[str, dict[str, Any]] = {}
+    c.bind(lambda key: (list(shown.values()), api.service))  # the index: only what the watch has shown
+    await c.start()
+    try:
+        c.job_event(None, api.job)
+        await settle(c, api)
+        assert sorted(api.pods) == ["j-worker-0", "j-worker-1"]
+        gone = api.pods.pop("j-worker-0")  # deleted by a stranger before its ADDED event came
+        shown["j-worker-1"] = api.pods["j-worker-1"]
+        api.calls.clear()
+        c.expectations.observed(("ns", "j"), "Pod", gone)  # the DELETED event, as operator.pod_event passes it on
+        c.trigger(("ns", "j"))
+        await settle(c, api)
+        assert ("create", "j-worker-0") in api.calls
+        assert "j-worker-0" in api.pods
+    finally:
+        await c.stop()
+
+
+def test_expectations_end_when_the_watch_shows_the_object_and_say_when_they_lapse():
+    from mljob.expectations import Expectations
+
+    now = [100.0]
+    e = Expectations(ttl=15.0, clock=lambda: now[0])
+    key = ("ns", "j")
+    pod = {"metadata": {"name": "p", "uid": "u1"}}
+    assert e.expires_in(key) is None
+    e.created(key, "Pod", pod)
+    now[0] = 104.0
+    assert e.expires_in(key) == 11.0
+    assert [p["metadata"]["name"] for p in e.view(key, [], None)[0]] == ["p"]  # counts as present meanwhile
+    e.observed(key, "Pod", {"metadata": {"name": "p", "uid": "other"}})  # a namesake: not ours
+    assert len(e) == 1
+    e.observed(key, "Pod", pod)
+    assert len(e) == 0
+    assert e.view(key, [], None)[0] == []
