@@ -106,9 +106,10 @@ def test_a_resumed_watch_told_410_gone_lists_again_and_the_job_still_converges(u
 def test_a_cut_watch_resumes_from_the_last_bookmark_without_listing_again(world):
     """On a quiet watch the API server sends a BOOKMARK about once a minute, carrying a fresh resourceVersion.
 
-    The operator asks for them (kopf's allowWatchBookmarks) and resumes a cut watch from the newest one: no LIST,
-    no event replayed. Without bookmarks it would resume from the version of the last object it saw, which a
-    busy cluster compacts away, ending in the 410 Gone and relist of the test above.
+    The operator asks for them (kopf's allowWatchBookmarks) and resumes a cut watch from a bookmark's version (the
+    newest it received: one still in flight when the stream is cut never arrives): no LIST, no event replayed.
+    Without bookmarks it would resume from the version of the last object it saw, which a busy cluster compacts
+    away, ending in the 410 Gone and relist of the test above.
     """
     w = world(proxy={})
     b = w.kube
@@ -120,17 +121,17 @@ def test_a_cut_watch_resumes_from_the_last_bookmark_without_listing_again(world)
     paths.append(f"/apis/mljob.io/v1alpha1/namespaces/{b.namespace}/mljobs")
     # A bookmark on each of the operator's own watches: about a minute of nothing happening.
     b.wait(lambda: all(stats.bookmarks.get(p) for p in paths), timeout=150, what="a bookmark on each watch")
-    last = {p: stats.bookmarks[p][-1] for p in paths}
     mark = w.mark()
-    w.proxy.cut_watches()
+    w.proxy.cut_watches()  # a bookmark still in flight when the stream is cut may never reach the operator
 
     def resumed() -> dict[str, str] | None:
         found = {}
         for r in w.requests(mark):
             path, _, query = r.uri.partition("?")
-            if r.verb == "watch" and path in last:
+            if r.verb == "watch" and path in paths:
                 found[path] = dict(part.split("=", 1) for part in query.split("&")).get("resourceVersion", "")
-        return found if len(found) == len(last) else None
+        return found if len(found) == len(paths) else None
 
-    assert b.wait(resumed, what="the three watches resumed") == last
+    versions = b.wait(resumed, what="the three watches resumed")
+    assert all(versions[p] in stats.bookmarks[p] for p in paths), (versions, stats.bookmarks)
     assert [r for r in w.requests(mark) if r.verb == "list"] == []
