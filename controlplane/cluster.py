@@ -41,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(os.environ.get("MLJOB_CONTROLPLANE_BIN", HERE / "bin"))
 STAGES = HERE / "stages"
 SERVICE_CIDR = "10.0.0.0/24"
+FEATURE_GATES = "--feature-gates=GenericWorkload=true"
+"""Kubernetes' own gang scheduling (scheduling.k8s.io/v1beta1 Workload and PodGroup), on every component."""
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -316,6 +318,8 @@ class ControlPlane:
                 "--audit-log-mode=blocking",
                 "--audit-log-maxsize=0",
                 "--profiling=false",
+                FEATURE_GATES,
+                "--runtime-config=scheduling.k8s.io/v1beta1=true",
                 "--v=1",
                 *self.apiserver_args,
             ],
@@ -357,6 +361,7 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
+                FEATURE_GATES,
                 "--v=1",
             ],
         )
@@ -383,6 +388,7 @@ class ControlPlane:
                 *self._component_auth(),
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
+                FEATURE_GATES,
                 "--v=1",
             ],
         )

@@ -137,9 +137,36 @@ class ReplicaSpec(Model):
     )
 
 
+class GangScheduler(StrEnum):
+    """Which scheduler places a job's pods all or nothing (see docs/placement.md)."""
+
+    KUBERNETES = "kubernetes"
+    """kube-scheduler's own gang scheduling: a scheduling.k8s.io/v1beta1 Workload and PodGroup (1.37+)."""
+    NONE = "none"
+    """No gang: each pod is scheduled on its own."""
+
+
+class TopologyMode(StrEnum):
+    """How strictly a job's pods are kept in one topology domain."""
+
+    REQUIRED = "required"
+    PREFERRED = "preferred"
+
+
+class Topology(Model):
+    """Keep every pod of the job in one domain of a node label: one zone, or one node."""
+
+    key: str = Field(description="A node label, e.g. topology.kubernetes.io/zone or kubernetes.io/hostname.")
+    mode: TopologyMode = Field(TopologyMode.REQUIRED, description="required: never split; preferred: try to.")
+
+
 class SchedulingPolicy(Model):
     """Hints for gang schedulers and queues (Volcano, Kueue, scheduler-plugins)."""
 
+    gang_scheduler: GangScheduler | None = Field(
+        None, description="The gang scheduler for this job; default: the operator's --gang-scheduler."
+    )
+    topology: Topology | None = Field(None, description="Keep the job's pods in one topology domain.")
     min_available: PositiveInt | None = Field(None, description="Replicas that must be schedulable at once.")
     queue: str | None = Field(None, description="Queue name for a batch scheduler.")
     priority_class: str | None = Field(None, description="PriorityClass for the job's pods.")

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from mljob.api import GangScheduler
 from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs, plugins_or_error, summary
 
 app = typer.Typer(
@@ -81,8 +82,12 @@ def render(
     uid: Annotated[
         str | None, typer.Option(help="Owner uid for ownerReferences (default: metadata.uid, else a placeholder).")
     ] = None,
+    gang_scheduler: Annotated[
+        GangScheduler,
+        typer.Option(help="The operator's --gang-scheduler (a job's schedulingPolicy.gangScheduler wins)."),
+    ] = GangScheduler.NONE,
 ) -> None:
-    """Print the exact pods and headless service the operator would create for FILE, as a YAML stream."""
+    """Print every object the operator would create for FILE (gang objects, pods, the service), as YAML."""
     from mljob.plugins import PluginError
     from mljob.render import render as render_job
 
@@ -92,7 +97,7 @@ def render(
         for item in load_jobs(file, plugins):
             job, framework = job_and_framework(item)
             try:
-                objects.extend(render_job(job, framework, plugins, uid=uid))
+                objects.extend(render_job(job, framework, plugins, uid=uid, gang=gang_scheduler))
             except PluginError as error:
                 raise JobFileError([str(error)]) from None
     typer.echo(dump_yaml(objects), nl=False)
@@ -140,6 +145,10 @@ def operator(
         int | None, typer.Option(help="Peering priority: the highest acts (default: the replica started first).")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+    gang_scheduler: Annotated[
+        GangScheduler,
+        typer.Option(help="Gang scheduler for jobs that name none in schedulingPolicy.gangScheduler."),
+    ] = GangScheduler.NONE,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every handler call.")] = False,
 ) -> None:
     """Run the MLJob operator against the cluster in KUBECONFIG, or the pod's service account."""
@@ -154,6 +163,7 @@ def operator(
         peering=peering,
         priority=priority,
         metrics_port=metrics_port,
+        gang_scheduler=gang_scheduler,
         verbose=verbose,
     )
     run_operator(options)

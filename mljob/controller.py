@@ -27,7 +27,7 @@ from mljob.expectations import Expectations
 from mljob.kube import Api, ApiError
 from mljob.metrics import Metrics
 from mljob.plugins import Plugins
-from mljob.reconcile import Delete, Desired, Plan, desire, plan, reject
+from mljob.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
 from mljob.validation import PLUGIN_ERROR, parse_job
 
 logger = logging.getLogger("mljob.operator")
@@ -64,8 +64,10 @@ class Controller:
         workers: int = 16,
         debounce: float = 0.05,
         clock: Callable[[], datetime] = utcnow,
+        placement: Placement | None = None,
     ) -> None:
         self.api, self.plugins, self.metrics = api, plugins, metrics or Metrics()
+        self.placement = placement or Placement()
         self.clock = clock
         self.debounce = debounce
         self.jobs: dict[Key, Mapping[str, Any]] = {}
@@ -204,7 +206,7 @@ class Controller:
         if cached is not None and cached[0] == version:
             return cached[1]
         try:
-            desired = desire(job, self.plugins)
+            desired = desire(job, self.plugins, self.placement)
         except Exception as error:  # a plugin bug that escaped the core's own guards
             from mljob.framework import Problem
 
@@ -248,11 +250,22 @@ class Controller:
         if result.finished is not None:
             reason = next((e.reason for e in result.events if e.reason), "")
             self.metrics.job_finished(framework, namespace, result.finished.value, reason)
-        outcomes = await asyncio.gather(
-            *(self._delete(key, d, framework) for d in result.deletes),
-            *(self._create(key, body, obj, framework) for obj in result.creates),
-            return_exceptions=True,
+        # What a gang scheduler reads (a PodGroup) exists before any pod that names it is created.
+        grouped = [obj for obj in result.creates if obj["kind"] not in ("Pod", "Service")]
+        first = await asyncio.gather(
+            *(self._create(key, body, obj, framework) for obj in grouped), return_exceptions=True
         )
+        if any(isinstance(o, BaseException) for o in first):
+            outcomes: list[Any] = list(first)
+        else:
+            outcomes = [
+                *first,
+                *await asyncio.gather(
+                    *(self._delete(key, d, framework) for d in result.deletes),
+                    *(self._create(key, body, obj, framework) for obj in result.creates if obj not in grouped),
+                    return_exceptions=True,
+                ),
+            ]
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         done = [o for o in outcomes if isinstance(o, str)]
         for reason, message in _summaries(done):
@@ -296,7 +309,8 @@ class Controller:
         kind, child = str(obj["kind"]), str(obj["metadata"]["name"])
         made = await self.api.create(obj)
         if made is not None:
-            self.expectations.created(key, kind, made)
+            if kind in ("Pod", "Service"):  # the children the watch shows; a PodGroup is not watched
+                self.expectations.created(key, kind, made)
             logger.info("%s/%s: created %s %s", *key, kind.lower(), child)
             if kind == "Pod":
                 self.metrics.pods_created(framework, key[0])
@@ -304,7 +318,7 @@ class Controller:
         # AlreadyExists: usually our own earlier create, not yet in the index. But if the name is
         # held by an object this job does not control, the job cannot go on: say so, once, and
         # look again later (the stranger's deletion is no event this operator watches).
-        existing = await self.api.get(kind, key[0], child)
+        existing = await self.api.get(kind, key[0], child, str(obj.get("apiVersion") or "v1"))
         if existing is None:
             # Refused as existing, yet gone: deleted in between, or a proxy's bogus 409. No event
             # will tell this job that the name is free, so the pass must be retried.

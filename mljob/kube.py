@@ -116,6 +116,15 @@ def core_path(kind: str, namespace: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{namespace}/{CORE[kind]}" + (f"/{name}" if name else "")
 
 
+PLURALS = {**CORE, "Workload": "workloads", "PodGroup": "podgroups"}
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    """The REST path of a namespaced object of a kind the operator creates: core or a named group."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{PLURALS[kind]}" + (f"/{name}" if name else "")
+
+
 class Api:
     """The operator's API calls; one instance per process, one aiohttp session, bounded concurrency."""
 
@@ -182,11 +191,22 @@ class Api:
         """Create a pod or service: the server's copy, or None when the name exists (creates are idempotent)."""
         meta = obj["metadata"]
         try:
-            return await self.request("POST", core_path(obj["kind"], meta["namespace"]), obj)
+            return await self.request("POST", object_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
         except ApiError as error:
             if error.status == 409:
                 return None
             raise
+
+    async def served(self, group_version: str, resources: tuple[str, ...]) -> bool:
+        """Whether the API server serves every one of ``resources`` in ``group_version`` (discovery)."""
+        try:
+            found = await self.request("GET", f"/apis/{group_version}")
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        names = {str(r.get("name")) for r in found.get("resources") or ()}
+        return set(resources) <= names
 
     async def ensure_peering(self, name: str, namespaces: list[str]) -> list[str]:
         """Create kopf's peering object(s) named ``name`` unless they exist; the problems, for a warning.
@@ -213,10 +233,10 @@ class Api:
                     problems.append(f"{kind} {name}: {error}")
         return problems
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """Read one pod or service; None when there is none (used only to explain a name clash)."""
+    async def get(self, kind: str, namespace: str, name: str, api_version: str = "v1") -> dict[str, Any] | None:
+        """Read one child; None when there is none (used only to explain a name clash)."""
         try:
-            return await self.request("GET", core_path(kind, namespace, name))
+            return await self.request("GET", object_path(api_version, kind, namespace, name))
         except ApiError as error:
             if error.status == 404:
                 return None

@@ -38,11 +38,13 @@ import kopf
 
 from mljob import kube
 from mljob import pods as podlib
-from mljob.api import GROUP, PLURAL, VERSION
+from mljob.api import GROUP, PLURAL, VERSION, GangScheduler
 from mljob.controller import Controller, Key
 from mljob.kube import Api, Credentials
 from mljob.metrics import Metrics
+from mljob.placement import NOT_SERVED, SERVED_BY
 from mljob.plugins import Plugins, load_plugins
+from mljob.reconcile import Placement
 
 logger = logging.getLogger("mljob.operator")
 
@@ -53,6 +55,8 @@ class Options:
 
     namespaces: Sequence[str] = ()
     all_namespaces: bool = False
+    gang_scheduler: GangScheduler = GangScheduler.NONE
+    """The gang scheduler for jobs that do not name one (schedulingPolicy.gangScheduler)."""
     peering: str | None = None
     """kopf peering name: several replicas run, one acts. None: standalone (no peering objects)."""
     priority: int | None = None
@@ -178,7 +182,8 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         logger.info("metrics on :%d/metrics", options.metrics_port)
     credentials = await asyncio.to_thread(Credentials.load)
     async with Api(credentials) as api:
-        controller = Controller(api, plugins, metrics, workers=options.workers)
+        placement = await discover_placement(api, options.gang_scheduler)
+        controller = Controller(api, plugins, metrics, workers=options.workers, placement=placement)
         registry = build_registry(controller)
         stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
@@ -202,6 +207,17 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         )
 
 
+async def discover_placement(api: Api, default: GangScheduler) -> Placement:
+    """Which gang schedulers this cluster serves the API of: asked once, at start (restart after enabling one)."""
+    unavailable = set()
+    for backend, (group_version, resources) in SERVED_BY.items():
+        if not await api.served(group_version, resources):
+            unavailable.add(backend)
+            level = logging.WARNING if backend is default else logging.INFO
+            logger.log(level, "gang scheduler %s unavailable: %s", backend.value, NOT_SERVED[backend])
+    return Placement(default, frozenset(unavailable))
+
+
 def run(options: Options) -> None:
     """The ``mljob operator`` command: configure logging, then serve until a signal."""
     if not options.all_namespaces and not options.namespaces:
@@ -223,6 +239,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
     parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     parser.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    parser.add_argument(
+        "--gang-scheduler",
+        choices=[g.value for g in GangScheduler],
+        default=GangScheduler.NONE.value,
+        help="gang scheduler for jobs that do not name one in schedulingPolicy.gangScheduler (default: none)",
+    )
     parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
     parser.add_argument("--priority", type=int, help="peering priority, highest acts (default: oldest acts)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
@@ -235,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             peering=None if args.standalone else args.peering,
             priority=args.priority,
             metrics_port=args.metrics_port,
+            gang_scheduler=GangScheduler(args.gang_scheduler),
             verbose=args.verbose,
         )
     )

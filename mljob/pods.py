@@ -186,7 +186,12 @@ def waiting_reason(pod: Mapping[str, Any]) -> str:
             return str(reason)
     for cond in (pod.get("status") or {}).get("conditions") or ():
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return str(cond.get("reason") or "Unschedulable")
+            reason, message = (
+                str(cond.get("reason") or "Unschedulable"),
+                " ".join(str(cond.get("message") or "").split()),
+            )
+            # The scheduler's own words say what is missing (CPUs, a gang's room, a node label): keep them.
+            return f"{reason} ({message[:200].rstrip()})" if message else reason
     return ""
 
 

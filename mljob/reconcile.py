@@ -33,8 +33,18 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from mljob import pods as podlib
-from mljob.api import ConditionType, MLJob, MLJobStatus, Phase, ReplicaStatus, RestartPolicy, format_time
+from mljob.api import (
+    ConditionType,
+    GangScheduler,
+    MLJob,
+    MLJobStatus,
+    Phase,
+    ReplicaStatus,
+    RestartPolicy,
+    format_time,
+)
 from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
+from mljob.placement import NOT_SERVED, gang_scheduler
 from mljob.plugins import PluginError, Plugins
 from mljob.render import render, restart_policy
 from mljob.status import (
@@ -109,6 +119,8 @@ class Desired:
     framework: Framework | None
     pods: tuple[dict[str, Any], ...] = ()
     service: dict[str, Any] | None = None
+    placement: tuple[dict[str, Any], ...] = ()
+    """What the job's gang scheduler reads (a PodGroup, ...): created, idempotently, before any pod."""
     problems: tuple[Problem, ...] = ()
     reason: str = INVALID_SPEC
     spec_hash: str = ""
@@ -119,25 +131,45 @@ class Desired:
         return self.framework is not None and not self.problems
 
 
-def desire(job: MLJob, plugins: Plugins) -> Desired:
+@dataclass(frozen=True)
+class Placement:
+    """The operator's placement setup: its default gang scheduler, and which backends the cluster serves."""
+
+    default: GangScheduler = GangScheduler.NONE
+    unavailable: frozenset[GangScheduler] = frozenset()
+
+
+def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> Desired:
     """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only."""
+    placement = placement or Placement()
     checked = check_job(job, plugins)
     framework = checked.framework
-    if framework is None or checked.problems:
+    problems = list(checked.problems)
+    backend = gang_scheduler(job, placement.default)
+    if backend in placement.unavailable:
+        policy = job.spec.run_policy.scheduling_policy
+        chosen = (
+            "" if policy is not None and policy.gang_scheduler is not None else " (the operator's --gang-scheduler)"
+        )
+        problems.append(Problem("spec.runPolicy.schedulingPolicy.gangScheduler", NOT_SERVED[backend] + chosen))
+    if framework is None or problems:
         return Desired(
             framework,
-            problems=tuple(checked.problems),
+            problems=tuple(problems),
             reason=checked.reason,
             unknown_framework=framework is None,
         )
     try:
-        children = render(job, framework, plugins, uid=job.metadata.uid)
+        children = render(job, framework, plugins, uid=job.metadata.uid, gang=placement.default)
     except PluginError as error:
         return Desired(framework, problems=(Problem("", str(error)),), reason=PLUGIN_ERROR)
     except Exception as error:  # the framework's own env(): any exception is the plugin's
         wrapped = PluginError(framework.name, "env", error)
         return Desired(framework, problems=(Problem("", str(wrapped)),), reason=PLUGIN_ERROR)
-    return Desired(framework, tuple(children[:-1]), children[-1], spec_hash=spec_hash(job))
+    pods = tuple(c for c in children if c["kind"] == "Pod")
+    (service,) = (c for c in children if c["kind"] == "Service")
+    grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service"))
+    return Desired(framework, pods, service, grouped, spec_hash=spec_hash(job))
 
 
 @dataclass
@@ -385,6 +417,8 @@ class _Pass:
             seen.restarted.append(f"{retry.why}; recreating the pod ({self._restart_note()})")
         for pod in seen.extra:
             self.delete(pod, "not in spec.replicaSpecs")
+        if seen.missing:  # the gang's objects first, so no pod is ever scheduled outside its group
+            self.creates.extend(self.desired.placement)
         self.creates.extend(seen.missing)
         if self.service is None and self.desired.service is not None:
             self.creates.append(self.desired.service)

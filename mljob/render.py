@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mljob.api import API_VERSION, KIND, MLJob, RestartPolicy
+from mljob import placement
+from mljob.api import API_VERSION, KIND, GangScheduler, MLJob, RestartPolicy
 from mljob.framework import Address, Framework, Replica, replicas_of
 from mljob.names import (
     LABEL_FRAMEWORK,
@@ -120,6 +121,7 @@ def render_pod(
     cluster: ServiceCluster,
     plugins: Plugins | None = None,
     uid: str | None = None,
+    gang: GangScheduler = GangScheduler.NONE,
 ) -> dict[str, Any]:
     """The Pod for one replica, with the framework's wiring in its wiring container."""
     template = job.spec.replica_specs[replica.role].template
@@ -155,6 +157,7 @@ def render_pod(
     }
     if meta.get("annotations"):
         pod["metadata"]["annotations"] = dict(meta["annotations"])
+    placement.place_pod(job, gang, pod)
     if plugins is not None:
         plugins.mutate_pod(job, replica, pod)
     return pod
@@ -182,9 +185,18 @@ def render_service(job: MLJob, framework: Framework, cluster: ServiceCluster, ui
 
 
 def render(
-    job: MLJob, framework: Framework, plugins: Plugins | None = None, uid: str | None = None
+    job: MLJob,
+    framework: Framework,
+    plugins: Plugins | None = None,
+    uid: str | None = None,
+    gang: GangScheduler = GangScheduler.NONE,
 ) -> list[dict[str, Any]]:
-    """Every child of the job: the pods in replica order, then the service."""
+    """Every child of the job: what its gang scheduler reads, the pods in replica order, then the service.
+
+    ``gang`` is the operator's default gang scheduler; the job's ``schedulingPolicy.gangScheduler`` wins.
+    """
     cluster = ServiceCluster.of(job, framework)
-    pods = [render_pod(job, framework, r, cluster, plugins, uid) for r in replicas_of(job)]
-    return [*pods, render_service(job, framework, cluster, uid)]
+    backend = placement.gang_scheduler(job, gang)
+    grouped = placement.objects(job, backend, owner_reference(job, uid))
+    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend) for r in replicas_of(job)]
+    return [*grouped, *pods, render_service(job, framework, cluster, uid)]

@@ -90,16 +90,27 @@ class E2EJob:
     roles: dict[str, Role]
     run_policy: dict[str, Any] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    pod_spec: dict[str, Any] = field(default_factory=dict)
+    """Added to every role's pod spec (nodeSelector, ...)."""
+    requests: dict[str, str] = field(default_factory=dict)
+    """Resource requests of every container (cpu, memory)."""
 
     def body(self, namespace: str) -> dict[str, Any]:
         specs = {}
         for role, r in self.roles.items():
             container = {"name": self.framework, "image": IMAGE, "command": ["sh", "-c", shell(r.script)]}
+            if self.requests:
+                container["resources"] = {"requests": dict(self.requests)}
             container["volumeMounts"] = [{"name": "e2e", "mountPath": "/mljob-e2e"}]
             volumes = [{"name": "e2e", "emptyDir": {}}]
             template = {
                 "metadata": {"annotations": {RUNS: kwok_runs(r.script)}},
-                "spec": {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 2},
+                "spec": {
+                    "containers": [container],
+                    "volumes": volumes,
+                    "terminationGracePeriodSeconds": 2,
+                    **self.pod_spec,
+                },
             }
             specs[role] = {"replicas": r.replicas, "template": template}
             if r.policy:

@@ -68,7 +68,7 @@ class FakeApi:
             self.pods[obj["metadata"]["name"]] = made
         return made
 
-    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: str, namespace: str, name: str, api_version: str = "v1") -> dict[str, Any] | None:
         return self.pods.get(name)
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
@@ -271,7 +271,7 @@ async def test_a_plugin_that_blows_up_fails_only_its_job():
     api = FakeApi(job_body())
     c = await started(api)
 
-    def explode(job, plugins):
+    def explode(job, plugins, placement=None):
         raise RuntimeError("unexpected")
 
     import mljob.controller as controller_module

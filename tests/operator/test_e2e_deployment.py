@@ -156,8 +156,10 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_operator_runs_as_its
     kube = Kube(admin, "e2e-deploy-sa", kwok=e2e.kwok)
     kube.create_namespace()
     mark = e2e.audit.mark()
-    # As deploy/operator.yaml runs it (all namespaces, peering mljob), minus the metrics port.
-    operator = OperatorProcess(sa, "", tmp_path / "operator.log", ["--all-namespaces", "--peering", "mljob"]).start()
+    # As deploy/operator.yaml runs it (all namespaces, peering mljob), minus the metrics port, and with
+    # Kubernetes' gang scheduling, so the ClusterRole's scheduling.k8s.io rule is exercised too.
+    args = ["--all-namespaces", "--peering", "mljob", "--gang-scheduler", "kubernetes"]
+    operator = OperatorProcess(sa, "", tmp_path / "operator.log", args).start()
     try:
         kube.submit(E2EJob("as-sa", "pytorch", {"Master": Role(1, (Run(0, 0.5),)), "Worker": Role(2, (Run(0, 0.5),))}))
         status = kube.wait_phase("as-sa", "Succeeded", "Failed")
@@ -166,7 +168,13 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_operator_runs_as_its
         mine = e2e.audit.requests(mark, user=user)
         assert mine, "the operator's requests are in the audit log under its ServiceAccount"
         assert [r for r in mine if r.code == 403] == [], [r for r in mine if r.code == 403]
-        assert {r.key for r in mine} >= {("create", "pods"), ("patch", "mljobs/status"), ("watch", "mljobs")}
+        assert {r.key for r in mine} >= {
+            ("create", "pods"),
+            ("patch", "mljobs/status"),
+            ("watch", "mljobs"),
+            ("create", "workloads"),
+            ("create", "podgroups"),
+        }
     finally:
         operator.stop()
         kube.delete_namespace()

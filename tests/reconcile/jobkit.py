@@ -106,6 +106,14 @@ class PodBuilder:
         self._containers({"waiting": {"reason": reason}})
         return self
 
+    def unschedulable(self, message: str) -> PodBuilder:
+        """The scheduler could not place it: PodScheduled False, with the scheduler's words."""
+        self.body["status"] = {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}],
+        }
+        return self
+
     def exited(self, code: int, reason: str | None = None) -> PodBuilder:
         self.body["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
         why = reason or ("Completed" if code == 0 else "Error")

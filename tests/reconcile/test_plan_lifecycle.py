@@ -139,6 +139,14 @@ def test_a_pending_replica_says_why_in_the_message():
     assert w.status.message == "worker-1 is waiting: ImagePullBackOff"
 
 
+def test_an_unschedulable_replica_says_what_the_scheduler_said():
+    w = world()
+    w.step()
+    w.put(w.update("worker-1").unschedulable("0/3 nodes are available:\n 3 Insufficient cpu."))
+    w.step(s(1))
+    assert w.status.message == "worker-1 is waiting: Unschedulable (0/3 nodes are available: 3 Insufficient cpu.)"
+
+
 def test_success_stops_roles_that_run_until_stopped_even_under_clean_pod_policy_none():
     w = World(make_job().with_replicas("Worker", 2).with_replicas("PS", 1).with_policy(cleanPodPolicy="None"))
     w.step()
