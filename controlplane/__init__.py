@@ -4,6 +4,6 @@ Built from pinned Go modules (``make controlplane``), started on loopback by :cl
 cluster.py. ``python -m controlplane`` (``make cluster``) starts one for a person and prints its KUBECONFIG.
 """
 
-from controlplane.cluster import DEFAULT_NODES, ControlPlane, Node, StartError, running
+from controlplane.cluster import DEFAULT_NODES, ControlPlane, Node, StartError
 
-__all__ = ["DEFAULT_NODES", "ControlPlane", "Node", "StartError", "running"]
+__all__ = ["DEFAULT_NODES", "ControlPlane", "Node", "StartError"]

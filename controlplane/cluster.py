@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -441,26 +441,3 @@ def _core_api(kubeconfig: Path) -> Any:
 
     k8s: Any = kubernetes
     return k8s.client.CoreV1Api(k8s.config.new_client_from_config(str(kubeconfig)))
-
-
-def wait_for_default_service_account(kubeconfig: Path, namespace: str, timeout: float = 30.0) -> None:
-    """Namespaces get their ``default`` ServiceAccount from the controller-manager a moment after creation."""
-    api = _core_api(kubeconfig)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if any(sa.metadata.name == "default" for sa in api.list_namespaced_service_account(namespace).items):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"no default ServiceAccount in {namespace} after {timeout} s")
-    finally:
-        api.api_client.close()
-
-
-@contextlib.contextmanager
-def running(workdir: Path | None = None, **kwargs: Any) -> Iterator[ControlPlane]:
-    cp = ControlPlane(workdir, **kwargs)
-    try:
-        yield cp.start()
-    finally:
-        cp.stop()
