@@ -149,12 +149,15 @@ class FaultProxy:
                     response.headers.add(key, value)
             if "Content-Encoding" in upstream.headers:
                 response.headers["Content-Encoding"] = upstream.headers["Content-Encoding"]
-            await response.prepare(request)
-            if is_watch(request) and upstream.status == 200:
-                return await self._stream_watch(request, upstream, response)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                if is_watch(request) and upstream.status == 200:
+                    return await self._stream_watch(request, upstream, response)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:  # the client hung up first (kopf dropping a watch): nothing to answer
+                upstream.close()
             return response
         finally:
             upstream.release()

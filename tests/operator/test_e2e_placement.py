@@ -77,13 +77,25 @@ def test_a_gang_that_does_not_fit_gets_no_pod_bound_says_why_and_starts_whole_wh
     b.wait(lambda: tried(b, "big", 3), what="the scheduler to consider every pod")
     assert set(bound(b, "big").values()) == {""}  # none holds a node while the others wait
 
-    status = b.wait(lambda: b.status("big") if "minCount" in (b.status("big").get("message") or "") else None)
+    status = b.wait(
+        lambda: b.status("big") if "Unschedulable (" in (b.status("big").get("message") or "") else None,
+        what="a status that says why",
+    )
     assert status["phase"] == "Pending"
-    # In the scheduler's words: "... is waiting: Unschedulable (pod group is unschedulable, minCount (3) cannot
-    # be satisfied: ...)".
-    assert (
-        "is waiting: Unschedulable (pod group is unschedulable, minCount (3) cannot be satisfied" in status["message"]
-    ), status["message"]
+    assert "is waiting: Unschedulable (" in status["message"], status["message"]  # the scheduler's words follow
+
+    # What the scheduler says of the gang, on its pods: "pod group is unschedulable, minCount (3) cannot be
+    # satisfied: ..." (the job's message quotes the first waiting pod's, which under load may be another reason).
+    def said() -> str:
+        return " ".join(
+            c.get("message") or ""
+            for p in b.pods("big").values()
+            for c in p["status"].get("conditions") or ()
+            if c["type"] == "PodScheduled"
+        )
+
+    b.wait(lambda: "minCount (3) cannot be satisfied" in said(), what="the scheduler's word on the gang")
+    assert set(bound(b, "big").values()) == {""}
     workload = b.custom.get_namespaced_custom_object("scheduling.k8s.io", "v1beta1", b.namespace, "workloads", "big")
     group = b.custom.get_namespaced_custom_object("scheduling.k8s.io", "v1beta1", b.namespace, "podgroups", "big")
     assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": 3}}
