@@ -251,21 +251,17 @@ class Controller:
             reason = next((e.reason for e in result.events if e.reason), "")
             self.metrics.job_finished(framework, namespace, result.finished.value, reason)
         # What a gang scheduler reads (a PodGroup) exists before any pod that names it is created.
-        grouped = [obj for obj in result.creates if obj["kind"] not in ("Pod", "Service")]
-        first = await asyncio.gather(
-            *(self._create(key, body, obj, framework) for obj in grouped), return_exceptions=True
+        children = ("Pod", "Service")
+        grouped = [obj for obj in result.creates if obj["kind"] not in children]
+        outcomes: list[Any] = list(
+            await asyncio.gather(*(self._create(key, body, obj, framework) for obj in grouped), return_exceptions=True)
         )
-        if any(isinstance(o, BaseException) for o in first):
-            outcomes: list[Any] = list(first)
-        else:
-            outcomes = [
-                *first,
-                *await asyncio.gather(
-                    *(self._delete(key, d, framework) for d in result.deletes),
-                    *(self._create(key, body, obj, framework) for obj in result.creates if obj not in grouped),
-                    return_exceptions=True,
-                ),
-            ]
+        if not any(isinstance(o, BaseException) for o in outcomes):
+            outcomes += await asyncio.gather(
+                *(self._delete(key, d, framework) for d in result.deletes),
+                *(self._create(key, body, obj, framework) for obj in result.creates if obj["kind"] in children),
+                return_exceptions=True,
+            )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         done = [o for o in outcomes if isinstance(o, str)]
         for reason, message in _summaries(done):

@@ -473,16 +473,6 @@ class Watcher:
         for thread in self.threads:
             thread.join(10)
 
-    def _list(self, plural: str, **kwargs: Any) -> Any:
-        import kubernetes
-
-        api = _client(self.kubeconfig)
-        if plural == "pods":
-            return kubernetes.client.CoreV1Api(api).list_pod_for_all_namespaces(**kwargs)
-        return kubernetes.client.CustomObjectsApi(api).list_cluster_custom_object(
-            "mljob.io", "v1alpha1", "mljobs", **kwargs
-        )
-
     def _run(self, plural: str) -> None:
         import kubernetes
 
@@ -490,9 +480,12 @@ class Watcher:
         while not self.stopping.is_set():
             try:
                 if not version:
-                    listed = self._list(plural)
-                    meta = listed["metadata"] if isinstance(listed, dict) else listed.metadata
-                    version = meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                    listed = self._list_fn(plural)()
+                    version = (
+                        listed["metadata"]["resourceVersion"]
+                        if isinstance(listed, dict)  # the custom objects API answers plain JSON
+                        else listed.metadata.resource_version
+                    )
                 stream = kubernetes.watch.Watch().stream(
                     self._list_fn(plural), resource_version=version, timeout_seconds=5, _request_timeout=10
                 )
