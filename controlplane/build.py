@@ -26,6 +26,7 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     *((cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}") for cmd in KUBE_COMMANDS),
     ("etcd", "etcd", "go.etcd.io/etcd/server/v3"),
     ("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+    ("kueue", "kueue", "sigs.k8s.io/kueue/cmd/kueue"),
 )
 
 

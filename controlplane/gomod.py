@@ -96,6 +96,7 @@ def write_all() -> None:
     for name, module, package, key in (
         ("etcd", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3", "ETCD_VERSION"),
         ("kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok", "KWOK_VERSION"),
+        ("kueue", "sigs.k8s.io/kueue", "sigs.k8s.io/kueue/cmd/kueue", "KUEUE_VERSION"),
     ):
         wrapper = HERE / "go" / name
         (wrapper / "go.mod").write_text(

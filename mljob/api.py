@@ -142,6 +142,10 @@ class GangScheduler(StrEnum):
 
     KUBERNETES = "kubernetes"
     """kube-scheduler's own gang scheduling: a scheduling.k8s.io/v1beta1 Workload and PodGroup (1.37+)."""
+    COSCHEDULING = "coscheduling"
+    """scheduler-plugins' coscheduling: a scheduling.x-k8s.io/v1alpha1 PodGroup, its label and scheduler name."""
+    VOLCANO = "volcano"
+    """Volcano: a scheduling.volcano.sh/v1beta1 PodGroup; pods are created once it leaves Pending."""
     NONE = "none"
     """No gang: each pod is scheduled on its own."""
 
@@ -170,8 +174,19 @@ class SchedulingPolicy(Model):
     min_available: PositiveInt | None = Field(None, description="Replicas that must be schedulable at once.")
     queue: str | None = Field(None, description="Queue name for a batch scheduler.")
     priority_class: str | None = Field(None, description="PriorityClass for the job's pods.")
+    min_resources: dict[str, int | str] | None = Field(
+        None,
+        description=(
+            "Resources the gang needs before any pod starts (a ResourceList); default: the requests of the "
+            "first minAvailable replicas. Read by coscheduling and Volcano."
+        ),
+    )
     schedule_timeout_seconds: PositiveInt | None = Field(
-        None, description="How long the gang may wait to be scheduled."
+        None,
+        description=(
+            "Seconds the job's pods may wait to be scheduled, from their creation, before the job fails with "
+            "ScheduleTimeout; coscheduling is given the same timeout."
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from mljob.expectations import Expectations
 from mljob.kube import Api, ApiError
 from mljob.metrics import Metrics
 from mljob.plugins import Plugins
+from mljob.queueing import KUEUE_API, flavor_names
 from mljob.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
 from mljob.validation import PLUGIN_ERROR, parse_job
 
@@ -36,6 +37,8 @@ Key = tuple[str, str]
 """(namespace, job name)."""
 Children = Callable[[Key], tuple[Sequence[Mapping[str, Any]], Mapping[str, Any] | None]]
 """The pods and the service the watch stream holds for a job."""
+Placed = Callable[[Key], Mapping[str, Mapping[str, Any]]]
+"""The job's objects a scheduler or queue writes status on (Kueue's Workload, Volcano's PodGroup), by kind."""
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -73,6 +76,8 @@ class Controller:
         self.jobs: dict[Key, Mapping[str, Any]] = {}
         """The newest body of every job, from the watch stream or from our own writes' responses."""
         self._children: Children = lambda key: ((), None)
+        self._placed: Placed = lambda key: {}
+        self._flavors: dict[str, Mapping[str, Any]] = {}
         self._n_workers = workers
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._pending: set[Key] = set()
@@ -89,9 +94,11 @@ class Controller:
 
     # --- wiring ------------------------------------------------------------------------------------
 
-    def bind(self, children: Children) -> None:
-        """Where the job's pods and service come from (the operator's kopf indexes)."""
+    def bind(self, children: Children, placed: Placed | None = None) -> None:
+        """Where the job's pods and service, and its placement objects, come from (the operator's kopf indexes)."""
         self._children = children
+        if placed is not None:
+            self._placed = placed
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"mljob-worker-{i}") for i in range(self._n_workers)]
@@ -227,10 +234,25 @@ class Controller:
         else:
             desired = self._desire(key, job)
             pods, service = self.expectations.view(key, *self._children(key))
-            result = plan(job, desired, pods, service, now)
+            placed = self._placed(key)
+            flavors = await self._resource_flavors(placed.get("Workload"))
+            result = plan(job, desired, pods, service, now, placed, flavors)
             framework = desired.framework.name if desired.framework is not None else "unknown"
         await self.apply(key, body, result, framework)
         return result
+
+    async def _resource_flavors(self, workload: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+        """The ResourceFlavors a Kueue admission names: their node labels and tolerations steer the pods.
+
+        Read when an admission names one not seen before; a flavor's labels do not change under an admitted
+        workload (Kueue forbids editing a flavor in use), so they are kept for the operator's life.
+        """
+        names = flavor_names(workload)
+        for name in names - self._flavors.keys():
+            found = await self.api.get_cluster_object(KUEUE_API, "resourceflavors", name)
+            if found is not None:
+                self._flavors[name] = found
+        return {name: self._flavors[name] for name in names if name in self._flavors}
 
     async def apply(self, key: Key, body: Mapping[str, Any], result: Plan, framework: str) -> None:
         """Ledger, status, events, deletes, creates, job deletion: the order :class:`Plan` documents."""
@@ -246,6 +268,11 @@ class Controller:
             self._log_status(key, body, result)
         for event in result.events:
             await self._event(body, event.type, event.reason, event.message)
+        for patch in result.patches:  # Kueue's Workload: PodsReady, Finished, an eviction's admission cleared
+            await self.api.patch_status(
+                patch.api_version, patch.kind, namespace, patch.name, patch.resource_version, patch.status
+            )
+            logger.info("%s/%s: %s %s status: %s", *key, patch.kind.lower(), patch.name, patch.why)
         self.metrics.restarts(framework, namespace, result.restarts)
         if result.finished is not None:
             reason = next((e.reason for e in result.events if e.reason), "")
@@ -292,9 +319,10 @@ class Controller:
 
     async def _delete(self, key: Key, d: Delete, framework: str) -> str | None:
         """Delete one child; returns ``Deleted|<what>: <why>`` for the pass's summary event."""
-        if not await self.api.delete(d.kind, key[0], d.name, d.uid):
+        if not await self.api.delete(d.kind, key[0], d.name, d.uid, d.api_version):
             return None
-        self.expectations.deleted(key, d.kind, d.name, d.uid)
+        if d.kind in ("Pod", "Service"):
+            self.expectations.deleted(key, d.kind, d.name, d.uid)
         logger.info("%s/%s: deleted %s %s (%s)", *key, d.kind.lower(), d.name, d.why)
         if d.kind == "Pod":
             self.metrics.pod_deleted(framework, key[0], _delete_reason(d.why))

@@ -242,18 +242,37 @@ class Api:
                 return None
             raise
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
-        """Delete exactly the object with ``uid``; False when it is already gone or was replaced."""
+    async def delete(self, kind: str, namespace: str, name: str, uid: str, api_version: str = "v1") -> bool:
+        """Delete exactly the object with ``uid`` (any, without one); False when it is already gone or replaced."""
         options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            await self.request("DELETE", core_path(kind, namespace, name), options)
+            await self.request("DELETE", object_path(api_version, kind, namespace, name), options)
         except ApiError as error:
             if error.status in (404, 409):
                 return False
             raise
         return True
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, resource_version: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge patch of another object's ``/status`` (a Kueue Workload), resourceVersion as precondition."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        return await self.request("PATCH", path, body, "application/merge-patch+json")
+
+    async def get_cluster_object(self, group_version: str, plural: str, name: str) -> dict[str, Any] | None:
+        """Read one cluster-scoped object (a Kueue ResourceFlavor); None when there is none."""
+        try:
+            return await self.request("GET", f"/apis/{group_version}/{plural}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
 
     # --- the job ---------------------------------------------------------------------------------
 

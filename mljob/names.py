@@ -52,6 +52,10 @@ def dns1123_problem(name: str) -> str | None:
     return None
 
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""The label that puts a job in a Kueue LocalQueue, as on every job kind Kueue manages."""
+
+
 def selector(job: str) -> dict[str, str]:
     """The labels that select every child of ``job``."""
     return {LABEL_JOB: job}

@@ -7,6 +7,8 @@ kopf watches three kinds and keeps two in-memory indexes; it never decides anyth
 * Pods and Services with a controller ownerReference to an MLJob: indexed by (namespace, job
   name) straight from the watch stream, so a pass reads its children without a LIST; every
   event of such a child wakes its job. A pod without that reference is not even indexed.
+* Where the cluster serves them, the job's Kueue Workload and Volcano PodGroup, indexed the same way:
+  Kueue's admission and Volcano's enqueueing are status on them that the planner reads.
 
 kopf holds back every handler until all indexes are filled from their initial LIST, so an
 operator that restarts mid-job sees every existing pod before it plans: it never creates a
@@ -42,8 +44,9 @@ from mljob.api import GROUP, PLURAL, VERSION, GangScheduler
 from mljob.controller import Controller, Key
 from mljob.kube import Api, Credentials
 from mljob.metrics import Metrics
-from mljob.placement import NOT_SERVED, SERVED_BY
+from mljob.placement import NOT_SERVED, SERVED_BY, VOLCANO_API
 from mljob.plugins import Plugins, load_plugins
+from mljob.queueing import KUEUE_API, KUEUE_RESOURCES
 from mljob.reconcile import Placement
 
 logger = logging.getLogger("mljob.operator")
@@ -87,17 +90,37 @@ def _index_key(body: kopf.Body) -> Key:
     return str(body.get("metadata", {}).get("namespace") or "default"), str(podlib.controller_name(body))
 
 
+def watched_placement(placement: Placement) -> list[tuple[str, str, str, str]]:
+    """The placement objects whose status the planner reads, as (kind, group, version, plural), if served."""
+    watched = []
+    if placement.kueue:
+        group, version = KUEUE_API.split("/")
+        watched.append(("Workload", group, version, "workloads"))
+    if GangScheduler.VOLCANO not in placement.unavailable:
+        group, version = VOLCANO_API.split("/")
+        watched.append(("PodGroup", group, version, "podgroups"))
+    return watched
+
+
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to ``controller`` (no import-time registration)."""
     registry = kopf.OperatorRegistry()
     indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
+    watched = watched_placement(controller.placement)
 
     def children(key: Key) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
         pods: list[Mapping[str, Any]] = list(indexes["pods"].get(key, ())) if "pods" in indexes else []
         services = list(indexes["services"].get(key, ())) if "services" in indexes else []
         return pods, (services[0] if services else None)
 
-    controller.bind(children)
+    def placed(key: Key) -> dict[str, Mapping[str, Any]]:
+        found: dict[str, Mapping[str, Any]] = {}
+        for kind, *_ in watched:
+            for obj in indexes[kind].get(key, ()) if kind in indexes else ():
+                found[kind] = obj
+        return found
+
+    controller.bind(children, placed)
 
     # Ids are explicit: an index reaches handlers as a kwarg named by its id, and a nested
     # function's default id is its qualified name. Every handler is a coroutine: kopf
@@ -146,9 +169,22 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 
     def remember(kwargs: Mapping[str, Any]) -> None:
         """kopf hands the indexes to handlers only; keep them for the controller's passes."""
-        for name, index in (("pods", "mljob_pods"), ("services", "mljob_services")):
+        names = [("pods", "mljob_pods"), ("services", "mljob_services")]
+        names += [(kind, f"mljob_{kind.lower()}s") for kind, *_ in watched]
+        for name, index in names:
             if name not in indexes and index in kwargs:
                 indexes[name] = kwargs[index]
+
+    for kind, group, version, plural in watched:
+        # Kueue writes admission on the Workload, Volcano enqueues the PodGroup: either wakes the job.
+        @kopf.index(group, version, plural, id=f"mljob_{kind.lower()}s", when=_owned, registry=registry)
+        async def placed_index(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+            return {_index_key(body): podlib.slim(body)}
+
+        @kopf.on.event(group, version, plural, id=f"{kind.lower()}_event", when=_owned, registry=registry)
+        async def placed_event(body: kopf.Body, **kwargs: Any) -> None:
+            remember(kwargs)
+            controller.trigger(_index_key(body))
 
     @kopf.on.event("pods", id="pod_event", when=_owned, registry=registry)
     async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
@@ -215,7 +251,10 @@ async def discover_placement(api: Api, default: GangScheduler) -> Placement:
             unavailable.add(backend)
             level = logging.WARNING if backend is default else logging.INFO
             logger.log(level, "gang scheduler %s unavailable: %s", backend.value, NOT_SERVED[backend])
-    return Placement(default, frozenset(unavailable))
+    kueue = await api.served(KUEUE_API, KUEUE_RESOURCES)
+    if not kueue:
+        logger.info("Kueue is not installed: jobs labelled kueue.x-k8s.io/queue-name will fail with a message")
+    return Placement(default, frozenset(unavailable), kueue)
 
 
 def run(options: Options) -> None:

@@ -70,6 +70,12 @@ def phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or PENDING)
 
 
+def scheduled(pod: Mapping[str, Any]) -> bool:
+    """Whether the scheduler has bound the pod to a node (PodScheduled is True)."""
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "PodScheduled" and c.get("status") == "True" for c in conditions)
+
+
 def finished(pod: Mapping[str, Any]) -> bool:
     return phase(pod) in (SUCCEEDED, FAILED)
 

@@ -27,12 +27,14 @@ Choices (see also :mod:`mljob.status` for the restart ledger):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from mljob import pods as podlib
+from mljob import queueing
 from mljob.api import (
     ConditionType,
     GangScheduler,
@@ -44,9 +46,10 @@ from mljob.api import (
     format_time,
 )
 from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
-from mljob.placement import NOT_SERVED, gang_scheduler
+from mljob.names import QUEUE_LABEL
+from mljob.placement import NOT_SERVED, gang_scheduler, waits_for
 from mljob.plugins import PluginError, Plugins
-from mljob.render import render, restart_policy
+from mljob.render import owner_reference, render, restart_policy
 from mljob.status import (
     LEDGER_ANNOTATION,
     Ledger,
@@ -62,15 +65,31 @@ from mljob.status import (
 from mljob.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
 
 EventType = Literal["Normal", "Warning"]
+QUEUED = "Queued"
+"""The Suspended reason of a job that waits for Kueue to admit it."""
 
 
 @dataclass(frozen=True)
 class Delete:
     """Delete one child; ``uid`` is a precondition, so a newer object of the same name is never hit."""
 
-    kind: Literal["Pod", "Service"]
+    kind: str
     name: str
     uid: str
+    why: str
+    api_version: str = "v1"
+    """Pods and the service; a gang's objects (PodGroup, Workload) when the job is done with them."""
+
+
+@dataclass(frozen=True)
+class StatusPatch:
+    """A merge patch of another object's ``/status`` (the job's Kueue Workload), with its resourceVersion."""
+
+    api_version: str
+    kind: str
+    name: str
+    resource_version: str
+    status: dict[str, Any]
     why: str
 
 
@@ -106,10 +125,20 @@ class Plan:
     """Restarts counted in this pass (for metrics)."""
     finished: Phase | None = None
     """Succeeded or Failed when the job finished in this pass (for metrics)."""
+    patches: tuple[StatusPatch, ...] = ()
+    """Status the job reports on objects it owns but does not create pods from (Kueue's Workload)."""
 
     @property
     def empty(self) -> bool:
-        return not (self.creates or self.deletes or self.status or self.annotations or self.events or self.delete_job)
+        return not (
+            self.creates
+            or self.deletes
+            or self.status
+            or self.annotations
+            or self.events
+            or self.delete_job
+            or self.patches
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,9 @@ class Desired:
     service: dict[str, Any] | None = None
     placement: tuple[dict[str, Any], ...] = ()
     """What the job's gang scheduler reads (a PodGroup, ...): created, idempotently, before any pod."""
+    backend: GangScheduler = GangScheduler.NONE
+    queued: dict[str, Any] | None = None
+    """The Kueue Workload of a job labelled with a queue: created first; no pod until it is admitted."""
     problems: tuple[Problem, ...] = ()
     reason: str = INVALID_SPEC
     spec_hash: str = ""
@@ -137,6 +169,8 @@ class Placement:
 
     default: GangScheduler = GangScheduler.NONE
     unavailable: frozenset[GangScheduler] = frozenset()
+    kueue: bool = True
+    """Whether the cluster serves Kueue's Workload (jobs labelled with a queue need it)."""
 
 
 def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> Desired:
@@ -152,6 +186,8 @@ def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> 
             "" if policy is not None and policy.gang_scheduler is not None else " (the operator's --gang-scheduler)"
         )
         problems.append(Problem("spec.runPolicy.schedulingPolicy.gangScheduler", NOT_SERVED[backend] + chosen))
+    if queueing.queue_name(job) is not None and not placement.kueue:
+        problems.append(Problem(f"metadata.labels.{QUEUE_LABEL}", queueing.NOT_SERVED))
     if framework is None or problems:
         return Desired(
             framework,
@@ -169,7 +205,10 @@ def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> 
     pods = tuple(c for c in children if c["kind"] == "Pod")
     (service,) = (c for c in children if c["kind"] == "Service")
     grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service"))
-    return Desired(framework, pods, service, grouped, spec_hash=spec_hash(job))
+    queued = None
+    if queueing.queue_name(job) is not None:
+        queued = queueing.workload(job, owner_reference(job, job.metadata.uid))
+    return Desired(framework, pods, service, grouped, backend, queued, spec_hash=spec_hash(job))
 
 
 @dataclass
@@ -235,9 +274,15 @@ def plan(
     pods: Sequence[Mapping[str, Any]],
     service: Mapping[str, Any] | None,
     now: datetime,
+    placed: Mapping[str, Mapping[str, Any]] | None = None,
+    flavors: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
-    """One reconcile pass for ``job``, given every pod and the service the watch stream has seen for it."""
-    return _Pass(job, desired, pods, service, now).run()
+    """One reconcile pass for ``job``, given every pod and the service the watch stream has seen for it.
+
+    ``placed`` holds the job's objects that a scheduler or queue writes status on, by kind: its Kueue
+    ``Workload`` and its Volcano ``PodGroup``; ``flavors`` the ResourceFlavors its admission names.
+    """
+    return _Pass(job, desired, pods, service, now, placed or {}, flavors or {}).run()
 
 
 class _Pass:
@@ -250,8 +295,17 @@ class _Pass:
         pods: Sequence[Mapping[str, Any]],
         service: Mapping[str, Any] | None,
         now: datetime,
+        placed: Mapping[str, Mapping[str, Any]] | None = None,
+        flavors: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.job, self.desired, self.now = job, desired, now
+        owner_uid = job.metadata.uid or ""
+        self.placed = {
+            kind: obj for kind, obj in (placed or {}).items() if owner_uid and podlib.controller_uid(obj) == owner_uid
+        }
+        self.flavors = flavors or {}
+        self.queue = queueing.queue_name(job)
+        self.patches: list[StatusPatch] = []
         self.policy = job.spec.run_policy
         self.old = job.status
         old = job.status or MLJobStatus()
@@ -285,6 +339,12 @@ class _Pass:
             name = podlib.name(obj)
             self.deletes.setdefault(f"{kind}/{name}", Delete(kind, name, podlib.uid(obj), why))
 
+    def patch_workload(self, status: dict[str, Any], why: str) -> None:
+        wl = self.placed["Workload"]
+        meta = wl.get("metadata") or {}
+        rv = str(meta.get("resourceVersion") or "")
+        self.patches.append(StatusPatch(queueing.KUEUE_API, "Workload", str(meta.get("name")), rv, status, why))
+
     def _restart_note(self) -> str:
         return f"restart {self.ledger.total}, backoffLimit {self.policy.backoff_limit}"
 
@@ -310,8 +370,12 @@ class _Pass:
             self.invalid()
         elif self.policy.suspend:
             self.suspend()
+        elif self.queue is not None and not self.admitted():
+            pass
         else:
             self.running()
+            if self.queue is not None:
+                self.report_pods_ready()
         return self.result()
 
     def finish(self, kind: ConditionType, reason: str, message: str) -> None:
@@ -326,6 +390,14 @@ class _Pass:
         stopped = self.clean_up()
         self.replica_statuses = self.count_replicas(stopped_as_succeeded=stopped)
         self.ttl(self.now)
+        for obj in self.desired.placement:  # the gang places nothing more: its scheduler may forget it
+            meta = obj["metadata"]
+            why = f"the job finished: its {obj['kind']} is no longer needed"
+            self.deletes.setdefault(
+                f"{obj['apiVersion']}/{obj['kind']}/{meta['name']}",
+                Delete(obj["kind"], meta["name"], "", why, obj["apiVersion"]),
+            )
+        self.report_finished(kind is ConditionType.SUCCEEDED, message)
 
     def clean_up(self) -> set[str]:
         """Apply cleanPodPolicy and stop the roles that run until stopped; returns the stopped pods."""
@@ -355,6 +427,8 @@ class _Pass:
         """A finished job: keep the cleanup true (a pod may have appeared late) and honour the TTL."""
         self.clean_up()
         self.ttl(self.completion_time)
+        old = self.job.status or MLJobStatus()
+        self.report_finished(terminal(old) is ConditionType.SUCCEEDED, old.message)
 
     def invalid(self) -> None:
         if self.desired.unknown_framework and self.start_time is not None:
@@ -380,6 +454,96 @@ class _Pass:
             self.message = message
             self.event("Normal", "Suspended", message)
         self.replica_statuses = self.count_replicas()
+
+    # --- Kueue ----------------------------------------------------------------------------------------
+
+    def admitted(self) -> bool:
+        """Whether Kueue lets the job run now; otherwise keep it without pods, saying why (Suspended, Queued)."""
+        assert self.queue is not None
+        wl = self.placed.get("Workload")
+        granted = queueing.admission(wl, self.queue)
+        if wl is None and self.desired.queued is not None:
+            self.creates.append(self.desired.queued)
+        if granted.admitted:
+            old = self.job.status or MLJobStatus()
+            found = next((c for c in old.conditions if c.type == ConditionType.SUSPENDED), None)
+            if found is not None and found.status == "True" and found.reason == QUEUED:
+                message = f"admitted by Kueue to ClusterQueue {granted.cluster_queue}"
+                self.condition(ConditionType.SUSPENDED, False, "Admitted", message)
+                self.message = message
+                self.event("Normal", "Admitted", f"{message}: creating its pods")
+            return True
+        why = "evicted by Kueue" if granted.evicted is not None else "the job is not admitted by Kueue"
+        for pod in self.pods.values():
+            self.delete(pod, why)
+        if granted.evicted is not None and granted.holds_quota and not self.pods:
+            # Every pod is gone: give the quota back and queue again, as Kueue's own job controllers do.
+            assert wl is not None
+            requeue = str((queueing._condition(wl, "Evicted") or {}).get("reason") or "")
+            conditions = queueing.set_conditions(
+                wl,
+                [
+                    ("QuotaReserved", False, "Pending", granted.evicted),
+                    ("Admitted", False, "NoReservation", "The workload has no reservation"),
+                    ("Requeued", requeue in ("Preempted", "NodeFailures"), requeue or "Evicted", granted.evicted),
+                ],
+                self.now,
+            )
+            self.patch_workload({"admission": None, "conditions": conditions}, "the job's pods are gone")
+        self.gate(granted.waiting)
+        return False
+
+    def gate(self, message: str) -> None:
+        """Suspended with reason Queued: no pod until Kueue admits the job; the message says why it waits."""
+        old = self.job.status or MLJobStatus()
+        found = next((c for c in old.conditions if c.type == ConditionType.SUSPENDED), None)
+        if not is_true_in(self.conditions, ConditionType.CREATED):
+            self.condition(ConditionType.CREATED, True, "Created", "the job was accepted; it waits in its queue")
+        if found is None or found.status != "True" or found.reason != QUEUED:
+            for kind in (ConditionType.RUNNING, ConditionType.RESTARTING):
+                self.conditions = clear_condition(self.conditions, kind, QUEUED, message, self.now)
+            self.event("Normal", QUEUED, message)
+        self.condition(ConditionType.SUSPENDED, True, QUEUED, message)
+        self.start_time = None
+        self.message = message
+        self.replica_statuses = self.count_replicas()
+
+    def report_pods_ready(self) -> None:
+        wl = self.placed.get("Workload")
+        if wl is None:
+            return
+        if is_true_in(self.conditions, ConditionType.RUNNING):
+            change = ("PodsReady", True, "Started", "All pods reached readiness and the workload is running")
+        elif queueing.is_true(wl, "PodsReady") or queueing._condition(wl, "PodsReady") is None:
+            reason = "WaitForRecovery" if queueing.is_true(wl, "PodsReady") else "WaitForStart"
+            change = ("PodsReady", False, reason, "Not all pods are ready or succeeded")
+        else:
+            return
+        conditions = queueing.set_conditions(wl, [change], self.now)
+        if conditions is not None:
+            self.patch_workload({"conditions": conditions}, "PodsReady")
+
+    def report_finished(self, succeeded: bool, message: str) -> None:
+        """Finished on the Workload: Kueue releases the job's quota."""
+        wl = self.placed.get("Workload")
+        if wl is None or queueing.is_true(wl, "Finished"):
+            return
+        reason = "Succeeded" if succeeded else "Failed"
+        conditions = queueing.set_conditions(wl, [("Finished", True, reason, message or reason)], self.now)
+        if conditions is not None:
+            self.patch_workload({"conditions": conditions}, "the job finished")
+
+    def admit(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """A pod about to be created, steered to the flavors Kueue assigned its role."""
+        if self.queue is None:
+            return pod
+        granted = queueing.admission(self.placed.get("Workload"), self.queue)
+        which = podlib.replica_of(pod)
+        if which is None or not granted.flavors:
+            return pod
+        steered = copy.deepcopy(pod)
+        queueing.admit_pod(steered, which[0], granted, self.flavors)
+        return steered
 
     def running(self) -> None:
         framework = self._framework()
@@ -417,9 +581,14 @@ class _Pass:
             seen.restarted.append(f"{retry.why}; recreating the pod ({self._restart_note()})")
         for pod in seen.extra:
             self.delete(pod, "not in spec.replicaSpecs")
-        if seen.missing:  # the gang's objects first, so no pod is ever scheduled outside its group
+        hold = waits_for(self.desired.backend, self.placed.get("PodGroup"))
+        if seen.missing and "PodGroup" not in self.placed:
+            # The gang's objects first, so no pod is ever scheduled outside its group.
             self.creates.extend(self.desired.placement)
-        self.creates.extend(seen.missing)
+        if hold is None:
+            self.creates.extend(self.admit(p) for p in seen.missing)
+        elif seen.missing:
+            seen.waiting = hold
         if self.service is None and self.desired.service is not None:
             self.creates.append(self.desired.service)
         for note in seen.restarted[in_place:]:
@@ -430,6 +599,31 @@ class _Pass:
         deadline = self.deadline()
         if deadline is not None:
             self.wake.append(deadline)
+        self.schedule_timeout(seen)
+
+    def schedule_timeout(self, seen: _Observed) -> None:
+        """Fail the job whose pods were not all scheduled within scheduleTimeoutSeconds of their start."""
+        scheduling = self.policy.scheduling_policy
+        seconds = scheduling.schedule_timeout_seconds if scheduling is not None else None
+        if seconds is None or self.start_time is None or self.finished is not None:
+            return
+        if any(c.type in (ConditionType.RUNNING, ConditionType.RESTARTING) for c in self.conditions):
+            return  # it was placed whole once; later rescheduling is the restart policy's business
+        unplaced = [n for n, p in self.pods.items() if not podlib.scheduled(p) and not podlib.finished(p)] + [
+            podlib.name(p) for p in seen.missing
+        ]
+        if not unplaced:
+            return
+        expiry = self.start_time + timedelta(seconds=seconds)
+        if self.now < expiry:
+            self.wake.append(expiry)
+            return
+        detail = f": {seen.waiting}" if seen.waiting else ""
+        message = (
+            f"{len(unplaced)} of {len(self.desired.pods)} pods were not scheduled within "
+            f"scheduleTimeoutSeconds ({seconds} s){detail}"
+        )
+        self.finish(ConditionType.FAILED, "ScheduleTimeout", message)
 
     def observe(self, framework: Framework) -> _Observed:
         """Phase A: every replica's outcome; count in-place restarts, which already happened."""
@@ -596,6 +790,7 @@ class _Pass:
             delete_job=self.delete_job,
             restarts=self.counted,
             finished=self.finished,
+            patches=tuple(self.patches),
         )
 
 

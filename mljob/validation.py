@@ -18,9 +18,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mljob.api import API_VERSION, KIND, MLJob
-from mljob.framework import Framework, Problem, Replica
+from mljob.framework import Framework, Problem, Replica, describe
 from mljob.k8sschema import got, json_path, pod_template_problems, suggestion, type_problem
-from mljob.names import DNS_LABEL_MAX, RESERVED_LABEL_PREFIX, dns1035_problem, dns1123_problem, pod_name
+from mljob.names import DNS_LABEL_MAX, QUEUE_LABEL, RESERVED_LABEL_PREFIX, dns1035_problem, dns1123_problem, pod_name
 from mljob.plugins import PluginError, Plugins
 from mljob.render import wiring_container
 
@@ -301,6 +301,23 @@ def _core_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
             "spec.runPolicy.schedulingPolicy.minAvailable",
             f"{policy.min_available} is more than the job's {total} replicas",
         )
+    for resource, value in ((policy.min_resources or {}) if policy is not None else {}).items():
+        if (why := quantity_problem(value)) is not None:
+            yield Problem(f"spec.runPolicy.schedulingPolicy.minResources.{resource}", why)
+    queue = meta.labels.get(QUEUE_LABEL)
+    if queue is not None and (why := dns1123_problem(queue)):
+        yield Problem(f"metadata.labels.{QUEUE_LABEL}", f"{why} (it names a Kueue LocalQueue)")
+
+
+def quantity_problem(value: object) -> str | None:
+    """Why ``value`` is not a Kubernetes quantity (``2``, ``500m``, ``4Gi``), or None."""
+    from kubernetes.utils import parse_quantity  # heavy: only when asked
+
+    try:
+        parse_quantity(value)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        return f"{describe(value)} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)"
+    return None
 
 
 def _role_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
