@@ -27,7 +27,19 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("etcd", "etcd", "go.etcd.io/etcd/server/v3"),
     ("kwok", "kwok", "sigs.k8s.io/kwok/cmd/kwok"),
     ("kueue", "kueue", "sigs.k8s.io/kueue/cmd/kueue"),
+    ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins/cmd/scheduler"),
+    ("controller-gen", "volcano", "sigs.k8s.io/controller-tools/cmd/controller-gen"),
 )
+
+# The add-ons' CRDs, as their projects ship them: (folder under bin/crds, wrapper, module, folder in the module).
+# Volcano's CRDs live in a repository the module proxy does not serve (volcano.sh/volcano); its API module
+# volcano.sh/apis holds the types with their kubebuilder markers, so controller-gen makes them, as Volcano's
+# own `make manifests` does.
+CRDS: tuple[tuple[str, str, str, str], ...] = (
+    ("kueue", "kueue", "sigs.k8s.io/kueue", "config/components/crd/bases"),
+    ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins", "config/crd/bases"),
+)
+VOLCANO_TYPES = "volcano.sh/apis/pkg/apis/scheduling/v1beta1"
 
 
 def key() -> str:
@@ -80,12 +92,39 @@ def build(force: bool = False) -> None:
         size = (BIN / name).stat().st_size / 2**20
         print(f"built {name:<24} {time.monotonic() - started:6.1f} s {size:6.1f} MiB", flush=True)
     copy_node_stages()
+    copy_crds()
     STAMP.write_text(want + "\n")
 
 
 # kwok's own node stages, from the pinned module: Nodes become Ready and keep their leases (heartbeats), so the
 # controller-manager never marks them NotReady and evicts their pods.
 NODE_STAGES = ("node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml")
+
+
+def module_dir(wrapper: str, module: str) -> Path:
+    env = {**os.environ, **GO_ENV}
+    out = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=HERE / "go" / wrapper, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return Path(out.stdout.strip())
+
+
+def copy_crds() -> None:
+    """bin/crds/<add-on>/: Kueue's and scheduler-plugins' CRDs copied, Volcano's generated from its types."""
+    root = BIN / "crds"
+    shutil.rmtree(root, ignore_errors=True)
+    for folder, wrapper, module, within in CRDS:
+        target = root / folder
+        target.mkdir(parents=True)
+        for source in sorted((module_dir(wrapper, module) / within).glob("*.yaml")):
+            shutil.copyfile(source, target / source.name)
+    target = root / "volcano"
+    target.mkdir(parents=True)
+    subprocess.run(
+        [str(BIN / "controller-gen"), "crd", f"paths={VOLCANO_TYPES}", f"output:crd:dir={target}"],
+        cwd=HERE / "go" / "volcano", env={**os.environ, **GO_ENV}, check=True,
+    )  # fmt: skip
 
 
 def copy_node_stages() -> None:

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(os.environ.get("MLJOB_CONTROLPLANE_BIN", HERE / "bin"))
 STAGES = HERE / "stages"
 SERVICE_CIDR = "10.0.0.0/24"
-FEATURE_GATES = "--feature-gates=GenericWorkload=true"
+FEATURE_GATES = "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
 """Kubernetes' own gang scheduling (scheduling.k8s.io/v1beta1 Workload and PodGroup), on every component."""
 
 AUDIT_POLICY = {
@@ -223,6 +223,114 @@ class ControlPlane:
     def component_log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- add-ons: the schedulers and queues placement is tested with ------------------------------------------
+
+    def kubectl(self, *args: str, timeout: float = 120.0) -> str:
+        """Run the built kubectl (the server's version) as the admin; its output, or an error with its stderr."""
+        done = subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise StartError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    def install_crds(self, addon: str) -> list[str]:
+        """Apply an add-on's CRDs (copied from its pinned Go module at build time) and wait until established."""
+        folder = self.bin / "crds" / addon
+        files = sorted(folder.glob("*.yaml"))
+        if not files:
+            raise StartError(f"no CRDs for {addon} in {folder}: run `make controlplane`")
+        names = []
+        for path in files:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+            names += [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text()) if doc]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+        return names
+
+    def start_kueue(self) -> None:
+        """Kueue's controller-manager, out of cluster: its CRDs, then the binary, waiting until it is ready.
+
+        MLJob is an external framework to Kueue: the operator manages each job's Workload (mljob/queueing.py).
+        Webhooks are not registered (no admission configuration points at them), leader election, internal
+        certificates and the visibility server are off; Kueue insists on a metrics key pair in a fixed path.
+        """
+        self.install_crds("kueue")
+        assert self._ca is not None
+        metrics_certs = Path(os.environ.get("MLJOB_KUEUE_METRICS_CERTS", "/etc/kueue/metrics/certs"))
+        webhook_certs = self.workdir / "kueue-webhook-certs"
+        for folder in (metrics_certs, webhook_certs):
+            folder.mkdir(parents=True, exist_ok=True)
+            pair = self._ca.issue(f"kueue-{folder.name}", "kueue", server=True, hosts=("127.0.0.1", "localhost"))
+            shutil.copyfile(pair.cert, folder / "tls.crt")
+            shutil.copyfile(pair.key, folder / "tls.key")
+        health = free_port()
+        config = self.workdir / "kueue.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+                    "kind": "Configuration",
+                    "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
+                    "metrics": {"bindAddress": f"127.0.0.1:{free_port()}"},
+                    "webhook": {"host": "127.0.0.1", "port": free_port(), "certDir": str(webhook_certs)},
+                    "leaderElection": {"leaderElect": False},
+                    "internalCertManagement": {"enable": False},
+                    "clientConnection": {"qps": 100, "burst": 200},
+                    "featureGates": {"VisibilityOnDemand": False},
+                    "integrations": {"frameworks": ["batch/job"], "externalFrameworks": ["MLJob.v1alpha1.mljob.io"]},
+                }
+            )
+        )
+        self._spawn("kueue", ["kueue", f"--config={config}", f"--kubeconfig={self.kubeconfig}", "--zap-log-level=2"])
+        self._wait(
+            "kueue", lambda: self._get("/readyz", ssl.create_default_context(), f"http://127.0.0.1:{health}") == 200
+        )
+        self.log("kueue ready")
+
+    def start_coscheduler(self) -> str:
+        """scheduler-plugins' scheduler as a second scheduler with the Coscheduling plugin; returns its name."""
+        self.install_crds("scheduler-plugins")
+        name = "scheduler-plugins-scheduler"
+        port = free_port()
+        config = self.workdir / "coscheduler.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 100, "burst": 200},
+                    "leaderElection": {"leaderElect": False},
+                    "profiles": [
+                        {
+                            "schedulerName": name,
+                            "plugins": {
+                                "multiPoint": {
+                                    "enabled": [{"name": "Coscheduling"}],
+                                    "disabled": [{"name": "PrioritySort"}],
+                                }
+                            },
+                            "pluginConfig": [{"name": "Coscheduling", "args": {"permitWaitingTimeSeconds": 10}}],
+                        }
+                    ],
+                }
+            )
+        )
+        self._spawn(
+            "scheduler-plugins",
+            [
+                "scheduler-plugins",
+                f"--config={config}",
+                *self._component_auth(),
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--v=2",
+            ],
+        )
+        self._healthz("scheduler-plugins", port)
+        self.log("scheduler-plugins ready")
+        return name
 
     # --- start-up, one component at a time ---------------------------------------------------------------------
 

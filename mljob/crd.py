@@ -69,6 +69,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...
     """One JSON Schema node as a structural schema node; ``path`` names it for OPAQUE and errors."""
     node = _resolve(node, defs)
     nullable = False
+    if "anyOf" in node and sorted(str(o.get("type")) for o in node["anyOf"]) == ["integer", "string"]:
+        # `int | str`: a Kubernetes quantity or port, which the API server types as int-or-string.
+        description = node.get("description") or "An integer or a string, e.g. a quantity: 2, 500m, 4Gi."
+        return {"description": description, "x-kubernetes-int-or-string": True}
     if "anyOf" in node:
         options = [_resolve(option, defs) for option in node["anyOf"]]
         kept = [option for option in options if option.get("type") != "null"]

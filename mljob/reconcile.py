@@ -374,7 +374,7 @@ class _Pass:
             pass
         else:
             self.running()
-            if self.queue is not None:
+            if self.queue is not None and self.finished is None:
                 self.report_pods_ready()
         return self.result()
 
@@ -549,7 +549,8 @@ class _Pass:
         framework = self._framework()
         assert framework is not None  # desired.ok
         old = self.job.status or MLJobStatus()
-        if is_true(old, ConditionType.SUSPENDED):
+        suspended = next((c for c in old.conditions if c.type == ConditionType.SUSPENDED), None)
+        if suspended is not None and suspended.status == "True" and suspended.reason != QUEUED:
             self.condition(ConditionType.SUSPENDED, False, "Resumed", "the job was resumed")
             self.message = "the job was resumed"
             self.event("Normal", "Resumed", "the job was resumed: recreating its pods")
