@@ -188,7 +188,8 @@ def test_coscheduling_renders_its_pod_group_and_every_pod_carries_its_label_and_
     spec = {"minAvailable": 3, "scheduleTimeoutSeconds": 60}
     objects = children(resourced(spec), GangScheduler.COSCHEDULING)
     group = objects[0]
-    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1" and group["kind"] == "PodGroup"
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert group["kind"] == "PodGroup"
     assert group["metadata"]["ownerReferences"] == [OWNER]
     assert group["spec"] == {
         "minMember": 3,
@@ -207,7 +208,8 @@ def test_volcano_renders_its_pod_group_with_queue_and_priority_and_pods_name_it(
     spec = {"queue": "research", "priorityClass": "high"}
     objects = children(resourced(spec), GangScheduler.VOLCANO)
     group = objects[0]
-    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1" and group["kind"] == "PodGroup"
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["kind"] == "PodGroup"
     assert group["spec"] == {
         "minMember": 4,
         "minResources": {"cpu": "11", "memory": str(3 * 2**30)},
@@ -285,9 +287,11 @@ def test_schedule_timeout_fails_a_job_whose_pods_are_not_all_placed_in_time():
     first = plan(j, desired, [], None, start)
     started = j.model_copy(update={"status": MLJobStatus.model_validate(first.status)})
     early = plan(started, desired, pods, service, start + timedelta(seconds=10))
-    assert early.wake_at == start + timedelta(seconds=30) and early.finished is None
+    assert early.wake_at == start + timedelta(seconds=30)
+    assert early.finished is None
     late = plan(started, desired, pods, service, start + timedelta(seconds=30))
-    assert late.finished is not None and late.finished.value == "Failed"
+    assert late.finished is not None
+    assert late.finished.value == "Failed"
     assert "1 of 4 pods were not scheduled within scheduleTimeoutSeconds (30 s)" in (late.status or {})["message"]
     assert "Unschedulable (0/3 nodes)" in (late.status or {})["message"]
     placed = [_observed(p, f"p{i}", status=bound) for i, p in enumerate(desired.pods)]
@@ -307,7 +311,8 @@ def test_a_finished_job_deletes_its_gang_objects():
     done = {"phase": "Succeeded", "containerStatuses": [{"name": "pytorch", "state": {"terminated": {"exitCode": 0}}}]}
     pods = [_observed(p, f"p{i}", status=done) for i, p in enumerate(desired.pods)]
     result = plan(started, desired, pods, _observed(desired.service or {}, "s"), now)
-    assert result.finished is not None and result.finished.value == "Succeeded"
+    assert result.finished is not None
+    assert result.finished.value == "Succeeded"
     gone = {(d.api_version, d.kind, d.name) for d in result.deletes if d.kind not in ("Pod", "Service")}
     assert gone == {
         ("scheduling.k8s.io/v1beta1", "Workload", "gang"),

@@ -73,8 +73,10 @@ def test_the_workload_has_one_pod_set_per_role_owned_by_the_job_in_its_queue():
     desired = desire(job(priority="high"), load_plugins(), Placement())
     wl = desired.queued
     assert wl is not None
-    assert wl["apiVersion"] == "kueue.x-k8s.io/v1beta2" and wl["kind"] == "Workload"
-    assert wl["metadata"]["ownerReferences"][0]["uid"] == "u-1" and wl["metadata"]["ownerReferences"][0]["controller"]
+    assert wl["apiVersion"] == "kueue.x-k8s.io/v1beta2"
+    assert wl["kind"] == "Workload"
+    assert wl["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert wl["metadata"]["ownerReferences"][0]["controller"]
     assert wl["spec"]["queueName"] == "research"
     assert [(s["name"], s["count"]) for s in wl["spec"]["podSets"]] == [("master", 1), ("worker", 2)]
     worker = wl["spec"]["podSets"][1]["template"]["spec"]
@@ -89,9 +91,11 @@ def test_a_queued_job_creates_its_workload_and_no_pod_until_admitted_and_says_wh
     desired = desire(j, load_plugins(), Placement())
     first = plan(j, desired, [], None, NOW)
     assert [o["kind"] for o in first.creates] == ["Workload"]
-    assert first.status is not None and first.status["phase"] == "Suspended"
+    assert first.status is not None
+    assert first.status["phase"] == "Suspended"
     suspended = next(c for c in first.status["conditions"] if c["type"] == "Suspended")
-    assert suspended["reason"] == QUEUED and "LocalQueue research" in suspended["message"]
+    assert suspended["reason"] == QUEUED
+    assert "LocalQueue research" in suspended["message"]
     j = with_status(j, first)
     quota = {
         "type": "QuotaReserved",
@@ -101,7 +105,8 @@ def test_a_queued_job_creates_its_workload_and_no_pod_until_admitted_and_says_wh
     }
     waiting = plan(j, desired, [], None, NOW, {"Workload": workload(desired, [quota])})
     assert waiting.creates == ()
-    assert waiting.status is not None and "insufficient unused quota for cpu" in waiting.status["message"]
+    assert waiting.status is not None
+    assert "insufficient unused quota for cpu" in waiting.status["message"]
 
 
 def test_admission_creates_the_pods_on_their_flavors_and_resumes_the_job():
@@ -119,7 +124,8 @@ def test_admission_creates_the_pods_on_their_flavors_and_resumes_the_job():
     assert all("nodeSelector" not in p["spec"] for p in desired.pods)  # the cached rendering is left alone
     assert result.status is not None
     suspended = next(c for c in result.status["conditions"] if c["type"] == "Suspended")
-    assert suspended["status"] == "False" and suspended["reason"] == "Admitted"
+    assert suspended["status"] == "False"
+    assert suspended["reason"] == "Admitted"
     assert any(e.reason == "Admitted" and "cluster-research" in e.message for e in result.events)
 
 
@@ -137,17 +143,22 @@ def test_the_job_reports_pods_ready_then_finished_on_its_workload():
     j = with_status(j, plan(j, desired, [], None, NOW, {"Workload": wl}, FLAVORS))
     running = plan(j, desired, _pods(desired, "Running"), service, NOW, {"Workload": wl}, FLAVORS)
     (patch,) = running.patches
-    assert patch.kind == "Workload" and patch.name == "q" and patch.resource_version == "11"
+    assert patch.kind == "Workload"
+    assert patch.name == "q"
+    assert patch.resource_version == "11"
     ready = next(c for c in patch.status["conditions"] if c["type"] == "PodsReady")
-    assert ready["status"] == "True" and ready["reason"] == "Started"
+    assert ready["status"] == "True"
+    assert ready["reason"] == "Started"
     assert [c["type"] for c in patch.status["conditions"]][:2] == ["QuotaReserved", "Admitted"]  # Kueue's kept
     j = with_status(j, running)
     wl = {**wl, "status": {**wl["status"], "conditions": patch.status["conditions"]}}
     done = plan(j, desired, _pods(desired, "Succeeded"), service, NOW, {"Workload": wl}, FLAVORS)
-    assert done.finished is not None and done.finished.value == "Succeeded"
+    assert done.finished is not None
+    assert done.finished.value == "Succeeded"
     (finished,) = done.patches
     found = next(c for c in finished.status["conditions"] if c["type"] == "Finished")
-    assert found["status"] == "True" and found["reason"] == "Succeeded"
+    assert found["status"] == "True"
+    assert found["reason"] == "Succeeded"
 
 
 def test_eviction_deletes_the_pods_then_gives_the_quota_back():
@@ -160,7 +171,8 @@ def test_eviction_deletes_the_pods_then_gives_the_quota_back():
     first = plan(j, desired, pods, None, NOW, {"Workload": wl})
     assert {d.name for d in first.deletes} == {"q-master-0", "q-worker-0", "q-worker-1"}
     assert first.patches == ()  # the quota is held until every pod is gone
-    assert first.status is not None and "evicted by Kueue: Preempted to accommodate x" in first.status["message"]
+    assert first.status is not None
+    assert "evicted by Kueue: Preempted to accommodate x" in first.status["message"]
     gone = plan(with_status(j, first), desired, [], None, NOW, {"Workload": wl})
     (patch,) = gone.patches
     assert patch.status["admission"] is None
