@@ -30,8 +30,9 @@ controlplane:
 	$(PYTHON) controlplane/build.py
 
 # Start it for a person: prints the KUBECONFIG to export; Ctrl-C stops every process.
+# CLUSTER_ARGS="--with kueue --with coscheduling --with volcano-crds" adds the placement add-ons.
 cluster: setup controlplane
-	$(BIN)/python -m controlplane
+	$(BIN)/python -m controlplane $(CLUSTER_ARGS)
 
 # README's first command: train the PyTorch DDP example (a master and two workers) locally.
 example: setup

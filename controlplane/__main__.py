@@ -15,6 +15,14 @@ from controlplane.cluster import ControlPlane, StartError
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m controlplane", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path(".controlplane"), help="its certs, data and logs")
+    parser.add_argument(
+        "--with",
+        dest="addons",
+        action="append",
+        choices=("kueue", "coscheduling", "volcano-crds"),
+        default=[],
+        help="also start Kueue, scheduler-plugins' Coscheduling scheduler, or install Volcano's CRDs (repeatable)",
+    )
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh cluster every time: no stale etcd, no old certs
     cp = ControlPlane(args.workdir.resolve(), log=lambda line: print(line, flush=True))
@@ -23,6 +31,13 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         cp.start()
+        for addon in args.addons:
+            if addon == "kueue":
+                cp.start_kueue()
+            elif addon == "coscheduling":
+                cp.start_coscheduler()
+            else:
+                cp.install_crds("volcano")
     except StartError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -88,6 +88,7 @@ class Controller:
         self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._clashes: set[tuple[Key, str, str]] = set()
+        self._said: set[tuple[Key, str]] = set()
         self.expectations = Expectations()
         self.passes = 0
         self.metrics.watch_phases(self._phases)
@@ -135,6 +136,7 @@ class Controller:
         self._desired.pop(key, None)
         self._failures.pop(key, None)
         self.expectations.forget(key)
+        self._said = {said for said in self._said if said[0] != key}
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -331,7 +333,12 @@ class Controller:
     async def _create(self, key: Key, body: Mapping[str, Any], obj: Mapping[str, Any], framework: str) -> str | None:
         """Create one child; returns ``Created||<what>`` for the pass's summary event."""
         kind, child = str(obj["kind"]), str(obj["metadata"]["name"])
-        made = await self.api.create(obj)
+        try:
+            made = await self.api.create(obj)
+        except ApiError as error:
+            if error.status in (400, 403, 404, 422):  # refused as asked (a missing PriorityClass, CRD, quota)
+                await self._refused(key, body, f"could not create {kind.lower()} {child}: {error.message}")
+            raise
         if made is not None:
             if kind in ("Pod", "Service"):  # the children the watch shows; a PodGroup is not watched
                 self.expectations.created(key, kind, made)
@@ -356,6 +363,19 @@ class Controller:
             logger.warning("%s/%s: %s", *key, message)
             await self._event(body, "Warning", "NameTaken", message)
         raise NameTaken(f"{kind.lower()} {child} is held by another owner")
+
+    async def _refused(self, key: Key, body: Mapping[str, Any], message: str) -> None:
+        """Say once, in the job's message and a FailedCreate event, why a child is refused; the pass retries."""
+        if (key, message) in self._said:
+            return
+        self._said.add((key, message))
+        logger.warning("%s/%s: %s", *key, message)
+        await self._event(body, "Warning", "FailedCreate", message)
+        current = self.jobs.get(key, body)  # this pass may have written the status already: its newest version
+        rv = (current.get("metadata") or {}).get("resourceVersion")
+        with contextlib.suppress(ApiError):  # a stale body: the retried pass says it again
+            fresh = await self.api.patch_job(*key, rv, {"status": {"message": message}}, status=True)
+            self._remember(key, fresh)
 
     def _log_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
         old = str((body.get("status") or {}).get("phase") or "-")

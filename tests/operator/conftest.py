@@ -71,6 +71,10 @@ def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     else:
         cp = ControlPlane(tmp / "controlplane", log=print).start()
         kubeconfig = cp.kubeconfig
+        # The placement add-ons' CRDs from the start: the garbage collector learns new kinds only on its
+        # 30-second rediscovery, and a PodGroup must go with its job as soon as any other child does.
+        for addon in ADDON_CRDS:
+            cp.install_crds(addon)
     try:
         Kube(kubeconfig, "default").install_crd()
         history = History()
@@ -160,6 +164,41 @@ class World:
 
     def catch_up(self) -> None:
         self.session.watcher.catch_up(self.kube)
+
+
+ADDON_CRDS = ("kueue", "scheduler-plugins", "volcano")
+
+
+@pytest.fixture(scope="session")
+def kueue(e2e: Session) -> ControlPlane:
+    """The session's control plane with Kueue running (started by the first test that asks)."""
+    cp = e2e.control_plane
+    if cp is None:
+        pytest.skip("Kueue is started on the local control plane; install it in your cluster to test it there")
+    if "kueue" not in cp.procs:
+        cp.start_kueue()
+    return cp
+
+
+@pytest.fixture(scope="session")
+def coscheduler(e2e: Session) -> str:
+    """The session's control plane with scheduler-plugins' scheduler running; returns its scheduler name."""
+    cp = e2e.control_plane
+    if cp is None:
+        pytest.skip("scheduler-plugins is started on the local control plane")
+    if "scheduler-plugins" not in cp.procs:
+        return cp.start_coscheduler()
+    return "scheduler-plugins-scheduler"
+
+
+@pytest.fixture(scope="session")
+def volcano_crds(e2e: Session) -> list[str]:
+    """Volcano's CRDs, installed in the session's API server at its start (no Volcano scheduler: it cannot be
+    built here)."""
+    cp = e2e.control_plane
+    if cp is None:
+        pytest.skip("Volcano's CRDs are installed on the local control plane")
+    return cp.install_crds("volcano")  # already there: applying again is a no-op that returns their names
 
 
 @pytest.fixture

@@ -94,6 +94,8 @@ class E2EJob:
     """Added to every role's pod spec (nodeSelector, ...)."""
     requests: dict[str, str] = field(default_factory=dict)
     """Resource requests of every container (cpu, memory)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels of the job (a Kueue queue name)."""
 
     def body(self, namespace: str) -> dict[str, Any]:
         specs = {}
@@ -118,7 +120,12 @@ class E2EJob:
         return {
             "apiVersion": "mljob.io/v1alpha1",
             "kind": "MLJob",
-            "metadata": {"name": self.name, "namespace": namespace, "annotations": dict(self.annotations)},
+            "metadata": {
+                "name": self.name,
+                "namespace": namespace,
+                "annotations": dict(self.annotations),
+                "labels": dict(self.labels),
+            },
             "spec": {"framework": self.framework, "replicaSpecs": specs, "runPolicy": dict(self.run_policy)},
         }
 
@@ -237,6 +244,18 @@ class Kube:
                 return self.custom.get_namespaced_custom_object("mljob.io", "v1alpha1", self.namespace, "mljobs", name)  # type: ignore[no-any-return]
             read = {"pods": self.core.read_namespaced_pod, "services": self.core.read_namespaced_service}[resource]
             return self._plain(read(name, self.namespace))
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def custom_get(self, group_version: str, plural: str, name: str) -> dict[str, Any] | None:
+        """One namespaced custom object (a PodGroup, a Kueue Workload), or None while there is none."""
+        import kubernetes
+
+        group, version = group_version.split("/")
+        try:
+            return self.custom.get_namespaced_custom_object(group, version, self.namespace, plural, name)  # type: ignore[no-any-return]
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None

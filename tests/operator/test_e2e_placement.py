@@ -181,4 +181,137 @@ def test_the_operator_finds_which_gang_apis_this_server_serves(e2e):
     served, missing, placement = asyncio.run(ask())
     assert served is True  # the control plane runs with GenericWorkload on every component
     assert missing is False
-    assert placement.unavailable == frozenset()  # type: ignore[attr-defined]
+    assert GangScheduler.KUBERNETES not in placement.unavailable  # type: ignore[attr-defined]
+
+
+def test_a_missing_priority_class_is_said_in_the_status_and_the_job_starts_once_it_exists(backend: Kube):
+    klass = f"{backend.namespace[:40]}-high"
+    job = E2EJob(
+        "prio", "pytorch", {"Master": Role(1, (Forever(),))}, run_policy={"schedulingPolicy": {"priorityClass": klass}}
+    )
+    backend.submit(job)
+    status = backend.wait(
+        lambda: (
+            backend.status("prio") if "could not create pod" in (backend.status("prio").get("message") or "") else None
+        ),
+        what="the refusal in the job's message",
+    )
+    assert f"no PriorityClass with name {klass} was found" in status["message"], status["message"]
+    assert backend.events("prio", "FailedCreate")
+    from kubernetes import client
+
+    scheduling = client.SchedulingV1Api(backend.core.api_client)
+    scheduling.create_priority_class({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                                      "metadata": {"name": klass}, "value": 1000})  # fmt: skip
+    try:
+        backend.wait_phase("prio", "Running")
+        assert backend.pods("prio")["prio-master-0"]["spec"]["priority"] == 1000
+    finally:
+        scheduling.delete_priority_class(klass)
+
+
+@pytest.fixture
+def copool(coscheduler, world) -> Iterator[tuple[Any, Any]]:
+    """Like ``pool``, with the operator's default gang scheduler the real scheduler-plugins Coscheduling."""
+    w = world(operator=False)
+    w.operator.extra_args = ["--gang-scheduler", "coscheduling"]
+    w.operator.start()
+    made: list[str] = []
+
+    def add_node() -> str:
+        name = f"{w.kube.namespace[:50]}-n{len(made)}"
+        node = Node(name, cpu="4", memory="16Gi", pods="20", labels={POOL: w.kube.namespace[:63]})
+        w.kube.core.create_node(node.body())
+        made.append(name)
+        w.kube.wait(lambda: _ready(w.kube, name), what=f"node {name} Ready")
+        return name
+
+    yield w, add_node
+    for name in made:
+        w.kube.core.delete_node(name)
+
+
+def test_coscheduling_binds_no_pod_of_a_gang_that_does_not_fit_and_binds_all_when_room_appears(copool):
+    w, add_node = copool
+    b = w.kube
+    add_node()
+    add_node()  # room for two 3-CPU pods: the gang of three does not fit
+    mark = w.mark()
+    b.submit(gang("big", w, 3))
+    group = b.wait(
+        lambda: b.custom_get("scheduling.x-k8s.io/v1alpha1", "podgroups", "big"), what="the coscheduling PodGroup"
+    )
+    assert group["spec"] == {"minMember": 3, "minResources": {"cpu": "9"}}
+    assert [r["uid"] for r in group["metadata"]["ownerReferences"]] == [b.job("big")["metadata"]["uid"]]
+    b.wait(lambda: tried(b, "big", 3), what="scheduler-plugins to consider every pod")
+    for pod in b.pods("big").values():
+        assert pod["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+        assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "big"
+    assert set(bound(b, "big").values()) == {""}
+
+    add_node()
+    b.wait(lambda: "" not in bound(b, "big").values(), what="the whole gang bound by scheduler-plugins")
+    assert len(set(bound(b, "big").values())) == 3
+    b.wait_phase("big", "Running")
+    bindings = [r for r in w.session.audit.requests(mark) if r.subresource == "binding"]
+    assert sorted(r.name for r in bindings) == [f"big-worker-{i}" for i in range(3)]
+    assert {r.user_agent.split("/")[0] for r in bindings} == {"scheduler-plugins"}  # not kube-scheduler
+
+
+def test_volcano_objects_are_accepted_by_the_api_server_and_pods_wait_for_the_pod_group(volcano_crds, world):
+    assert "podgroups.scheduling.volcano.sh" in volcano_crds
+    w = world(operator=True)
+    b = w.kube
+    job = E2EJob(
+        "vc",
+        "tensorflow",
+        {"PS": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),))},
+        requests={"cpu": "1"},
+        run_policy={"schedulingPolicy": {"gangScheduler": "volcano", "queue": "research", "minAvailable": 2}},
+    )
+    b.submit(job)
+    group = b.wait(lambda: b.custom_get("scheduling.volcano.sh/v1beta1", "podgroups", "vc"), what="the PodGroup")
+    assert group["spec"]["minMember"] == 2
+    assert group["spec"]["queue"] == "research"
+    assert group["spec"]["minResources"] == {"cpu": "2"}
+    status = b.wait(
+        lambda: b.status("vc") if "enqueue" in (b.status("vc").get("message") or "") else None,
+        what="the job to say it waits for Volcano",
+    )
+    assert "waiting for Volcano to enqueue the PodGroup" in status["message"]
+    assert b.pods("vc") == {}
+    # What Volcano's enqueue action does once the queue has room; no Volcano scheduler runs here. (Its CRD has
+    # no status subresource: Volcano writes the status with the object.)
+    b.custom.patch_namespaced_custom_object(
+        "scheduling.volcano.sh", "v1beta1", b.namespace, "podgroups", "vc", {"status": {"phase": "Inqueue"}}
+    )
+    b.wait(lambda: len(b.pods("vc")) == 3, what="the pods, once the PodGroup is enqueued")
+    for pod in b.pods("vc").values():
+        assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "vc"
+        assert pod["spec"]["schedulerName"] == "volcano"
+    b.delete("mljobs", "vc")
+    b.wait(
+        lambda: (
+            not b.custom.list_namespaced_custom_object("scheduling.volcano.sh", "v1beta1", b.namespace, "podgroups")[
+                "items"
+            ]
+        ),
+        what="the PodGroup deleted with its job",
+    )
+
+
+def test_a_job_not_placed_within_its_schedule_timeout_fails_saying_what_the_scheduler_said(backend: Kube):
+    job = E2EJob(
+        "late",
+        "pytorch",
+        {"Master": Role(1, (Forever(),)), "Worker": Role(1, (Forever(),))},
+        requests={"cpu": "1000"},  # no node has that many
+        run_policy={"schedulingPolicy": {"scheduleTimeoutSeconds": 3}},
+    )
+    backend.submit(job)
+    status = backend.wait_phase("late", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "ScheduleTimeout"
+    assert "2 of 2 pods were not scheduled within scheduleTimeoutSeconds (3 s)" in failed["message"]
+    assert "Insufficient cpu" in failed["message"], failed["message"]
+    backend.wait(lambda: backend.pods("late") == {}, what="cleanPodPolicy Running to delete the pending pods")
