@@ -87,8 +87,10 @@ def render(
         typer.Option(help="The operator's --gang-scheduler (a job's schedulingPolicy.gangScheduler wins)."),
     ] = GangScheduler.NONE,
 ) -> None:
-    """Print every object the operator would create for FILE (gang objects, pods, the service), as YAML."""
+    """Print every object the operator would create for FILE (Kueue's Workload, gang objects, pods, the service)."""
+    from mljob import queueing
     from mljob.plugins import PluginError
+    from mljob.render import owner_reference
     from mljob.render import render as render_job
 
     with job_errors():
@@ -96,6 +98,8 @@ def render(
         objects: list[dict[str, Any]] = []
         for item in load_jobs(file, plugins):
             job, framework = job_and_framework(item)
+            if queueing.queue_name(job) is not None:  # Kueue's Workload comes first: no pod before admission
+                objects.append(queueing.workload(job, owner_reference(job, uid)))
             try:
                 objects.extend(render_job(job, framework, plugins, uid=uid, gang=gang_scheduler))
             except PluginError as error:

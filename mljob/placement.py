@@ -31,6 +31,7 @@ from typing import Any
 from mljob.api import GangScheduler, MLJob, TopologyMode
 from mljob.framework import replicas_of
 from mljob.names import LABEL_JOB
+from mljob.quantity import parse_quantity
 
 SCHEDULING_API = "scheduling.k8s.io/v1beta1"
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"
@@ -86,12 +87,11 @@ def min_count(job: MLJob) -> int:
 def pod_requests(spec: Mapping[str, Any]) -> dict[str, Decimal]:
     """What the scheduler reserves for one pod: the sum of its containers' requests (a limit stands in for a
     missing request, as the API server defaults it), or an init container's, whichever is larger."""
-    from kubernetes.utils import parse_quantity  # heavy: only when asked
 
     def of(container: Mapping[str, Any]) -> dict[str, Decimal]:
         resources = container.get("resources") or {}
         merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        return {name: Decimal(parse_quantity(value)) for name, value in merged.items()}  # type: ignore[no-untyped-call]
+        return {name: Decimal(parse_quantity(value)) for name, value in merged.items()}
 
     total: dict[str, Decimal] = {}
     for container in spec.get("containers") or []:

@@ -39,3 +39,24 @@ def test_an_unknown_gang_scheduler_is_refused_with_the_choices(runner, tmp_path)
     assert "spec.runPolicy.schedulingPolicy.gangScheduler" in result.output
     assert "kubernetes" in result.output
     assert "none" in result.output
+
+
+def test_render_shows_each_backend_s_objects_and_a_queued_job_s_kueue_workload_first(runner, tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        JOB.replace("metadata: {name: gang}", "metadata: {name: gang, labels: {kueue.x-k8s.io/queue-name: q}}")
+    )
+    for backend, api in (
+        ("coscheduling", "scheduling.x-k8s.io/v1alpha1"),
+        ("volcano", "scheduling.volcano.sh/v1beta1"),
+    ):
+        result = runner.invoke(app, ["render", str(path), "--gang-scheduler", backend])
+        assert result.exit_code == 0, result.output
+        docs = list(yaml.safe_load_all(result.output))
+        assert [(d["apiVersion"], d["kind"]) for d in docs[:2]] == [
+            ("kueue.x-k8s.io/v1beta2", "Workload"),
+            (api, "PodGroup"),
+        ]
+        assert docs[0]["spec"]["queueName"] == "q"
+        assert docs[1]["spec"]["minMember"] == 2
+        assert [d["kind"] for d in docs[2:]] == ["Pod", "Pod", "Pod", "Service"]

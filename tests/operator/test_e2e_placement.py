@@ -257,6 +257,11 @@ def test_coscheduling_binds_no_pod_of_a_gang_that_does_not_fit_and_binds_all_whe
     assert sorted(r.name for r in bindings) == [f"big-worker-{i}" for i in range(3)]
     assert {r.user_agent.split("/")[0] for r in bindings} == {"scheduler-plugins"}  # not kube-scheduler
 
+    for pod in b.pods("big"):  # the job ends: its PodGroup has nothing left to place and is deleted
+        b.exit(pod, 0)
+    b.wait_phase("big", "Succeeded")
+    b.wait(lambda: b.custom_get("scheduling.x-k8s.io/v1alpha1", "podgroups", "big") is None, what="the PodGroup gone")
+
 
 def test_volcano_objects_are_accepted_by_the_api_server_and_pods_wait_for_the_pod_group(volcano_crds, world):
     assert "podgroups.scheduling.volcano.sh" in volcano_crds

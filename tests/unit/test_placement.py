@@ -318,3 +318,9 @@ def test_a_finished_job_deletes_its_gang_objects():
         ("scheduling.k8s.io/v1beta1", "Workload", "gang"),
         ("scheduling.k8s.io/v1beta1", "PodGroup", "gang"),
     }
+
+
+def test_without_topology_or_gang_placement_is_left_to_the_scheduler():
+    for pod in (o for o in children(job()) if o["kind"] == "Pod"):
+        assert set(pod["spec"]) & {"affinity", "nodeSelector", "schedulerName", "schedulingGroup"} == set()
+        assert not set(pod["metadata"].get("annotations") or {}) & {"scheduling.k8s.io/group-name"}
