@@ -44,6 +44,9 @@ SERVICE_CIDR = "10.0.0.0/24"
 FEATURE_GATES = "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
 """Kubernetes' own gang scheduling (scheduling.k8s.io/v1beta1 Workload and PodGroup), on every component."""
 
+KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
+"""Where Kueue v0.17 insists on finding tls.crt and tls.key for its metrics server (cmd/kueue/main.go)."""
+
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -258,10 +261,16 @@ class ControlPlane:
         """
         self.install_crds("kueue")
         assert self._ca is not None
-        metrics_certs = Path(os.environ.get("MLJOB_KUEUE_METRICS_CERTS", "/etc/kueue/metrics/certs"))
+        metrics_certs = KUEUE_METRICS_CERTS
         webhook_certs = self.workdir / "kueue-webhook-certs"
         for folder in (metrics_certs, webhook_certs):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except PermissionError as error:
+                raise StartError(
+                    f"Kueue reads its metrics key pair from {folder} (a path fixed in its source when its internal "
+                    f"certificate management is off) and this user cannot create it: {error}"
+                ) from None
             pair = self._ca.issue(f"kueue-{folder.name}", "kueue", server=True, hosts=("127.0.0.1", "localhost"))
             shutil.copyfile(pair.cert, folder / "tls.crt")
             shutil.copyfile(pair.key, folder / "tls.key")
