@@ -137,40 +137,18 @@ def run(
     raise typer.Exit(run_file(file, logs_dir=logs_dir))
 
 
-@app.command()
-def operator(
-    namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
-    ] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
-    peering: Annotated[str | None, typer.Option(help="kopf peering name: run several replicas, one acts.")] = None,
-    standalone: Annotated[bool, typer.Option("--standalone", help="No peering (default without --peering).")] = False,
-    priority: Annotated[
-        int | None, typer.Option(help="Peering priority: the highest acts (default: the replica started first).")
-    ] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
-    gang_scheduler: Annotated[
-        GangScheduler,
-        typer.Option(help="Gang scheduler for jobs that name none in schedulingPolicy.gangScheduler."),
-    ] = GangScheduler.NONE,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every handler call.")] = False,
-) -> None:
-    """Run the MLJob operator against the cluster in KUBECONFIG, or the pod's service account."""
-    from mljob.operator import Options
-    from mljob.operator import run as run_operator
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def operator(ctx: typer.Context) -> None:
+    """Run the MLJob operator against the cluster in KUBECONFIG, or the pod's service account (--help: its flags)."""
+    from mljob.operator import main as operator_main
 
-    if bool(namespace) == all_namespaces or (peering and standalone):
-        raise fail(["give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"], 2)
-    options = Options(
-        namespaces=namespace or (),
-        all_namespaces=all_namespaces,
-        peering=peering,
-        priority=priority,
-        metrics_port=metrics_port,
-        gang_scheduler=gang_scheduler,
-        verbose=verbose,
-    )
-    run_operator(options)
+    try:
+        operator_main(list(ctx.args))  # one parser for `mljob operator` and `python -m mljob.operator`
+    except ValueError as error:
+        raise fail([str(error)], 2) from None
 
 
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small

@@ -29,7 +29,7 @@ from mljob.metrics import Metrics
 from mljob.plugins import Plugins
 from mljob.queueing import KUEUE_API, flavor_names
 from mljob.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
-from mljob.validation import PLUGIN_ERROR, parse_job
+from mljob.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 
 logger = logging.getLogger("mljob.operator")
 
@@ -68,9 +68,11 @@ class Controller:
         debounce: float = 0.05,
         clock: Callable[[], datetime] = utcnow,
         placement: Placement | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.api, self.plugins, self.metrics = api, plugins, metrics or Metrics()
         self.placement = placement or Placement()
+        self.limits = limits
         self.clock = clock
         self.debounce = debounce
         self.jobs: dict[Key, Mapping[str, Any]] = {}
@@ -215,7 +217,7 @@ class Controller:
         if cached is not None and cached[0] == version:
             return cached[1]
         try:
-            desired = desire(job, self.plugins, self.placement)
+            desired = desire(job, self.plugins, self.placement, self.limits)
         except Exception as error:  # a plugin bug that escaped the core's own guards
             from mljob.framework import Problem
 

@@ -80,6 +80,12 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self._admission = Counter(
+            "mljob_admission_reviews_total",
+            "MLJobs the admission webhook reviewed, by decision (allowed, denied).",
+            ["decision"],
+            registry=r,
+        )
 
     def watch_phases(self, source: JobPhases) -> None:
         self.registry.register(_PhaseCollector(source))
@@ -100,6 +106,9 @@ class Metrics:
 
     def reconciled(self, seconds: float, result: str) -> None:
         self._duration.labels(result).observe(seconds)
+
+    def admission(self, decision: str) -> None:
+        self._admission.labels(decision).inc()
 
     def api_error(self, status: int) -> None:
         self._api_errors.labels(str(status)).inc()

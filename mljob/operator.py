@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,6 +50,9 @@ from mljob.placement import NOT_SERVED, SERVED_BY, VOLCANO_API
 from mljob.plugins import Plugins, load_plugins
 from mljob.queueing import KUEUE_API, KUEUE_RESOURCES
 from mljob.reconcile import Placement
+from mljob.validation import DEFAULT_LIMITS, Limits
+from mljob.webhook import DEFAULT_CONFIG, WebhookOptions, register, review, shared_key_pair
+from mljob.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
 
 logger = logging.getLogger("mljob.operator")
 
@@ -67,6 +72,10 @@ class Options:
     metrics_port: int | None = None
     workers: int = 16
     verbose: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    """What one job may ask for (replicas, pods, name length); refused by the webhook and the operator alike."""
+    webhook: WebhookOptions | None = None
+    """Serve the validating admission webhook (None: status-level validation only)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -102,7 +111,7 @@ def watched_placement(placement: Placement) -> list[tuple[str, str, str, str]]:
     return watched
 
 
-def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+def build_registry(controller: Controller, webhook: kopf.WebhookServer | None = None) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to ``controller`` (no import-time registration)."""
     registry = kopf.OperatorRegistry()
     indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
@@ -153,6 +162,8 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 10
         settings.networking.error_backoffs = [0.1, 0.3, 1.0, 3.0]
         settings.batching.batch_window = 0.02
+        if webhook is not None:
+            settings.admission.server = webhook  # the configuration is the operator's own (mljob.webhook)
         await controller.start()
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
@@ -198,6 +209,19 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         controller.expectations.observed(_index_key(body), "Service", body)
         controller.trigger(_index_key(body))
 
+    if webhook is not None:
+
+        @kopf.on.validate(
+            GROUP, VERSION, PLURAL, id="review", operations=["CREATE", "UPDATE"], ignore_failures=True,
+            registry=registry,
+        )  # fmt: skip
+        async def review_job(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
+            lines = review(body, old, controller.plugins, controller.limits, controller.placement)
+            if lines:
+                controller.metrics.admission("denied")
+                raise kopf.AdmissionError("the MLJob is invalid:\n" + "\n".join(lines), code=422)
+            controller.metrics.admission("allowed")
+
     @kopf.on.event(GROUP, VERSION, PLURAL, id="job_event", registry=registry)
     async def job_event(event: kopf.RawEvent, **kwargs: Any) -> None:
         remember(kwargs)
@@ -219,8 +243,14 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
     credentials = await asyncio.to_thread(Credentials.load)
     async with Api(credentials) as api:
         placement = await discover_placement(api, options.gang_scheduler)
-        controller = Controller(api, plugins, metrics, workers=options.workers, placement=placement)
-        registry = build_registry(controller)
+        controller = Controller(
+            api, plugins, metrics, workers=options.workers, placement=placement, limits=options.limits
+        )
+        server = None
+        if options.webhook is not None:
+            watched = [] if options.all_namespaces else list(options.namespaces)
+            server = await webhook_server(api, options.webhook, watched)
+        registry = build_registry(controller, server)
         stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
         priority = None
@@ -241,6 +271,29 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             priority=priority,
             stop_flag=stop_flag,
         )
+
+
+async def webhook_server(api: Api, options: WebhookOptions, namespaces: list[str]) -> kopf.WebhookServer:
+    """kopf's webhook server with the key pair every replica shares (kept in a Secret), and its configuration."""
+    hosts = options.hosts()
+    cert, key = await shared_key_pair(api, options.secret, hosts)
+    await register(api, options, cert, namespaces)
+    folder = Path(tempfile.mkdtemp(prefix="mljob-webhook-"))
+    (folder / "tls.crt").write_bytes(cert)
+    (folder / "tls.key").write_bytes(key)
+    (folder / "tls.key").chmod(0o600)
+    common: dict[str, Any] = {
+        "addr": options.addr,
+        "port": options.port,
+        "certfile": str(folder / "tls.crt"),
+        "pkeyfile": str(folder / "tls.key"),
+        "cadata": cert,
+    }
+    server = kopf.WebhookServer(host=options.host or "127.0.0.1", **common)
+    reached = f"service {options.service}" if options.service else f"https://{options.host or '127.0.0.1'}"
+    logger.info("admission webhook on :%d, reached as %s (ValidatingWebhookConfiguration %s)", options.port,
+                reached, options.config)  # fmt: skip
+    return server
 
 
 async def discover_placement(api: Api, default: GangScheduler) -> Placement:
@@ -287,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
     parser.add_argument("--priority", type=int, help="peering priority, highest acts (default: oldest acts)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add_limit_and_webhook_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     run(
@@ -298,7 +352,35 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics_port=args.metrics_port,
             gang_scheduler=GangScheduler(args.gang_scheduler),
             verbose=args.verbose,
+            limits=Limits(args.max_replicas, args.max_pods, args.max_name_length),
+            webhook=webhook_options(args),
         )
+    )
+
+
+def add_limit_and_webhook_arguments(parser: Any) -> None:
+    """The flags for limits and the webhook, shared by ``mljob operator`` and ``python -m mljob.operator``."""
+    d = DEFAULT_LIMITS
+    parser.add_argument("--max-replicas", type=int, default=d.max_replicas, help="replicas of one role (limit)")
+    parser.add_argument("--max-pods", type=int, default=d.max_pods, help="pods of one job, all roles (limit)")
+    parser.add_argument("--max-name-length", type=int, default=d.max_name_length, help="characters in a job name")
+    parser.add_argument("--webhook", action="store_true", help="serve the validating admission webhook")
+    parser.add_argument("--webhook-port", type=int, default=9443, help="the webhook's port (default 9443)")
+    parser.add_argument("--webhook-host", help="host the API server calls (url clientConfig; default 127.0.0.1)")
+    parser.add_argument("--webhook-service", help="NAMESPACE/NAME of the Service in front of the operator (in cluster)")
+    parser.add_argument("--webhook-secret", default=DEFAULT_SECRET_NAME, help="NAMESPACE/NAME of its key pair's Secret")
+    parser.add_argument("--webhook-config", default=DEFAULT_CONFIG, help="the ValidatingWebhookConfiguration's name")
+
+
+def webhook_options(args: Any) -> WebhookOptions | None:
+    if not args.webhook:
+        return None
+    return WebhookOptions(
+        port=args.webhook_port,
+        host=args.webhook_host,
+        service=args.webhook_service,
+        secret=args.webhook_secret,
+        config=args.webhook_config,
     )
 
 

@@ -62,7 +62,7 @@ from mljob.status import (
     status_patch,
     terminal,
 )
-from mljob.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
+from mljob.validation import DEFAULT_LIMITS, INVALID_SPEC, PLUGIN_ERROR, Limits, check_job
 
 EventType = Literal["Normal", "Warning"]
 QUEUED = "Queued"
@@ -173,12 +173,9 @@ class Placement:
     """Whether the cluster serves Kueue's Workload (jobs labelled with a queue need it)."""
 
 
-def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> Desired:
-    """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only."""
-    placement = placement or Placement()
-    checked = check_job(job, plugins)
-    framework = checked.framework
-    problems = list(checked.problems)
+def placement_problems(job: MLJob, placement: Placement) -> list[Problem]:
+    """What the job asks of placement that this cluster does not serve (a gang scheduler's API, Kueue)."""
+    problems = []
     backend = gang_scheduler(job, placement.default)
     if backend in placement.unavailable:
         policy = job.spec.run_policy.scheduling_policy
@@ -188,6 +185,19 @@ def desire(job: MLJob, plugins: Plugins, placement: Placement | None = None) -> 
         problems.append(Problem("spec.runPolicy.schedulingPolicy.gangScheduler", NOT_SERVED[backend] + chosen))
     if queueing.queue_name(job) is not None and not placement.kueue:
         problems.append(Problem(f"metadata.labels.{QUEUE_LABEL}", queueing.NOT_SERVED))
+    return problems
+
+
+def desire(
+    job: MLJob, plugins: Plugins, placement: Placement | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Desired:
+    """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only."""
+    placement = placement or Placement()
+    checked = check_job(job, plugins, limits)
+    framework = checked.framework
+    problems = list(checked.problems)
+    backend = gang_scheduler(job, placement.default)
+    problems += placement_problems(job, placement)
     if framework is None or problems:
         return Desired(
             framework,

@@ -30,6 +30,22 @@ PLUGIN_ERROR = "PluginError"
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one MLJob may ask for: a platform sets these (``mljob operator --max-...``) so that one file cannot
+    ask for a million pods. Enforced by the admission webhook, the operator and ``mljob validate`` alike."""
+
+    max_replicas: int = 2000
+    """Replicas of one role."""
+    max_pods: int = 5000
+    """Pods of one job, all roles together."""
+    max_name_length: int = DNS_LABEL_MAX
+    """Characters in the job's name (it also names the headless service and prefixes every pod)."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Checked:
     """The outcome of checking one document: a job and its framework, or problems."""
 
@@ -226,12 +242,12 @@ def parse_job(doc: Any) -> tuple[MLJob | None, list[Problem]]:
         return None, pydantic_problems(error)
 
 
-def check_document(doc: Any, plugins: Plugins) -> Checked:
+def check_document(doc: Any, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> Checked:
     """Parse and fully check one document."""
     job, problems = parse_job(doc)
     if job is None:
         return Checked(problems=problems + _raw_template_problems(doc, problems))
-    return check_job(job, plugins)
+    return check_job(job, plugins, limits)
 
 
 def _raw_template_problems(doc: Any, found: list[Problem]) -> list[Problem]:
@@ -253,8 +269,11 @@ def _raw_template_problems(doc: Any, found: list[Problem]) -> list[Problem]:
     return problems
 
 
-def check_job(job: MLJob, plugins: Plugins) -> Checked:
-    """Every problem with an already-parsed job: names, roles, templates, wiring, options, plugins."""
+def check_job(job: MLJob, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> Checked:
+    """Every problem with an already-parsed job: limits, names, roles, templates, wiring, options, plugins."""
+    too_big = list(limit_problems(job, limits))
+    if too_big:  # nothing else is checked (or rendered) for a job over the platform's limits
+        return Checked(job, plugins.framework(job.spec.framework), too_big)
     framework = plugins.framework(job.spec.framework)
     if framework is None:
         installed = ", ".join(sorted(plugins.frameworks)) or "none (pip install mljob-pytorch, ...)"
@@ -274,6 +293,27 @@ def check_job(job: MLJob, plugins: Plugins) -> Checked:
     except PluginError as error:
         return Checked(job, framework, [Problem("", str(error))], reason=PLUGIN_ERROR)
     return Checked(job, framework, problems)
+
+
+def limit_problems(job: MLJob, limits: Limits) -> Iterator[Problem]:
+    """Where the job asks for more than the platform allows."""
+    if len(job.metadata.name) > limits.max_name_length:
+        yield Problem(
+            "metadata.name",
+            f"{len(job.metadata.name)} characters; this cluster allows at most {limits.max_name_length}",
+        )
+    total = 0
+    for role, spec in job.spec.replica_specs.items():
+        total += spec.replicas
+        if spec.replicas > limits.max_replicas:
+            yield Problem(
+                f"spec.replicaSpecs.{role}.replicas",
+                f"{spec.replicas} replicas; this cluster allows at most {limits.max_replicas} per role",
+            )
+    if total > limits.max_pods:
+        yield Problem(
+            "spec.replicaSpecs", f"{total} pods in all; this cluster allows at most {limits.max_pods} per job"
+        )
 
 
 def _plugin_call(framework: Framework, hook: str, call: Any) -> list[Problem]:
@@ -418,12 +458,12 @@ def _options_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
         yield from pydantic_problems(error, "spec.frameworkOptions", model)
 
 
-def check_text(text: str, plugins: Plugins, source: str = "<input>") -> list[Checked]:
+def check_text(text: str, plugins: Plugins, source: str = "<input>", limits: Limits = DEFAULT_LIMITS) -> list[Checked]:
     """Every document in ``text`` checked; a file-level problem is one ``Checked`` with no job."""
     docs, problems = load_documents(text, source)
     if problems:
         return [Checked(problems=problems)]
-    return [check_document(doc, plugins) for doc in docs]
+    return [check_document(doc, plugins, limits) for doc in docs]
 
 
 def problem_lines(checked: list[Checked]) -> list[str]:

@@ -1,0 +1,205 @@
+"""Admission: the API server asks the operator before it stores an MLJob, and a bad one fails at ``kubectl apply``.
+
+The review is exactly ``mljob validate`` (the API models, the framework's and the plugins' rules), plus the
+platform's limits and what this cluster cannot place (a gang scheduler or Kueue it does not serve), with every
+field path in the message. kopf serves it (``kopf.on.validate`` and its webhook server) and keeps the
+ValidatingWebhookConfiguration (``--webhook-config``, default ``mljob.io``) pointing at it with our CA bundle.
+
+The key pair is the operator's own: the first replica to start generates it and keeps it in a Secret, every
+other replica reads the same one, so the CA bundle in the configuration is right whichever replica answers.
+The configuration's ``failurePolicy`` is ``Ignore``: with the operator down, jobs can still be created, and the
+operator's status-level validation (the same checks) fails a bad one with ``InvalidSpec`` once it is back.
+An UPDATE is reviewed only when the spec changes, so the operator's own writes to a job admitted before the
+webhook existed are never refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mljob.api import GROUP, PLURAL, VERSION
+from mljob.kube import Api, ApiError
+from mljob.plugins import Plugins
+from mljob.reconcile import Placement, placement_problems
+from mljob.validation import DEFAULT_LIMITS, Limits, check_document
+
+DEFAULT_SECRET = "mljob-system/mljob-webhook-cert"
+DEFAULT_CONFIG = "mljob.io"
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """Where the webhook listens and how the API server reaches it."""
+
+    port: int = 9443
+    addr: str = "0.0.0.0"
+    host: str | None = None
+    """The host in a ``url`` clientConfig (out of cluster: ``127.0.0.1``); ignored with ``service``."""
+    service: str | None = None
+    """``namespace/name`` of the Service in front of the operator: a ``service`` clientConfig (in cluster)."""
+    secret: str = DEFAULT_SECRET
+    """``namespace/name`` of the Secret that keeps the shared key pair."""
+    config: str = DEFAULT_CONFIG
+    """The ValidatingWebhookConfiguration kopf creates and keeps up to date."""
+
+    def hosts(self) -> list[str]:
+        """The names the certificate is valid for: the URL host, the service's DNS names, loopback."""
+        names = ["localhost", "127.0.0.1"]
+        if self.host:
+            names.insert(0, self.host)
+        if self.service:
+            namespace, name = self.service.split("/", 1)
+            names[:0] = [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+        return list(dict.fromkeys(names))
+
+
+def review(
+    body: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    plugins: Plugins,
+    limits: Limits = DEFAULT_LIMITS,
+    placement: Placement | None = None,
+) -> list[str]:
+    """Why the API server must refuse this MLJob, one ``field.path: what is wrong`` line each; [] to admit."""
+    if old is not None and old.get("spec") == body.get("spec"):
+        return []  # metadata or status only: the operator's own ledger, a label; the spec was reviewed
+    document = {key: value for key, value in body.items() if key != "status"}
+    checked = check_document(document, plugins, limits)
+    problems = list(checked.problems)
+    if checked.job is not None and not problems:
+        problems += placement_problems(checked.job, placement or Placement())
+    return [str(p) for p in problems]
+
+
+def key_pair(hosts: list[str]) -> tuple[bytes, bytes]:
+    """A self-signed serving certificate for ``hosts`` (it is its own CA bundle) and its key, as PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+async def shared_key_pair(api: Api, secret: str, hosts: list[str]) -> tuple[bytes, bytes]:
+    """The key pair in ``secret``, created by whichever replica comes first; every replica serves the same one.
+
+    A Secret made for other hosts (the service was renamed) is replaced.
+    """
+    namespace, name = secret.split("/", 1)
+    path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+    wanted = ",".join(hosts)
+    for _ in range(3):
+        try:
+            found = await api.request("GET", path)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            found = None
+        if found is not None:
+            data = found.get("data") or {}
+            if (found.get("metadata") or {}).get("annotations", {}).get("mljob.io/hosts") == wanted:
+                return base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"])
+            await api.request("DELETE", path, {"preconditions": {"uid": found["metadata"]["uid"]}})
+        cert, key = key_pair(hosts)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": namespace, "annotations": {"mljob.io/hosts": wanted}},
+            "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()},
+        }
+        try:
+            await api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
+            return cert, key
+        except ApiError as error:
+            if error.status != 409:  # another replica was first: read what it made
+                raise
+    raise RuntimeError(f"could not agree on the webhook key pair in secret {secret}")
+
+
+WEBHOOK_PATH = "/review"
+"""kopf serves each handler at /<handler id>; the operator's one handler is ``review``."""
+
+
+def configuration(options: WebhookOptions, ca: bytes, namespaces: list[str]) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration that sends MLJob creates and updates in the operator's namespaces to it.
+
+    Written by the operator itself (server-side apply), not by kopf: kopf's managed configuration has no
+    namespace selector, and an operator that watches some namespaces must not judge jobs in the others.
+    """
+    bundle = base64.b64encode(ca).decode()
+    client: dict[str, Any]
+    if options.service:
+        namespace, name = options.service.split("/", 1)
+        service = {"namespace": namespace, "name": name, "port": options.port, "path": WEBHOOK_PATH}
+        client = {"service": service, "caBundle": bundle}
+    else:
+        client = {"url": f"https://{options.host or '127.0.0.1'}:{options.port}{WEBHOOK_PATH}", "caBundle": bundle}
+    hook: dict[str, Any] = {
+        "name": "review.mljob.io",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Ignore",
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": 10,
+        "rules": [
+            {
+                "apiGroups": [GROUP],
+                "apiVersions": [VERSION],
+                "resources": [PLURAL],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced",
+            }
+        ],
+        "clientConfig": client,
+    }
+    if namespaces:
+        hook["namespaceSelector"] = {
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(namespaces)}]
+        }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": options.config, "labels": {"app.kubernetes.io/managed-by": "mljob-operator"}},
+        "webhooks": [hook],
+    }
+
+
+async def register(api: Api, options: WebhookOptions, ca: bytes, namespaces: list[str]) -> None:
+    """Apply the configuration (every replica applies the same one: idempotent)."""
+    path = (
+        f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{options.config}"
+        "?fieldManager=mljob-operator&force=true"
+    )
+    await api.request("PATCH", path, configuration(options, ca, namespaces), "application/apply-patch+yaml")
