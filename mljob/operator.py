@@ -55,6 +55,7 @@ from mljob.webhook import DEFAULT_CONFIG, WebhookOptions, register, review, shar
 from mljob.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
 
 logger = logging.getLogger("mljob.operator")
+SCOPE = "give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,8 @@ async def discover_placement(api: Api, default: GangScheduler) -> Placement:
 
 def run(options: Options) -> None:
     """The ``mljob operator`` command: configure logging, then serve until a signal."""
-    if not options.all_namespaces and not options.namespaces:
-        raise ValueError("give --namespace NS (repeatable) or --all-namespaces")
-    if options.all_namespaces and options.namespaces:
-        raise ValueError("--namespace and --all-namespaces exclude each other")
+    if bool(options.all_namespaces) == bool(options.namespaces):
+        raise ValueError(SCOPE)
     kopf.configure(verbose=options.verbose, log_prefix=False)
     logging.getLogger("mljob").setLevel(logging.DEBUG if options.verbose else logging.INFO)
     if not options.verbose:  # kopf logs every handler call; the controller logs what it did instead
@@ -343,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_limit_and_webhook_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
+    if args.peering and args.standalone:
+        raise ValueError(SCOPE)
     run(
         Options(
             namespaces=args.namespace,

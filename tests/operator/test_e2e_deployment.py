@@ -15,7 +15,7 @@ import pytest
 import yaml
 from harness import E2EJob, Kube, OperatorProcess, Role, Run
 
-from controlplane.cluster import BIN
+from controlplane.cluster import BIN, free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBECTL = BIN / "kubectl"
@@ -158,9 +158,22 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_operator_runs_as_its
     mark = e2e.audit.mark()
     # As deploy/operator.yaml runs it (all namespaces, peering mljob), minus the metrics port, and with
     # Kubernetes' gang scheduling, so the ClusterRole's scheduling.k8s.io rule is exercised too.
-    args = ["--all-namespaces", "--peering", "mljob", "--gang-scheduler", "kubernetes"]
+    # The webhook as deploy/ runs it, but reached by URL on loopback (no Service routes to a process here).
+    config = "mljob-e2e-deploy"
+    args = ["--all-namespaces", "--peering", "mljob", "--gang-scheduler", "kubernetes", "--webhook",
+            "--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1",
+            "--webhook-secret", "mljob-system/mljob-webhook-cert", "--webhook-config", config]  # fmt: skip
     operator = OperatorProcess(sa, "", tmp_path / "operator.log", args).start()
     try:
+        huge = tmp_path / "huge.yaml"
+        huge.write_text(yaml.safe_dump(E2EJob("huge", "pytorch", {"Worker": Role(10_000)}).body(kube.namespace)))
+        kube.wait(
+            lambda: (
+                "denied the request"
+                in kubectl(admin, "create", "--dry-run=server", "-f", str(huge), check=False).stderr
+            ),
+            what="the webhook, running as the ServiceAccount, to refuse a job over the limits",
+        )
         kube.submit(E2EJob("as-sa", "pytorch", {"Master": Role(1, (Run(0, 0.5),)), "Worker": Role(2, (Run(0, 0.5),))}))
         status = kube.wait_phase("as-sa", "Succeeded", "Failed")
         assert status["phase"] == "Succeeded", (status, operator.log()[-3000:])
@@ -174,9 +187,12 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_operator_runs_as_its
             ("watch", "mljobs"),
             ("create", "workloads"),
             ("create", "podgroups"),
+            ("create", "secrets"),
+            ("patch", "validatingwebhookconfigurations"),
         }
     finally:
         operator.stop()
+        kubectl(admin, "delete", f"validatingwebhookconfiguration/{config}", check=False)
         kube.delete_namespace()
         # Not `delete -k`: that would take the session's MLJob CRD, and every job, with it.
         kubectl(admin, "-n", "mljob-system", "delete", "deployment/mljob-operator", "--wait=false", check=False)
