@@ -70,6 +70,9 @@ class Options:
     """kopf peering name: several replicas run, one acts. None: standalone (no peering objects)."""
     priority: int | None = None
     """kopf peering priority; the highest acts. None: :func:`seniority`, so the oldest replica acts."""
+    peering_lifetime: int = 7
+    """Seconds a replica's peering record lives without a keepalive: a killed acting replica is replaced
+    within about this long (kopf's default is 60). Keepalives come every 1-2 s per replica."""
     metrics_port: int | None = None
     workers: int = 16
     verbose: bool = False
@@ -112,7 +115,9 @@ def watched_placement(placement: Placement) -> list[tuple[str, str, str, str]]:
     return watched
 
 
-def build_registry(controller: Controller, webhook: kopf.WebhookServer | None = None) -> kopf.OperatorRegistry:
+def build_registry(
+    controller: Controller, webhook: kopf.WebhookServer | None = None, peering_lifetime: int = 7
+) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to ``controller`` (no import-time registration)."""
     registry = kopf.OperatorRegistry()
     indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
@@ -163,6 +168,7 @@ def build_registry(controller: Controller, webhook: kopf.WebhookServer | None = 
         settings.watching.connect_timeout = 10
         settings.networking.error_backoffs = [0.1, 0.3, 1.0, 3.0]
         settings.batching.batch_window = 0.02
+        settings.peering.lifetime = peering_lifetime
         if webhook is not None:
             settings.admission.server = webhook  # the configuration is the operator's own (mljob.webhook)
         await controller.start()
@@ -251,7 +257,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         if options.webhook is not None:
             watched = [] if options.all_namespaces else list(options.namespaces)
             server = await webhook_server(api, options.webhook, watched)
-        registry = build_registry(controller, server)
+        registry = build_registry(controller, server, options.peering_lifetime)
         stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
         priority = None
@@ -338,6 +344,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
     parser.add_argument("--priority", type=int, help="peering priority, highest acts (default: oldest acts)")
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=7,
+        help="seconds before a silent peer counts as dead and another replica acts (default 7; kopf's: 60)",
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     add_limit_and_webhook_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -350,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             all_namespaces=args.all_namespaces,
             peering=None if args.standalone else args.peering,
             priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
             metrics_port=args.metrics_port,
             gang_scheduler=GangScheduler(args.gang_scheduler),
             verbose=args.verbose,

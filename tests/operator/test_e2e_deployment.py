@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import E2EJob, Kube, OperatorProcess, Role, Run
+from harness import E2EJob, Forever, Kube, OperatorProcess, Role, Run
 
 from controlplane.cluster import BIN, free_port
 
@@ -213,3 +213,63 @@ def test_the_command_refuses_an_unclear_scope_before_touching_any_cluster():
         assert done.returncode == 2, (args, done.stderr)
         assert "give --namespace NS (repeatable) or --all-namespaces" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_of_the_acting_replica_the_other_acts_ten_times_over_with_no_duplicate(world, e2e):
+    """deploy/'s two replicas, ten SIGKILLs of whichever acts: each time the other acts (it creates the pods of a
+    job submitted right after the kill), a long-running job keeps its status, and the session's invariant checker
+    (every pod and job version the API server committed) finds no duplicate pod. Takeover times are printed."""
+    import time
+
+    w = world(operator=False)
+    b = w.kube
+    _install_peering_crds(b)
+    peering = f"e2e-{b.namespace}"[:63]
+    args = ["--namespace", b.namespace, "--peering", peering]
+
+    def peers() -> set[str]:
+        """The identities in the peering object: a replica has joined once its identity is there."""
+        import kubernetes
+
+        try:
+            body = b.custom.get_namespaced_custom_object("kopf.dev", "v1", b.namespace, "kopfpeerings", peering)
+        except kubernetes.client.ApiException:
+            return set()
+        return set(body.get("status") or {})
+
+    acting = w.operator
+    acting.args = args
+    acting.start()
+    b.wait(lambda: acting.log().count("Resuming operations") == 1, what="the first replica to act")
+    first = peers()
+    standby = OperatorProcess(acting.kubeconfig, b.namespace, w.tmp / "operator-2.log", args).start()
+    replicas = [acting, standby]
+    try:
+        b.wait(lambda: peers() - first, what="the second replica to join the peering")
+        b.submit(E2EJob("steady", "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),))}))
+        steady = b.wait_phase("steady", "Running")
+        took: list[float] = []
+        for i in range(10):
+            resumed = standby.log().count("Resuming operations")
+            acting.kill()
+            killed_at = time.monotonic()
+            job = f"take-{i}"
+            b.submit(E2EJob(job, "pytorch", {"Worker": Role(1, (Run(0, 0.3),))}))
+            b.wait(lambda: bool(b.pods(job)), what=f"the standby to act after kill {i + 1}")  # noqa: B023
+            took.append(time.monotonic() - killed_at)
+            assert standby.log().count("Resuming operations") == resumed + 1
+            assert b.wait_phase(job, "Succeeded", "Failed")["phase"] == "Succeeded"
+            before = peers()
+            acting.start()  # back as the standby: it started last, so its seniority is lowest
+            b.wait(lambda: peers() - before, what="the restarted replica to join the peering")  # noqa: B023
+            acting, standby = standby, acting
+        now = b.status("steady")
+        assert now["phase"] == "Running"
+        assert now.get("restartCount", 0) == 0
+        assert now["startTime"] == steady["startTime"]
+        assert sorted(b.pods("steady")) == ["steady-master-0", "steady-worker-0", "steady-worker-1"]
+        print("takeover after SIGKILL, s: " + " ".join(f"{t:.1f}" for t in took) + f"; max {max(took):.1f}")
+    finally:
+        for replica in replicas:
+            replica.stop()
