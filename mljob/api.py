@@ -30,6 +30,16 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (``2026-01-01T00:00:00Z``) as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 Time = Annotated[datetime, PlainSerializer(format_time, return_type=str, when_used="json")]
 """A timestamp that serialises the way the API server writes them."""
 

@@ -278,6 +278,10 @@ class Controller:
             )
             logger.info("%s/%s: %s %s status: %s", *key, patch.kind.lower(), patch.name, patch.why)
         self.metrics.restarts(framework, namespace, result.restarts)
+        if result.accepted:
+            self.metrics.job_accepted(framework, namespace)
+        if result.running_after is not None:
+            self.metrics.job_running(framework, result.running_after)
         if result.finished is not None:
             reason = next((e.reason for e in result.events if e.reason), "")
             self.metrics.job_finished(framework, namespace, result.finished.value, reason)

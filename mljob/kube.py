@@ -134,6 +134,8 @@ class Api:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0
+        self.observe: Callable[[str, int], None] = lambda verb, code: None
+        """Told every request's verb and status (0: no response): the operator's metrics."""
         """Requests sent, for logs and tests."""
 
     async def __aenter__(self) -> Api:
@@ -168,6 +170,7 @@ class Api:
                 async with self._client().request(
                     verb, self.credentials.server + path, json=body, headers=headers
                 ) as response:
+                    self.observe(verb, response.status)
                     try:
                         data = await response.json(content_type=None)
                     except ValueError:
@@ -183,6 +186,7 @@ class Api:
                         )
                     return data if isinstance(data, dict) else {}
             except (aiohttp.ClientError, TimeoutError) as error:
+                self.observe(verb, 0)
                 raise ApiError(0, type(error).__name__, str(error), verb, path) from error
 
     # --- children --------------------------------------------------------------------------------

@@ -46,6 +46,25 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._accepted = Counter(
+            "mljob_jobs_created_total",
+            "Jobs the operator accepted (their Created condition turned True), once per job.",
+            ["framework", "namespace"],
+            registry=r,
+        )
+        self._to_running = Histogram(
+            "mljob_job_time_to_running_seconds",
+            "From a job's creation to the first time every replica runs, once per job.",
+            ["framework"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self._requests = Counter(
+            "mljob_api_requests_total",
+            "The operator's own API requests (kopf's watches excluded), by verb and HTTP status (0: no response).",
+            ["verb", "code"],
+            registry=r,
+        )
         self._finished = Counter(
             "mljob_jobs_finished_total",
             "Jobs that reached a terminal phase, by outcome (Succeeded or Failed) and reason.",
@@ -89,6 +108,15 @@ class Metrics:
 
     def watch_phases(self, source: JobPhases) -> None:
         self.registry.register(_PhaseCollector(source))
+
+    def job_accepted(self, framework: str, namespace: str) -> None:
+        self._accepted.labels(framework, namespace).inc()
+
+    def job_running(self, framework: str, seconds: float) -> None:
+        self._to_running.labels(framework).observe(seconds)
+
+    def api_request(self, verb: str, code: int) -> None:
+        self._requests.labels(verb, str(code)).inc()
 
     def job_finished(self, framework: str, namespace: str, outcome: str, reason: str) -> None:
         self._finished.labels(framework, namespace, outcome, reason).inc()

@@ -74,6 +74,8 @@ class Options:
     """Seconds a replica's peering record lives without a keepalive: a killed acting replica is replaced
     within about this long (kopf's default is 60). Keepalives come every 1-2 s per replica."""
     metrics_port: int | None = None
+    health_port: int | None = None
+    """Serve kopf's liveness endpoint at ``:PORT/healthz`` (deploy/'s liveness and readiness probes)."""
     workers: int = 16
     verbose: bool = False
     limits: Limits = DEFAULT_LIMITS
@@ -249,6 +251,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         logger.info("metrics on :%d/metrics", options.metrics_port)
     credentials = await asyncio.to_thread(Credentials.load)
     async with Api(credentials) as api:
+        api.observe = metrics.api_request
         placement = await discover_placement(api, options.gang_scheduler)
         controller = Controller(
             api, plugins, metrics, workers=options.workers, placement=placement, limits=options.limits
@@ -277,6 +280,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             peering_name=options.peering,
             priority=priority,
             stop_flag=stop_flag,
+            liveness_endpoint=f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None,
         )
 
 
@@ -351,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds before a silent peer counts as dead and another replica acts (default 7; kopf's: 60)",
     )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--health-port", type=int, help="serve /healthz (liveness and readiness) on this port")
     add_limit_and_webhook_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
@@ -364,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
             metrics_port=args.metrics_port,
+            health_port=args.health_port,
             gang_scheduler=GangScheduler(args.gang_scheduler),
             verbose=args.verbose,
             limits=Limits(args.max_replicas, args.max_pods, args.max_name_length),

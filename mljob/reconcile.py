@@ -44,6 +44,7 @@ from mljob.api import (
     ReplicaStatus,
     RestartPolicy,
     format_time,
+    parse_time,
 )
 from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
 from mljob.names import QUEUE_LABEL
@@ -127,6 +128,10 @@ class Plan:
     """Succeeded or Failed when the job finished in this pass (for metrics)."""
     patches: tuple[StatusPatch, ...] = ()
     """Status the job reports on objects it owns but does not create pods from (Kueue's Workload)."""
+    accepted: bool = False
+    """The job's Created condition turned True in this pass (for metrics: once per job)."""
+    running_after: float | None = None
+    """Seconds from the job's creation to the first time every replica ran, set in that pass only."""
 
     @property
     def empty(self) -> bool:
@@ -335,6 +340,8 @@ class _Pass:
         self.delete_job = False
         self.counted = 0
         self.finished: Phase | None = None
+        self.accepted = False
+        self.running_after: float | None = None
 
     # --- building blocks ---------------------------------------------------------------------------
 
@@ -509,6 +516,7 @@ class _Pass:
         found = next((c for c in old.conditions if c.type == ConditionType.SUSPENDED), None)
         if not is_true_in(self.conditions, ConditionType.CREATED):
             self.condition(ConditionType.CREATED, True, "Created", "the job was accepted; it waits in its queue")
+            self.accepted = True
         if found is None or found.status != "True" or found.reason != QUEUED:
             for kind in (ConditionType.RUNNING, ConditionType.RESTARTING):
                 self.conditions = clear_condition(self.conditions, kind, QUEUED, message, self.now)
@@ -566,6 +574,7 @@ class _Pass:
             self.event("Normal", "Resumed", "the job was resumed: recreating its pods")
         if not is_true(old, ConditionType.CREATED):
             self.condition(ConditionType.CREATED, True, "Created", "the job was accepted; creating its pods")
+            self.accepted = True
         if self.start_time is None or not self.ledger.spec:
             self.start_time = self.start_time or self.now
             self.ledger.started(self.desired.spec_hash)
@@ -741,6 +750,10 @@ class _Pass:
         has_run = any(is_true_in(self.conditions, k) for k in (ConditionType.RUNNING, ConditionType.RESTARTING))
         if all_running:
             message = f"{len(unfinished)} of {len(seen.outcomes)} replicas running"
+            if not any(c.type == ConditionType.RUNNING for c in self.conditions):  # the first time, ever
+                created = parse_time(self.job.metadata.creation_timestamp)
+                if created is not None:
+                    self.running_after = max(0.0, (self.now - created).total_seconds())
             if not is_true_in(self.conditions, ConditionType.RUNNING):
                 self.event("Normal", "Running", f"all unfinished replicas are running ({message})")
             self.condition(ConditionType.RUNNING, True, "Running", message)
@@ -802,6 +815,8 @@ class _Pass:
             restarts=self.counted,
             finished=self.finished,
             patches=tuple(self.patches),
+            accepted=self.accepted,
+            running_after=self.running_after,
         )
 
 
