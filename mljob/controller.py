@@ -415,6 +415,7 @@ def _delete_reason(why: str) -> str:
         ("cleanPodPolicy", "cleanup"),
         ("runs until stopped", "stop"),
         ("suspended", "suspend"),
+        ("Kueue", "queue"),
     ):
         if needle in why:
             return label
