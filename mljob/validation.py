@@ -297,7 +297,7 @@ def check_job(job: MLJob, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> 
 
 def limit_problems(job: MLJob, limits: Limits) -> Iterator[Problem]:
     """Where the job asks for more than the platform allows."""
-    if len(job.metadata.name) > limits.max_name_length:
+    if limits.max_name_length < len(job.metadata.name) <= DNS_LABEL_MAX:  # longer: the DNS rule says it better
         yield Problem(
             "metadata.name",
             f"{len(job.metadata.name)} characters; this cluster allows at most {limits.max_name_length}",

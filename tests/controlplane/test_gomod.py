@@ -63,3 +63,20 @@ def test_the_committed_wrapper_matches_the_real_go_mod_of_the_pinned_version():
     versions = gomod.versions()
     assert f"go.etcd.io/etcd/server/v3 {versions['ETCD_VERSION']}" in (ROOT / "controlplane/go/etcd/go.mod").read_text()
     assert f"sigs.k8s.io/kwok {versions['KWOK_VERSION']}" in (ROOT / "controlplane/go/kwok/go.mod").read_text()
+    assert f"sigs.k8s.io/kueue {versions['KUEUE_VERSION']}" in (ROOT / "controlplane/go/kueue/go.mod").read_text()
+    volcano = (ROOT / "controlplane/go/volcano/go.mod").read_text()
+    assert f"volcano.sh/apis {versions['VOLCANO_APIS_VERSION']}" in volcano
+    assert f"sigs.k8s.io/controller-tools {versions['CONTROLLER_TOOLS_VERSION']}" in volcano
+
+
+def test_the_scheduler_plugins_wrapper_copies_its_replace_lines():
+    """scheduler-plugins pins Kubernetes 1.28 by replace lines: the wrapper has exactly them, and the module."""
+    import json
+
+    version = gomod.versions()["SCHEDULER_PLUGINS_VERSION"]
+    info = json.loads(gomod.go("mod", "download", "-json", f"sigs.k8s.io/scheduler-plugins@{version}", cwd=ROOT))
+    real = Path(info["GoMod"]).read_text()
+    committed = (ROOT / "controlplane/go/scheduler-plugins/go.mod").read_text()
+    assert gomod.replaces(committed) == gomod.replaces(real)
+    assert len(gomod.replaces(real)) >= 25
+    assert f"sigs.k8s.io/scheduler-plugins {version}" in committed

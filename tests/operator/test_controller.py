@@ -71,7 +71,7 @@ class FakeApi:
     async def get(self, kind: str, namespace: str, name: str, api_version: str = "v1") -> dict[str, Any] | None:
         return self.pods.get(name)
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+    async def delete(self, kind: str, namespace: str, name: str, uid: str, api_version: str = "v1") -> bool:
         self.calls.append(("delete", name))
         self._maybe_fail("delete")
         return self.pods.pop(name, None) is not None
@@ -271,7 +271,7 @@ async def test_a_plugin_that_blows_up_fails_only_its_job():
     api = FakeApi(job_body())
     c = await started(api)
 
-    def explode(job, plugins, placement=None):
+    def explode(job, plugins, placement=None, limits=None):
         raise RuntimeError("unexpected")
 
     import mljob.controller as controller_module
