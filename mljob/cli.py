@@ -108,6 +108,48 @@ def render(
 
 
 @app.command()
+def convert(
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="A Kubeflow TFJob, PyTorchJob or MXJob YAML file; - for stdin.")
+    ],
+) -> None:
+    """Print the MLJob equivalent of a Kubeflow job file; what cannot be carried over is named on stderr."""
+    from mljob.cli_common import read_text
+    from mljob.convert import convert as convert_doc
+    from mljob.validation import check_document, load_documents
+
+    with job_errors():
+        source, text = read_text(file)
+        docs, problems = load_documents(text, source)
+        if problems:
+            raise fail([str(p) for p in problems])
+        plugins = plugins_or_error()
+        jobs: list[dict[str, Any]] = []
+        lines: list[str] = []
+        refused = False
+        for n, doc in enumerate(docs, start=1):
+            prefix = f"document {n}: " if len(docs) > 1 else ""
+            converted = convert_doc(doc)
+            lines += [f"{prefix}not carried over: {p}" for p in converted.dropped]
+            if converted.job is None or converted.problems:
+                refused = True
+                lines += [f"{prefix}{p}" for p in converted.problems]
+                continue
+            checked = check_document(converted.job, plugins)
+            if not checked.ok:  # what Kubeflow accepted and an MLJob does not: say where, in MLJob terms
+                refused = True
+                lines += [f"{prefix}the converted MLJob is invalid: {p}" for p in checked.problems]
+                continue
+            jobs.append(converted.job)
+    for line in lines:
+        typer.echo(line, err=True)
+    if jobs:
+        typer.echo(dump_yaml(jobs), nl=False)
+    if refused:
+        raise typer.Exit(1)
+
+
+@app.command()
 def crd() -> None:
     """Print the MLJob CustomResourceDefinition generated from the API models (kubectl apply -f -)."""
     from mljob.crd import crd_yaml

@@ -183,8 +183,8 @@ def _pydantic_message(item: Any, model: type[BaseModel] | None) -> str:
         if value in KUBEFLOW_KINDS:
             framework, field_name = KUBEFLOW_KINDS[value]
             return (
-                f"must be {KIND}, got {value!r}; to migrate a Kubeflow {value}, set apiVersion: {API_VERSION}, "
-                f"kind: {KIND}, spec.framework: {framework} and rename spec.{field_name} to spec.replicaSpecs"
+                f"must be {KIND}, got {value!r}; `mljob convert FILE` turns a Kubeflow {value} into an MLJob "
+                f"(spec.framework: {framework}, spec.{field_name} as spec.replicaSpecs)"
             )
         return f"must be {KIND}, got {got(value)}"
     if kind in ("enum", "literal_error"):

@@ -183,7 +183,12 @@ DOC_CASES: list[tuple[str, Doc, list[str]]] = [
     (
         "a Kubeflow kind says how to migrate",
         edit(lambda d: d.update(kind="PyTorchJob")),
-        ["kind: must be MLJob, got 'PyTorchJob'", "spec.framework: pytorch", "spec.pytorchReplicaSpecs"],
+        [
+            "kind: must be MLJob, got 'PyTorchJob'",
+            "`mljob convert FILE`",
+            "spec.framework: pytorch",
+            "spec.pytorchReplicaSpecs",
+        ],
     ),
     (
         "unknown frameworkOptions key",
