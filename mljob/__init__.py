@@ -9,8 +9,19 @@ from mljob.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``mljob.Client`` is imported on first use: plugins and ``mljob run`` never pay for it."""
+    if name == "Client":
+        from mljob.client import Client
+
+        return Client
+    raise AttributeError(f"module 'mljob' has no attribute {name!r}")
+
+
 __all__ = [
     "Address",
+    "Client",
     "Cluster",
     "Framework",
     "MLJob",

@@ -22,6 +22,7 @@ import typer
 import yaml
 
 from mljob.api import GangScheduler
+from mljob.cli_cluster import register as register_cluster_verbs
 from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs, plugins_or_error, summary
 
 app = typer.Typer(
@@ -195,6 +196,8 @@ def operator(ctx: typer.Context) -> None:
 
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small
 # @app.command() function each, importing their module inside the function.
+
+register_cluster_verbs(app)  # submit, get, describe, wait, logs, delete (mljob.cli_cluster)
 
 
 def main(argv: list[str] | None = None) -> None:

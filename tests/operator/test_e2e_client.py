@@ -1,0 +1,130 @@
+"""The CLI's cluster verbs and the Python client against the real control plane (the session's shared operator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from harness import E2EJob, Forever, Kube, Role, Run
+
+from mljob.api import MLJob
+
+
+def mljob(e2e: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(e2e.kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-c", "from mljob.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=180, env=env, check=False,
+    )  # fmt: skip
+
+
+def job_file(tmp_path: Path, job: E2EJob) -> Path:
+    body = job.body("unused")
+    del body["metadata"]["namespace"]  # the CLI's -n decides
+    path = tmp_path / f"{job.name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_submit_wait_get_describe_delete_with_exit_codes_a_script_can_use(backend: Kube, e2e, tmp_path):
+    ns = backend.namespace
+    quick = E2EJob("quick", "pytorch", {"Master": Role(1, (Run(0, 0.5),)), "Worker": Role(2, (Run(0, 0.5),))})
+    done = mljob(e2e, "submit", str(job_file(tmp_path, quick)), "-n", ns, "--wait", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+    assert f"mljob.mljob.io/quick created in {ns}" in done.stdout
+    assert "quick Succeeded" in done.stdout
+    assert "quick: Succeeded" in done.stderr  # progress, one line per change
+
+    table = mljob(e2e, "get", "-n", ns)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["NAME", "FRAMEWORK", "PHASE", "READY", "RESTARTS", "AGE"]
+    assert row.split()[:5] == ["quick", "pytorch", "Succeeded", "0/3", "0"]
+    every = mljob(e2e, "get", "-A")
+    assert any(line.split()[:2] == [ns, "quick"] for line in every.stdout.splitlines()), every.stdout
+    as_json = json.loads(mljob(e2e, "get", "quick", "-n", ns, "-o", "json").stdout)
+    assert MLJob.model_validate(as_json).status.phase.value == "Succeeded"  # type: ignore[union-attr]
+
+    described = mljob(e2e, "describe", "quick", "-n", ns)
+    assert described.returncode == 0, described.stderr
+    for needle in ("Phase:       Succeeded", "Succeeded   True", "master-0", "worker-1", "Events:", "Running"):
+        assert needle in described.stdout, (needle, described.stdout)
+
+    deleted = mljob(e2e, "delete", "quick", "-n", ns)
+    assert deleted.returncode == 0, deleted.stderr
+    backend.wait(lambda: backend.get("mljobs", "quick") is None, what="quick deleted")
+    missing = mljob(e2e, "get", "quick", "-n", ns)
+    assert missing.returncode == 3
+    assert f"mljob quick not found in namespace {ns}" in missing.stderr
+
+
+def test_wait_exits_1_when_the_job_fails_and_4_when_time_is_up(backend: Kube, e2e, tmp_path):
+    ns = backend.namespace
+    backend.submit(E2EJob("broken", "pytorch", {"Master": Role(1, (Run(3, 0.3),), "Never")}))
+    failed = mljob(e2e, "wait", "broken", "-n", ns, "--for", "Succeeded", "--timeout", "120")
+    assert failed.returncode == 1
+    assert "broken Failed: " in failed.stderr, failed.stderr
+    backend.submit(E2EJob("endless", "pytorch", {"Master": Role(1, (Forever(),))}))
+    running = mljob(e2e, "wait", "endless", "-n", ns, "--for", "running", "--timeout", "120")
+    assert running.returncode == 0, running.stderr
+    late = mljob(e2e, "wait", "endless", "-n", ns, "--for", "Succeeded", "--timeout", "2")
+    assert late.returncode == 4
+    assert "endless is Running after 2 s, not Succeeded" in late.stderr
+    usage = mljob(e2e, "wait", "endless", "-n", ns, "--for", "Done")
+    assert usage.returncode == 1
+    assert "--for: 'Done' is not a phase or condition" in usage.stderr
+
+
+def test_a_bad_file_is_refused_before_anything_is_sent(backend: Kube, e2e, tmp_path):
+    bad = job_file(tmp_path, E2EJob("bad", "pytorch", {"Master": Role(2)}))
+    refused = mljob(e2e, "submit", str(bad), "-n", backend.namespace)
+    assert refused.returncode == 1
+    assert "spec.replicaSpecs.Master.replicas: pytorch allows at most 1 Master, got 2" in refused.stderr
+    assert backend.get("mljobs", "bad") is None
+
+
+def test_logs_say_clearly_when_the_nodes_serve_none(backend: Kube, e2e):
+    """kwok's nodes run no containers and serve no logs: the API server's pod log endpoint answers with an error
+    (it cannot reach a kubelet at the fake node's address), and `mljob logs` says so in one line."""
+    backend.submit(E2EJob("quiet", "pytorch", {"Master": Role(1, (Forever(),))}))
+    backend.wait_phase("quiet", "Running")
+    said = mljob(e2e, "logs", "quiet", "-n", backend.namespace)
+    assert said.returncode == 1
+    assert said.stderr.startswith("no log for quiet-master-0: "), said.stderr
+    assert len(said.stderr.strip().splitlines()) == 1
+    wrong = mljob(e2e, "logs", "quiet", "-n", backend.namespace, "--replica", "worker-3")
+    assert wrong.returncode == 3
+    assert "quiet has no replica worker-3; replicas: master-0" in wrong.stderr
+
+
+def test_the_python_client_submits_waits_and_reads_the_job_as_models(backend: Kube, e2e, tmp_path):
+    from mljob import Client
+    from mljob.client import InvalidJob, JobEnded
+
+    client = Client(backend.namespace, kubeconfig=str(e2e.kubeconfig))
+    job = client.submit(E2EJob("nb", "tensorflow", {"Worker": Role(2, (Run(0, 0.5),))}).body(backend.namespace))
+    assert isinstance(job, MLJob)
+    phases: list[str] = []
+    done = client.wait(
+        "nb", "Succeeded", timeout=120, on_change=lambda j: phases.append(j.status.phase.value if j.status else "-")
+    )
+    assert done.status is not None
+    assert done.status.phase.value == "Succeeded"
+    assert phases[-1] == "Succeeded"
+    assert [j.name for j in client.jobs()] == ["nb"]
+    assert [p["metadata"]["name"] for p in client.pods("nb")] == ["nb-worker-0", "nb-worker-1"]
+    assert any(e["reason"] == "Succeeded" for e in client.events("nb"))
+    with pytest.raises(InvalidJob) as refused:
+        client.submit(job_file(tmp_path, E2EJob("x", "pytorch", {"Chief": Role(1)})))
+    assert any(line.startswith("spec.replicaSpecs.Chief:") for line in refused.value.lines)
+    client.submit(E2EJob("nb-fail", "pytorch", {"Master": Role(1, (Run(2, 0.3),), "Never")}).body(backend.namespace))
+    with pytest.raises(JobEnded) as ended:
+        client.wait("nb-fail", "Succeeded", timeout=120)
+    assert ended.value.job.status is not None
+    assert ended.value.job.status.phase.value == "Failed"
