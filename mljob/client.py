@@ -18,6 +18,7 @@ ends in another phase than the one waited for, :class:`TimeoutError` when the ti
 from __future__ import annotations
 
 import importlib
+import os
 import queue
 import threading
 import time
@@ -76,6 +77,8 @@ class Client:
     ) -> None:
         # The official client, untyped: what it returns is checked by the models, not by mypy.
         kubernetes: Any = importlib.import_module("kubernetes")
+        # The official client reads KUBECONFIG when it is imported; read it now, as kubectl does per command.
+        kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
         try:
             kubernetes.config.load_kube_config(config_file=kubeconfig, context=context)
             _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)

@@ -128,3 +128,23 @@ def test_the_python_client_submits_waits_and_reads_the_job_as_models(backend: Ku
         client.wait("nb-fail", "Succeeded", timeout=120)
     assert ended.value.job.status is not None
     assert ended.value.job.status.phase.value == "Failed"
+
+
+def test_the_client_page_s_python_runs_as_written(backend: Kube, e2e, tmp_path, monkeypatch):
+    """docs/client.md's Python block, run against the local control plane with its job file and namespace."""
+    import re
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, re.DOTALL)
+    ok = E2EJob("docs-ok", "pytorch", {"Master": Role(1, (Run(0, 0.3),))})
+    job_file(tmp_path, ok).rename(tmp_path / "job.yaml")
+    backend.submit(E2EJob("a-job-that-fails", "pytorch", {"Master": Role(1, (Run(1, 0.3),), "Never")}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(e2e.kubeconfig))
+    printed: list[str] = []
+    exec(code, {"NAMESPACE": backend.namespace, "print": lambda *a: printed.append(" ".join(map(str, a)))})
+    assert printed[0] == "Succeeded 0"  # a StrEnum prints as its value
+    assert "docs-ok pytorch Succeeded" in printed
+    assert "['docs-ok-master-0']" in printed
+    assert printed[-1].startswith("ended: ")
+    backend.wait(lambda: backend.get("mljobs", "docs-ok") is None, what="the page's job deleted")
