@@ -18,6 +18,7 @@ ends in another phase than the one waited for, :class:`TimeoutError` when the ti
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import queue
 import threading
@@ -25,8 +26,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from mljob.api import GROUP, PLURAL, VERSION, ConditionType, MLJob, Phase
 from mljob.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE
@@ -339,9 +338,9 @@ def _wiring_container(pod: Mapping[str, Any], plugins: Plugins) -> str | None:
 def _server_message(error: Any) -> str:
     """The API server's own message from an ApiException's body, else its reason."""
     try:
-        body = yaml.safe_load(error.body or "") or {}
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    except yaml.YAMLError:
-        pass
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
     return f"{error.status} {error.reason}"

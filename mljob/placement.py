@@ -91,7 +91,7 @@ def pod_requests(spec: Mapping[str, Any]) -> dict[str, Decimal]:
     def of(container: Mapping[str, Any]) -> dict[str, Decimal]:
         resources = container.get("resources") or {}
         merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        return {name: Decimal(parse_quantity(value)) for name, value in merged.items()}
+        return {name: parse_quantity(value) for name, value in merged.items()}
 
     total: dict[str, Decimal] = {}
     for container in spec.get("containers") or []:

@@ -84,13 +84,13 @@ def workload(job: MLJob, owner: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _condition(wl: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+def condition(wl: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     status = wl.get("status") or {}
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def is_true(wl: Mapping[str, Any], kind: str) -> bool:
-    found = _condition(wl, kind)
+    found = condition(wl, kind)
     return found is not None and found.get("status") == "True"
 
 
@@ -115,11 +115,11 @@ def admission(wl: Mapping[str, Any] | None, queue: str) -> Admission:
         return Admission(False, None, False, "", f"waiting for Kueue: creating its Workload in LocalQueue {queue}", {})
     status = wl.get("status") or {}
     granted = status.get("admission") or None
-    evicted = _condition(wl, "Evicted")
+    evicted = condition(wl, "Evicted")
     evicted_message = None
     if evicted is not None and evicted.get("status") == "True":
         evicted_message = str(evicted.get("message") or evicted.get("reason") or "evicted")
-    reserved = _condition(wl, "QuotaReserved")
+    reserved = condition(wl, "QuotaReserved")
     if evicted_message is not None:
         waiting = f"evicted by Kueue: {evicted_message}"
     elif reserved is not None and reserved.get("message"):

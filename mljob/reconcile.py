@@ -496,7 +496,7 @@ class _Pass:
         if granted.evicted is not None and granted.holds_quota and not self.pods:
             # Every pod is gone: give the quota back and queue again, as Kueue's own job controllers do.
             assert wl is not None
-            requeue = str((queueing._condition(wl, "Evicted") or {}).get("reason") or "")
+            requeue = str((queueing.condition(wl, "Evicted") or {}).get("reason") or "")
             conditions = queueing.set_conditions(
                 wl,
                 [
@@ -532,7 +532,7 @@ class _Pass:
             return
         if is_true_in(self.conditions, ConditionType.RUNNING):
             change = ("PodsReady", True, "Started", "All pods reached readiness and the workload is running")
-        elif queueing.is_true(wl, "PodsReady") or queueing._condition(wl, "PodsReady") is None:
+        elif queueing.is_true(wl, "PodsReady") or queueing.condition(wl, "PodsReady") is None:
             reason = "WaitForRecovery" if queueing.is_true(wl, "PodsReady") else "WaitForStart"
             change = ("PodsReady", False, reason, "Not all pods are ready or succeeded")
         else:

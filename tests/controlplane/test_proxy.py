@@ -50,9 +50,12 @@ class Upstream:
     async def watch(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
         await response.prepare(request)
-        for i in range(200):
-            await response.write(json.dumps({"type": "ADDED", "n": i}).encode() + b"\n")
-            await asyncio.sleep(0.05)
+        try:
+            for i in range(200):
+                await response.write(json.dumps({"type": "ADDED", "n": i}).encode() + b"\n")
+                await asyncio.sleep(0.05)
+        except ConnectionResetError:  # the proxy let its client go and hung up on us, as the API server sees it
+            pass
         return response
 
     def __enter__(self) -> Upstream:
