@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: setup setup-mxnet controlplane cluster example test test-fast lint crds bench-smoke bench clean
+.PHONY: setup setup-mxnet controlplane browser cluster example test test-fast lint crds bench-smoke bench clean
 
 # The main environment: the core, the three plugins, PyTorch and TensorFlow on CPU, test tools.
 $(BIN)/mljob: pyproject.toml requirements/*.txt plugins/*/pyproject.toml
@@ -22,6 +22,14 @@ $(MXVENV)/bin/mljob: pyproject.toml requirements/mxnet.txt plugins/mxnet/pyproje
 
 setup: $(BIN)/mljob
 setup-mxnet: $(MXVENV)/bin/mljob
+
+# Debian's Chromium for the web UI's browser tests (tests/operator/test_e2e_ui.py): Playwright drives it through
+# executable_path and downloads no browser of its own. Root installs it; anyone else through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@chromium --version 2>/dev/null
 
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
 # scheduler, kubectl, kwok), built from the Go modules pinned in controlplane/ into controlplane/bin/. About
@@ -61,13 +69,13 @@ bench: setup
 # included), a benchmark smoke. The two Python environments and the control plane are set up side by side:
 # pip waits on the network, the Go build on the CPU.
 test:
-	$(MAKE) -j3 setup setup-mxnet controlplane
+	$(MAKE) -j3 setup setup-mxnet controlplane browser
 	$(MAKE) lint
 	$(BIN)/pytest
 	$(MAKE) bench-smoke
 
 # Without the framework end-to-end runs: for a quick loop while editing.
-test-fast: setup controlplane
+test-fast: setup controlplane browser
 	$(BIN)/pytest -m "not frameworks and not slow"
 
 clean:

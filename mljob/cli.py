@@ -194,6 +194,34 @@ def operator(ctx: typer.Context) -> None:
         raise fail([str(error)], 2) from None
 
 
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a pod behind a Service.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8080,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace (default: every namespace).")
+    ] = None,
+) -> None:
+    """Serve a read-only web UI of every MLJob, live from a watch, for the cluster in KUBECONFIG or the pod's."""
+    import asyncio
+
+    from mljob.kube import Credentials
+    from mljob.ui.server import serve
+
+    try:
+        credentials = Credentials.load()
+    except Exception as error:  # the kubernetes package's config errors share no base class worth naming
+        raise fail([f"no cluster: {error}"], 5) from None
+
+    def ready(url: str) -> None:
+        typer.echo(f"mljob ui: serving {url} ({namespace or 'every namespace'}, read-only); Ctrl-C stops", err=True)
+
+    try:
+        asyncio.run(serve(host, port, namespace, credentials, ready))
+    except OSError as error:
+        raise fail([f"--port {port}: {error.strerror or error}"], 2) from None
+
+
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small
 # @app.command() function each, importing their module inside the function.
 

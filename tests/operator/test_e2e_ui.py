@@ -1,0 +1,124 @@
+"""`mljob ui` in headless Chromium (Debian's, driven by Playwright) against the local control plane.
+
+The UI runs as a person starts it (`mljob ui --port 0`, the cluster from KUBECONFIG) beside the session's shared
+operator. Screenshots of every page land in test-artifacts/ui/ (kept by CI, and the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import E2EJob, Forever, Kube, Role, Run
+from playwright.sync_api import Browser, expect, sync_playwright
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+WAIT_MS = 90_000  # generous: a loaded 2-core machine runs the operator, the control plane and the browser
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "no chromium on PATH: `make test` installs Debian's (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def ui(e2e: Any, backend: Kube, tmp_path: Path) -> Iterator[str]:
+    """`mljob ui` on a free port, every namespace; its URL once it listens."""
+    log = tmp_path / "ui.log"
+    env = {**os.environ, "KUBECONFIG": str(e2e.kubeconfig)}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from mljob.cli import main; main()", "ui", "--port", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+    def url() -> str | None:
+        assert process.poll() is None, f"mljob ui exited {process.returncode}: {log.read_text()}"
+        found = re.search(r"serving (http://\S+)", log.read_text())
+        return found.group(1) if found else None
+
+    try:
+        yield backend.wait(url, what="mljob ui listening")
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def job_row(page: Any, namespace: str, name: str) -> Any:
+    return page.locator(f'tr.job[data-namespace="{namespace}"][data-name="{name}"]')
+
+
+def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(backend: Kube, ui: str, browser: Browser):
+    ns = backend.namespace
+    other = f"{ns[:56]}-other"
+    backend.create_namespace(other)
+    try:
+        backend.submit(E2EJob("endless", "pytorch", {"Master": Role(1, (Forever(),)), "Worker": Role(2, (Forever(),))}))
+        backend.submit(E2EJob("quick", "pytorch", {"Master": Role(1, (Run(0, 0.5),))}))
+        backend.other(other).submit(E2EJob("elsewhere", "tensorflow", {"Worker": Role(1, (Forever(),))}))
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+
+        page.goto(ui)
+        expect(page.locator("body")).to_have_attribute("data-live", "on", timeout=WAIT_MS)
+        expect(job_row(page, ns, "endless").locator(".phase")).to_have_text("Running", timeout=WAIT_MS)
+        expect(job_row(page, ns, "endless").locator(".ready")).to_have_text("3/3", timeout=WAIT_MS)
+        expect(job_row(page, ns, "quick").locator(".phase")).to_have_text("Succeeded", timeout=WAIT_MS)
+        expect(job_row(page, other, "elsewhere")).to_be_visible()  # every namespace
+        expect(page.locator('svg.phase-plot path[data-phase="Succeeded"]')).to_have_count(1)
+        expect(page.locator('svg.phase-plot path[data-phase="Running"]')).to_have_count(1)
+        page.screenshot(path=ARTIFACTS / "jobs.png", full_page=True)
+
+        page.goto(f"{ui}?namespace={other}")  # one namespace, from a link in the table
+        expect(job_row(page, other, "elsewhere")).to_be_visible()
+        expect(job_row(page, ns, "endless")).to_have_count(0)
+
+        page.goto(ui)
+        job_row(page, ns, "endless").locator("td.name a").click()
+        expect(page.locator("#phase")).to_have_text("Running", timeout=WAIT_MS)
+        replicas = page.locator("table.replicas tbody tr")
+        expect(replicas).to_have_count(3)
+        expect(page.locator('tr[data-replica="master-0"] td.node')).to_have_text(re.compile(r"kwok-node-\d"))
+        expect(page.locator('table.conditions tr[data-type="Running"]')).to_contain_text("True")
+        expect(page.locator("table.events")).to_contain_text("Scheduled")
+        expect(page.locator("section.log")).to_have_count(3)  # a tail, or why there is none, per replica
+        page.screenshot(path=ARTIFACTS / "job-running.png", full_page=True)
+
+        page.evaluate("window.notReloaded = true")
+        backend.exit("endless-master-0", 0)  # the master finishes: the job succeeds, and the open page shows it
+        expect(page.locator("#phase")).to_have_text("Succeeded", timeout=WAIT_MS)
+        expect(page.locator('table.conditions tr[data-type="Succeeded"]')).to_contain_text("True")
+        assert page.evaluate("window.notReloaded") is True, "the page was updated in place, not reloaded"
+        page.screenshot(path=ARTIFACTS / "job-succeeded.png", full_page=True)
+
+        missing = page.goto(f"{ui}jobs/{ns}/nope")
+        assert missing is not None
+        assert missing.status == 404
+        expect(page.locator(".notice.error")).to_contain_text(f"mljob nope not found in namespace {ns}")
+        page.screenshot(path=ARTIFACTS / "job-missing.png", full_page=True)
+        page.close()
+    finally:
+        backend.delete_namespace(other)
+
+
+def test_the_ui_only_reads(ui: str):
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        request = urllib.request.Request(ui, method=method, data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 405, method
+    with urllib.request.urlopen(f"{ui}healthz", timeout=30) as health:
+        assert health.status == 200
