@@ -6,6 +6,8 @@ operator. Screenshots of every page land in test-artifacts/ui/ (kept by CI, and 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from harness import E2EJob, Forever, Kube, Role, Run
 from playwright.sync_api import Browser, expect, sync_playwright
+from test_e2e_deployment import DEPLOY, kubectl
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 WAIT_MS = 90_000  # generous: a loaded 2-core machine runs the operator, the control plane and the browser
@@ -35,11 +38,10 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture
-def ui(e2e: Any, backend: Kube, tmp_path: Path) -> Iterator[str]:
-    """`mljob ui` on a free port, every namespace; its URL once it listens."""
-    log = tmp_path / "ui.log"
-    env = {**os.environ, "KUBECONFIG": str(e2e.kubeconfig)}
+@contextlib.contextmanager
+def running_ui(kubeconfig: Path, log: Path, kube: Kube) -> Iterator[str]:
+    """`mljob ui --port 0` as a person starts it, every namespace; its URL once it listens."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", "from mljob.cli import main; main()", "ui", "--port", "0"],
@@ -52,10 +54,16 @@ def ui(e2e: Any, backend: Kube, tmp_path: Path) -> Iterator[str]:
         return found.group(1) if found else None
 
     try:
-        yield backend.wait(url, what="mljob ui listening")
+        yield kube.wait(url, what="mljob ui listening")
     finally:
         process.terminate()
         process.wait(20)
+
+
+@pytest.fixture
+def ui(e2e: Any, backend: Kube, tmp_path: Path) -> Iterator[str]:
+    with running_ui(e2e.kubeconfig, tmp_path / "ui.log", backend) as url:
+        yield url
 
 
 def job_row(page: Any, namespace: str, name: str) -> Any:
@@ -122,3 +130,47 @@ def test_the_ui_only_reads(ui: str):
         assert refused.value.code == 405, method
     with urllib.request.urlopen(f"{ui}healthz", timeout=30) as health:
         assert health.status == 200
+
+
+def test_deploy_ui_installs_a_ui_that_can_read_everything_it_shows_and_write_nothing(e2e, backend: Kube, tmp_path):
+    """`kubectl apply -k deploy/ui`, then the UI as that ServiceAccount: every request it makes is allowed."""
+    if e2e.control_plane is None:
+        pytest.skip("applies deploy/ui cluster-wide: only on the local control plane")
+    admin = e2e.kubeconfig
+    kubectl(admin, "create", "namespace", "mljob-system", check=False)  # deploy/ makes it; this test needs only it
+    applied = kubectl(admin, "apply", "-k", str(DEPLOY / "ui"))
+    for kind in ("serviceaccount/mljob-ui", "clusterrole.rbac.authorization.k8s.io/mljob-ui",
+                 "deployment.apps/mljob-ui", "service/mljob-ui"):  # fmt: skip
+        assert kind in applied.stdout, applied.stdout
+    try:
+        token = kubectl(admin, "-n", "mljob-system", "create", "token", "mljob-ui", "--duration=1h").stdout.strip()
+        user = "system:serviceaccount:mljob-system:mljob-ui"
+        sa = e2e.control_plane.token_kubeconfig(token, user, tmp_path / "ui.kubeconfig")
+        for verb, what, allowed in (
+            ("watch", "mljobs.mljob.io", "yes"), ("get", "pods/log", "yes"), ("list", "events", "yes"),
+            ("delete", "mljobs.mljob.io", "no"), ("patch", "mljobs.mljob.io", "no"), ("create", "pods", "no"),
+            ("get", "secrets", "no"),
+        ):  # fmt: skip
+            said = kubectl(sa, "auth", "can-i", verb, what, "-A", check=False).stdout.strip()
+            assert said == allowed, (verb, what, said)
+
+        backend.submit(E2EJob("seen", "pytorch", {"Master": Role(1, (Forever(),))}))
+        backend.wait_phase("seen", "Running")
+        mark = e2e.audit.mark()
+        with running_ui(sa, tmp_path / "ui.log", backend) as url:
+            page = fetch(f"{url}jobs/{backend.namespace}/seen")
+            assert 'id="phase">Running<' in page, page
+            assert "master-0" in page
+            health = json.loads(fetch(f"{url}healthz"))
+            assert health == {"synced": ["mljobs", "pods"], "errors": {}}
+        mine = e2e.audit.requests(mark, user=user)
+        assert {r.key for r in mine} >= {("list", "mljobs"), ("watch", "mljobs"), ("watch", "pods"), ("list", "events")}
+        assert [r for r in mine if r.code == 403] == []
+        assert {r.verb for r in mine} <= {"get", "list", "watch"}
+    finally:
+        kubectl(admin, "delete", "-k", str(DEPLOY / "ui"), "--wait=false", check=False)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())
