@@ -174,3 +174,21 @@ def test_deploy_ui_installs_a_ui_that_can_read_everything_it_shows_and_write_not
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.read().decode())
+
+
+def test_the_ui_stays_live_when_its_watches_are_cut(world, browser: Browser, tmp_path):
+    """Through the fault proxy: every watch stream is cut while a job's page is open; the UI resumes its watches
+    and the page still follows the job to Succeeded."""
+    w = world(proxy={})
+    kube = w.kube
+    kube.submit(E2EJob("cut", "pytorch", {"Master": Role(1, (Forever(),))}))
+    with running_ui(w.tmp / "proxy.kubeconfig", tmp_path / "ui.log", kube) as url:
+        page = browser.new_page()
+        page.goto(f"{url}jobs/{kube.namespace}/cut")
+        expect(page.locator("#phase")).to_have_text("Running", timeout=WAIT_MS)
+        cut = w.proxy.stats.cut
+        w.proxy.cut_watches()
+        kube.wait(lambda: w.proxy.stats.cut >= cut + 2, what="the UI's two watches (and the operator's) cut")
+        kube.exit("cut-master-0", 0)
+        expect(page.locator("#phase")).to_have_text("Succeeded", timeout=WAIT_MS)
+        page.close()
