@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gomod import GO_ENV, HERE, KUBE_COMMANDS, versions  # type: ignore[import-not-found,unused-ignore]
@@ -31,13 +32,15 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("controller-gen", "volcano", "sigs.k8s.io/controller-tools/cmd/controller-gen"),
 )
 
-# The add-ons' CRDs, as their projects ship them: (folder under bin/crds, wrapper, module, folder in the module).
-# Volcano's CRDs live in a repository the module proxy does not serve (volcano.sh/volcano); its API module
-# volcano.sh/apis holds the types with their kubebuilder markers, so controller-gen makes them, as Volcano's
-# own `make manifests` does.
-CRDS: tuple[tuple[str, str, str, str], ...] = (
-    ("kueue", "kueue", "sigs.k8s.io/kueue", "config/components/crd/bases"),
-    ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins", "config/crd/bases"),
+# The add-ons' CRDs, as their projects ship them: (folder under bin/crds, wrapper, module, folder in the module,
+# which files). Volcano's CRDs live in a repository the module proxy does not serve (volcano.sh/volcano); its API
+# module volcano.sh/apis holds the types with their kubebuilder markers, so controller-gen makes them, as
+# Volcano's own `make manifests` does. kwok's Logs CRD: the control plane installs it at start, and kwok watches
+# its objects (--enable-crds=Logs) to learn which file holds a pod's log (controlplane/cluster.py).
+CRDS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("kueue", "kueue", "sigs.k8s.io/kueue", "config/components/crd/bases", "*.yaml"),
+    ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins", "config/crd/bases", "*.yaml"),
+    ("kwok", "kwok", "sigs.k8s.io/kwok", "kustomize/crd/bases", "kwok.x-k8s.io_logs.yaml"),
 )
 VOLCANO_TYPES = "volcano.sh/apis/pkg/apis/scheduling/v1beta1"
 
@@ -73,6 +76,9 @@ def build(force: bool = False) -> None:
     want = key()
     fresh = STAMP.exists() and STAMP.read_text().strip() == want
     if not force and fresh and all((BIN / name).exists() for name, _, _ in TARGETS):
+        missing = [crd for crd in CRDS if not (BIN / "crds" / crd[0]).is_dir()]
+        if missing:  # a CRD folder added since these binaries were built: copy it, rebuild nothing
+            copy_module_crds(missing)
         print(f"control plane binaries up to date in {BIN}")
         return
     BIN.mkdir(exist_ok=True)
@@ -111,20 +117,29 @@ def module_dir(wrapper: str, module: str) -> Path:
 
 
 def copy_crds() -> None:
-    """bin/crds/<add-on>/: Kueue's and scheduler-plugins' CRDs copied, Volcano's generated from its types."""
+    """bin/crds/<add-on>/: Kueue's, scheduler-plugins' and kwok's CRDs copied, Volcano's generated from its types."""
     root = BIN / "crds"
     shutil.rmtree(root, ignore_errors=True)
-    for folder, wrapper, module, within in CRDS:
-        target = root / folder
-        target.mkdir(parents=True)
-        for source in sorted((module_dir(wrapper, module) / within).glob("*.yaml")):
-            shutil.copyfile(source, target / source.name)
+    copy_module_crds(CRDS)
     target = root / "volcano"
     target.mkdir(parents=True)
     subprocess.run(
         [str(BIN / "controller-gen"), "crd", f"paths={VOLCANO_TYPES}", f"output:crd:dir={target}"],
         cwd=HERE / "go" / "volcano", env={**os.environ, **GO_ENV}, check=True,
     )  # fmt: skip
+
+
+def copy_module_crds(crds: Sequence[tuple[str, str, str, str, str]]) -> None:
+    """Each folder is filled aside and renamed into place, so a reader never sees it half copied."""
+    for folder, wrapper, module, within, pattern in crds:
+        target = BIN / "crds" / folder
+        partial = target.with_name(f".{folder}.tmp")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for source in sorted((module_dir(wrapper, module) / within).glob(pattern)):
+            shutil.copyfile(source, partial / source.name)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
 
 
 def copy_node_stages() -> None:

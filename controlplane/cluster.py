@@ -5,6 +5,12 @@ component listens on a free loopback port, with a fresh CA and an admin client c
 RBAC on and an audit log the tests count requests in. kwok plays the kubelet of a few fake Nodes, driven by the
 project's own Stages (controlplane/stages/) and kwok's stock node stages.
 
+Pod logs are real: kwok's kubelet-like HTTPS server (on loopback, with a serving certificate from the cluster's CA)
+answers the API server's pod log endpoint (`GET .../pods/POD/log`, what `kubectl logs` and `mljob logs` read),
+because every Node says it is at 127.0.0.1 with kwok's port as its kubelet endpoint. kwok runs no containers,
+so a pod has a log only when a test gives it one: :meth:`ControlPlane.give_log` writes a file and a kwok ``Logs``
+object naming it; a pod with no ``Logs`` object has none, and the API server relays kwok's error.
+
 Every process is started with a parent-death signal, so even a SIGKILLed test run leaves none behind; a normal
 stop sends SIGTERM, then SIGKILL after a grace period, and waits for each.
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import json
 import os
 import shutil
@@ -26,6 +33,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ from typing import Any
 import yaml
 
 from controlplane.pki import Authority, Pair, service_account_keys
+from controlplane.waiting import until
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(os.environ.get("MLJOB_CONTROLPLANE_BIN", HERE / "bin"))
@@ -43,6 +52,9 @@ STAGES = HERE / "stages"
 SERVICE_CIDR = "10.0.0.0/24"
 FEATURE_GATES = "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
 """Kubernetes' own gang scheduling (scheduling.k8s.io/v1beta1 Workload and PodGroup), on every component."""
+
+KWOK_CRDS = ("kwok.x-k8s.io_logs.yaml",)
+"""kwok's CRDs (copied from its module by controlplane/build.py) the API server serves and kwok watches."""
 
 KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
 """Where Kueue v0.17 insists on finding tls.crt and tls.key for its metrics server (cmd/kueue/main.go)."""
@@ -151,8 +163,10 @@ class ControlPlane:
         self.audit_log = self.logs / "audit.log"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.port = 0
+        self.kubelet_port = 0
         self.startup_seconds = 0.0
         self._ca: Authority | None = None
+        self._kwok_crds: list[str] = []
 
     # --- public ----------------------------------------------------------------------------------------------
 
@@ -167,6 +181,7 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
                    if not (self.bin / b).exists()]  # fmt: skip
+        missing += [name for name in KWOK_CRDS if not (self.bin / "crds" / "kwok" / name).exists()]
         if missing:
             raise StartError(f"missing control plane binaries {missing} in {self.bin}: run `make controlplane`")
         started = time.monotonic()
@@ -175,6 +190,7 @@ class ControlPlane:
             self._certificates()
             self._etcd()
             self._apiserver()
+            self._create_kwok_crds()  # established while the next two start; kwok waits for them
             self._controller_manager()
             self._scheduler()
             self._kwok()
@@ -226,6 +242,43 @@ class ControlPlane:
     def component_log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def give_log(
+        self, namespace: str, pod: str, *lines: str, container: str | None = None, timeout: float = 60.0
+    ) -> Path:
+        """Give a pod a log the API server serves; returns its file, to which :func:`append_log` adds lines.
+
+        The file (under the workdir's ``pod-logs/``) holds ``lines`` in the CRI format a kubelet's log files have,
+        which kwok reads; a kwok ``Logs`` object named after the pod, in its namespace, points kwok at it (for
+        every container, or only ``container``). Returns once the API server serves that log, so the pod must be
+        bound to a node within ``timeout``. Following the log streams what is appended later, as from a kubelet.
+        """
+        path = self.workdir / "pod-logs" / namespace / f"{pod}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        append_log(path, *lines)
+        # (kwok v0.8.0 follows when the request asks, ?follow=true; the Log's own `follow` field is not read.)
+        log: dict[str, Any] = {"logsFile": str(path)}
+        if container is not None:
+            log["containers"] = [container]
+        body = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": pod, "namespace": namespace},
+            "spec": {"logs": [log]},
+        }
+        self._request("POST", f"/apis/kwok.x-k8s.io/v1alpha1/namespaces/{namespace}/logs", body)
+
+        def served() -> bool:
+            with contextlib.suppress(urllib.error.HTTPError):  # no pod yet, not bound, or kwok has not seen the object
+                pod_path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+                name = container or self._request("GET", pod_path)["spec"]["containers"][0]["name"]
+                query = urllib.parse.urlencode({"container": name, "limitBytes": 1})
+                return self._get(f"{pod_path}/log?{query}", self.ssl_context()) == 200
+            return False
+
+        until(served, timeout, f"kwok to serve the log of {namespace}/{pod}", interval=0.1)
+        return path
 
     # --- add-ons: the schedulers and queues placement is tested with ------------------------------------------
 
@@ -371,6 +424,10 @@ class ControlPlane:
 
     def _certificates(self) -> None:
         self._ca = ca = Authority(self.pki)
+        # kwok's kubelet-like server, which the API server reaches at the Nodes' address (127.0.0.1) and verifies
+        # with the cluster's CA; the API server presents a client certificate to it, as to a real kubelet.
+        self._kubelet_serving = ca.issue("kwok", "kwok", server=True, hosts=("127.0.0.1", "localhost"))
+        self._kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
         self._serving = ca.issue(
             "apiserver",
             "kube-apiserver",
@@ -428,6 +485,12 @@ class ControlPlane:
                 "--disable-admission-plugins=ServiceAccount",
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # Pod logs (and exec, port-forward) go to the node's kubelet: kwok's server, at the InternalIP
+                # and port each Node reports (see _kwok).
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={self.ca}",
+                f"--kubelet-client-certificate={self._kubelet_client.cert}",
+                f"--kubelet-client-key={self._kubelet_client.key}",
                 f"--audit-policy-file={policy}",
                 f"--audit-log-path={self.audit_log}",
                 # Blocking: each request's audit line is written before its response, so a test that counts
@@ -454,6 +517,29 @@ class ControlPlane:
     def _get(self, path: str, context: ssl.SSLContext, base: str | None = None) -> int:
         with urllib.request.urlopen(f"{base or self.server}{path}", context=context, timeout=2) as r:
             return int(r.status)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON request to the API server as the admin; its decoded answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.server}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, context=self.ssl_context(), timeout=10) as r:
+            return json.load(r)
+
+    def _create_kwok_crds(self) -> None:
+        for name in KWOK_CRDS:
+            crd = yaml.safe_load((self.bin / "crds" / "kwok" / name).read_text())
+            self._request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+            self._kwok_crds.append(crd["metadata"]["name"])
+
+    def _kwok_crds_established(self) -> bool:
+        for name in self._kwok_crds:
+            found = self._request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            conditions = (found.get("status") or {}).get("conditions") or ()
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+        return True
 
     def _component_auth(self) -> list[str]:
         return [f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}"]
@@ -516,7 +602,16 @@ class ControlPlane:
         stages += sorted((self.bin / "kwok-stages").glob("*.yaml"))
         config = self.workdir / "kwok.yaml"
         config.write_text("\n---\n".join(p.read_text() for p in stages))
-        port = free_port()
+        self.kubelet_port = port = free_port()
+        self._wait("kube-apiserver", self._kwok_crds_established)
+        # kwok's server is every node's kubelet: the node-initialize stage reports --node-ip as the Node's
+        # InternalIP and --node-port as its daemonEndpoints.kubeletEndpoint.Port, which the API server dials for a
+        # pod's log; HTTPS with the CA-signed pair (plain HTTP, e.g. /healthz, on the same port). Which file is a
+        # pod's log, kwok learns from the Logs objects it watches (give_log).
+        # --node-name is every Node's Hostname address: without one, the stage, run again on a Node that has its
+        # InternalIP, writes an empty `addresses` and the API server finds no address to dial. Node leases (kwok
+        # renews them, as kubelets do) keep the controller-manager from marking every Node NotReady each ~50 s,
+        # which is what ran that stage again.
         self._spawn(
             "kwok",
             [
@@ -525,8 +620,14 @@ class ControlPlane:
                 f"--config={config}",
                 "--manage-all-nodes=true",
                 f"--server-address=127.0.0.1:{port}",
+                f"--node-port={port}",
+                "--node-ip=127.0.0.1",
+                f"--tls-cert-file={self._kubelet_serving.cert}",
+                f"--tls-private-key-file={self._kubelet_serving.key}",
+                "--enable-crds=Logs",
+                "--node-name=localhost",
+                "--node-lease-duration-seconds=40",
                 "--cidr=10.244.0.0/16",
-                "--node-ip=10.0.1.1",
             ],
         )
         self._wait(
@@ -550,6 +651,13 @@ class ControlPlane:
 
         self._wait("kwok", ready)
         api.api_client.close()
+
+
+def append_log(path: Path, *lines: str, stream: str = "stdout") -> None:
+    """Add lines to a pod's log file (give_log's), one write, in the CRI format: ``<RFC 3339 time> stdout F text``."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with path.open("a") as out:
+        out.write("".join(f"{now} {stream} F {line}\n" for line in lines))
 
 
 def _core_api(kubeconfig: Path) -> Any:

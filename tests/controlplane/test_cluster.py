@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from controlplane import ControlPlane
 from controlplane.audit import AuditLog
-from controlplane.cluster import BIN
+from controlplane.cluster import BIN, append_log
 from controlplane.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +165,50 @@ def _phase_or_gone(core: Any, name: str) -> str:
         if error.status == 404:
             return "gone"
         raise
+
+
+def test_kwok_serves_the_log_a_test_gives_a_pod_and_follows_it_through_the_api_server(cp, core):
+    """`kubectl logs` goes to the API server, which dials the node's kubelet endpoint (127.0.0.1, kwok's port) over
+    TLS it verifies with the cluster's CA; kwok reads the file a Logs object names. A pod with none has no log."""
+    for name in ("talks", "silent"):
+        core.create_namespaced_pod("stages", pod(name, None))
+    nodes = core.list_node().items
+    assert all(("InternalIP", "127.0.0.1") in {(a.type, a.address) for a in n.status.addresses} for n in nodes)
+    assert {n.status.daemon_endpoints.kubelet_endpoint.port for n in nodes} == {cp.kubelet_port}
+
+    path = cp.give_log("stages", "talks", "hello", "world")
+    done = kubectl(cp, "logs", "-n", "stages", "talks")
+    assert (done.returncode, done.stdout) == (0, "hello\nworld\n"), done.stderr
+    wait(lambda: status(core, "silent").get("phase") == "Running", what="the silent pod running")
+    refused = kubectl(cp, "logs", "-n", "stages", "silent")
+    assert refused.returncode == 1
+    assert 'no logs found for container "c" in pod "stages/silent"' in refused.stderr  # kwok's own answer
+
+    follow = subprocess.Popen(
+        [str(BIN / "kubectl"), f"--kubeconfig={cp.kubeconfig}", "logs", "-f", "-n", "stages", "talks"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        seen = _collect(follow)
+        wait(lambda: seen == ["hello", "world"], 60, "kubectl logs -f to print the log so far")
+        append_log(path, "appended while following")
+        wait(lambda: seen == ["hello", "world", "appended while following"], 60, "the appended line streamed")
+    finally:
+        follow.kill()
+        follow.wait()
+
+
+def _collect(proc: subprocess.Popen[str]) -> list[str]:
+    """The lines ``proc`` prints, as they come (a reader thread fills the list)."""
+    assert proc.stdout is not None
+    out, seen = proc.stdout, []
+
+    def read() -> None:
+        for line in out:
+            seen.append(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return seen
 
 
 def test_kubectl_at_the_server_version_works_against_it(cp):
