@@ -54,7 +54,13 @@ def running_ui(kubeconfig: Path, log: Path, kube: Kube) -> Iterator[str]:
         return found.group(1) if found else None
 
     try:
-        yield kube.wait(url, what="mljob ui listening")
+        found = kube.wait(url, what="mljob ui listening")
+
+        def synced() -> bool:
+            return bool(json.loads(fetch(f"{found}healthz"))["synced"] == ["mljobs", "pods"])
+
+        kube.wait(synced, what="mljob ui to have listed MLJobs and pods")  # before that, a page may say 404
+        yield found
     finally:
         process.terminate()
         process.wait(20)
