@@ -1,4 +1,4 @@
-# The operator image that deploy/operator.yaml runs: the core and the three framework plugins.
+# The operator image that deploy/operator.yaml runs: the core and the framework plugins.
 # The operator needs no ML framework (the plugins only compute wiring), so the image stays small;
 # training images are the users' own, named in each MLJob's pod templates.
 FROM python:3.11-slim
@@ -8,7 +8,9 @@ COPY mljob mljob
 COPY plugins/pytorch plugins/pytorch
 COPY plugins/tensorflow plugins/tensorflow
 COPY plugins/mxnet plugins/mxnet
-RUN pip install --no-cache-dir . ./plugins/pytorch ./plugins/tensorflow ./plugins/mxnet \
+COPY plugins/jax plugins/jax
+COPY plugins/xgboost plugins/xgboost
+RUN pip install --no-cache-dir . ./plugins/pytorch ./plugins/tensorflow ./plugins/mxnet ./plugins/jax ./plugins/xgboost \
     && rm -rf /src
 WORKDIR /
 # Not root: the operator only talks to the API server.

@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 MXVENV := .venv-mxnet
 BIN := $(VENV)/bin
-PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet
+PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/tensorboard
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
 .PHONY: setup setup-mxnet controlplane browser cluster example test test-fast lint crds bench-smoke bench clean
 
-# The main environment: the core, the three plugins, PyTorch and TensorFlow on CPU, test tools.
+# The main environment: the core, the framework plugins, PyTorch, TensorFlow, JAX and XGBoost on CPU, test tools.
 $(BIN)/mljob: pyproject.toml requirements/*.txt plugins/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/frameworks.txt -r requirements/test.txt -e . $(PLUGINS)
@@ -49,7 +49,8 @@ example: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy mljob controlplane plugins/pytorch/mljob_pytorch plugins/tensorflow/mljob_tensorflow plugins/mxnet/mljob_mxnet
+	$(BIN)/mypy mljob controlplane plugins/pytorch/mljob_pytorch plugins/tensorflow/mljob_tensorflow plugins/mxnet/mljob_mxnet \
+		plugins/jax/mljob_jax plugins/xgboost/mljob_xgboost plugins/tensorboard/mljob_tensorboard
 	$(BIN)/lint-imports
 
 crds: setup

@@ -41,8 +41,8 @@ def edit(change: Callable[[Doc], object], base: Callable[[], Doc] = job_doc) -> 
 DOC_CASES: list[tuple[str, Doc, list[str]]] = [
     (
         "unknown framework lists the installed ones",
-        edit(lambda d: d["spec"].update(framework="jax")),
-        ["spec.framework: unknown framework 'jax'", "installed: ", "testfw"],
+        edit(lambda d: d["spec"].update(framework="caffe")),
+        ["spec.framework: unknown framework 'caffe'", "installed: ", "testfw"],
     ),
     (
         "unknown role for the framework",

@@ -3,7 +3,8 @@
 Each training script checks its own result and prints ``RESULT ok loss A->B allreduce=S ...``
 on every rank that checks; the tests assert the exit status, that line on the ranks that must
 print it (so a script that exited 0 without training fails here), that the loss fell and that
-the ranks agree on the all-reduced value, the summary table, and the ``--logs-dir`` files.
+the ranks agree on the all-reduced value (and on the trained model's hash, where a script prints
+``model=``), the summary table, and the ``--logs-dir`` files.
 
 The MXNet example runs under ``.venv-mxnet/bin/mljob`` (MXNet 1.9.1 needs numpy<1.24): its
 ``python train.py`` then means that environment's python, because ``mljob run`` puts the folder
@@ -44,6 +45,8 @@ class Example:
     summary: dict[str, str]
     """Replica -> the result the summary table must show."""
     mljob: Path = MLJOB
+    same_model: bool = False
+    """Every checker prints ``model=<hash of its trained model>``, and the hashes must be equal."""
 
 
 CASES = [
@@ -78,7 +81,21 @@ CASES = [
         {"worker-0": "succeeded", "worker-1": "succeeded"},
         MXNET_MLJOB,
     ),
+    Example(
+        "jax-distributed",  # process 0 (worker 0) hosts jax.distributed's coordination service
+        ("worker-0", "worker-1", "worker-2"),
+        6.0,
+        {"worker-0": "succeeded", "worker-1": "succeeded", "worker-2": "succeeded"},
+    ),
+    Example(
+        "xgboost-distributed",  # the master runs XGBoost's tracker and trains as rank 0
+        ("master-0", "worker-0", "worker-1"),
+        6.0,
+        {"master-0": "succeeded", "worker-0": "succeeded", "worker-1": "succeeded"},
+        same_model=True,
+    ),
 ]
+MODEL = re.compile(r" model=(?P<digest>[0-9a-f]+)")
 
 
 def run_mljob(command: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
@@ -122,6 +139,10 @@ def test_example_trains_and_checks_itself(example: Example, tmp_path: Path) -> N
         assert match["status"] == "ok", f"{replica}: {match.group(0)}"
         assert float(match["last"]) < float(match["first"]), f"{replica}: the loss did not fall"
         assert float(match["allreduce"]) == example.allreduce, f"{replica}: {match.group(0)}"
+    if example.same_model:
+        models = [MODEL.search(match.string) for match in results.values()]
+        assert all(models), f"a checker printed no model hash: {out}"
+        assert len({m["digest"] for m in models if m}) == 1, f"the ranks ended with different models:\n{out}"
 
     rows = summary(out)
     for replica, result in example.summary.items():

@@ -1,7 +1,7 @@
 """Everything ``render`` emits is a valid Kubernetes object (the strict 1.37 OpenAPI schema).
 
-Run for every installed framework plugin (the real PyTorch, TensorFlow and MXNet ones once
-installed) and for a small framework defined here, in the shapes people use, with a template that
+Run for every installed framework plugin (the real PyTorch, TensorFlow, MXNet, JAX and XGBoost
+ones once installed) and for a small framework defined here, in the shapes people use, with a template that
 exercises what render adds or merges: ports, env, labels, annotations, restart policies.
 """
 
@@ -62,6 +62,8 @@ SHAPES: dict[str, list[dict[str, int]]] = {
     "pytorch": [{"Master": 1, "Worker": 3}, {"Worker": 2}],
     "tensorflow": [{"Chief": 1, "Worker": 2, "PS": 2, "Evaluator": 1}, {"Worker": 1}],
     "mxnet": [{"Scheduler": 1, "Server": 2, "Worker": 3}],
+    "jax": [{"Worker": 3}, {"Worker": 1}],
+    "xgboost": [{"Master": 1, "Worker": 2}, {"Worker": 2}],
     "toy": [{"Leader": 1, "Worker": 2, "Store": 1}, {"Worker": 1}],
 }
 
@@ -178,7 +180,7 @@ def test_placeholder_owner_uid_is_valid_too():
 def test_all_real_frameworks_are_covered():
     """Guards the matrix: a newly installed framework shows up here until SHAPES covers it."""
     missing = sorted(set(load_plugins().frameworks) - set(SHAPES))
-    assert not [name for name in missing if name in ("pytorch", "tensorflow", "mxnet")], missing
+    assert not [name for name in missing if name in ("pytorch", "tensorflow", "mxnet", "jax", "xgboost")], missing
 
 
 def test_object_problems_reports_an_invalid_pod():
