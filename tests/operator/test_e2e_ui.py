@@ -76,7 +76,7 @@ def job_row(page: Any, namespace: str, name: str) -> Any:
     return page.locator(f'tr.job[data-namespace="{namespace}"][data-name="{name}"]')
 
 
-def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(backend: Kube, ui: str, browser: Browser):
+def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(e2e: Any, backend: Kube, ui: str, browser: Browser):
     ns = backend.namespace
     other = f"{ns[:56]}-other"
     backend.create_namespace(other)
@@ -100,6 +100,9 @@ def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(backend: Kub
         expect(job_row(page, other, "elsewhere")).to_be_visible()
         expect(job_row(page, ns, "endless")).to_have_count(0)
 
+        # kwok serves these two replicas' logs through the API server (ControlPlane.give_log); worker-1 has none.
+        e2e.control_plane.give_log(ns, "endless-master-0", "step 1 loss 0.93", "step 2 loss 0.71")
+        e2e.control_plane.give_log(ns, "endless-worker-0", "worker 0 ready")
         page.goto(ui)
         job_row(page, ns, "endless").locator("td.name a").click()
         expect(page.locator("#phase")).to_have_text("Running", timeout=WAIT_MS)
@@ -109,6 +112,10 @@ def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(backend: Kub
         expect(page.locator('table.conditions tr[data-type="Running"]')).to_contain_text("True")
         expect(page.locator("table.events")).to_contain_text("Scheduled")
         expect(page.locator("section.log")).to_have_count(3)  # a tail, or why there is none, per replica
+        master_log = page.locator('section.log[data-replica="master-0"] pre')
+        expect(master_log).to_have_text("step 1 loss 0.93\nstep 2 loss 0.71")
+        expect(page.locator('section.log[data-replica="worker-0"] pre')).to_have_text("worker 0 ready")
+        expect(page.locator('section.log[data-replica="worker-1"] .notice')).to_contain_text("no log: ")
         page.screenshot(path=ARTIFACTS / "job-running.png", full_page=True)
 
         page.evaluate("window.notReloaded = true")
