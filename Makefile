@@ -56,15 +56,18 @@ lint: setup
 crds: setup
 	$(BIN)/mljob crd > crds/mljob.io_mljobs.yaml
 
-bench-smoke: setup
+# bench/headtohead.py: mljob beside Kubeflow's training-operator v1.8.1 and the raw limit (bench/README.md).
+bench-smoke: setup controlplane
 	$(BIN)/python bench/render.py --smoke
 	$(BIN)/python bench/launch.py --smoke
 	$(BIN)/python bench/operator.py --smoke
+	$(BIN)/python bench/headtohead.py --smoke
 
-bench: setup
+bench: setup controlplane
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/operator.py
+	$(BIN)/python bench/headtohead.py --json bench/results/headtohead.json
 
 # Everything CI checks: lint, the whole test suite (real training and the operator on the real control plane
 # included), a benchmark smoke. The two Python environments and the control plane are set up side by side:

@@ -30,6 +30,8 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("kueue", "kueue", "sigs.k8s.io/kueue/cmd/kueue"),
     ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins/cmd/scheduler"),
     ("controller-gen", "volcano", "sigs.k8s.io/controller-tools/cmd/controller-gen"),
+    # Kubeflow's training-operator v1: the peer bench/headtohead.py runs beside mljob (not used by the tests).
+    ("training-operator", "training-operator", "github.com/kubeflow/training-operator/cmd/training-operator.v1"),
 )
 
 # The add-ons' CRDs, as their projects ship them: (folder under bin/crds, wrapper, module, folder in the module,
@@ -41,6 +43,13 @@ CRDS: tuple[tuple[str, str, str, str, str], ...] = (
     ("kueue", "kueue", "sigs.k8s.io/kueue", "config/components/crd/bases", "*.yaml"),
     ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins", "config/crd/bases", "*.yaml"),
     ("kwok", "kwok", "sigs.k8s.io/kwok", "kustomize/crd/bases", "kwok.x-k8s.io_logs.yaml"),
+    (
+        "training-operator",
+        "training-operator",
+        "github.com/kubeflow/training-operator",
+        "manifests/base/crds",
+        "kubeflow.org_pytorchjobs.yaml",
+    ),
 )
 VOLCANO_TYPES = "volcano.sh/apis/pkg/apis/scheduling/v1beta1"
 

@@ -97,6 +97,12 @@ def write_all() -> None:
         ("etcd", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3", "ETCD_VERSION"),
         ("kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok", "KWOK_VERSION"),
         ("kueue", "sigs.k8s.io/kueue", "sigs.k8s.io/kueue/cmd/kueue", "KUEUE_VERSION"),
+        (
+            "training-operator",
+            "github.com/kubeflow/training-operator",
+            "github.com/kubeflow/training-operator/cmd/training-operator.v1",
+            "TRAINING_OPERATOR_VERSION",
+        ),
     ):
         wrapper = HERE / "go" / name
         (wrapper / "go.mod").write_text(
