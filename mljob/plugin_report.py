@@ -1,5 +1,8 @@
 """``mljob plugins``: what is installed, what each framework's roles are, and what is broken.
 
+Plugins that are not frameworks (they implement ``mljob_validate`` or ``mljob_mutate_pod`` for
+every job) get a table of their own, so installing one can be checked the same way.
+
 A broken plugin is reported, not fatal: the operator runs on without it, so this command must
 show it (with the error) and still exit 0. The report is a rich table for people; the role
 lines are plain text so they also read well when piped.
@@ -59,13 +62,32 @@ def frameworks_table(plugins: Plugins) -> Table:
     return table
 
 
+def hooks_table(plugins: Plugins) -> Table | None:
+    """One row per plugin that takes part in every job (a sidecar, a policy): its package and its hooks."""
+    hooks = plugins.broadcast_hooks()
+    if not hooks:
+        return None
+    table = Table(title="Plugins for every job", title_justify="left")
+    table.add_column("Plugin", no_wrap=True)
+    table.add_column("Package", no_wrap=True)
+    table.add_column("Hooks")
+    for name in sorted(hooks):
+        info = plugins.loaded.get(name)
+        package = f"{info.distribution or info.name} {info.version}".strip() if info else ""
+        table.add_row(Text(name, style="bold"), Text(package), Text(", ".join(hooks[name])))
+    return table
+
+
 def print_report(plugins: Plugins, console: Console | None = None) -> None:
-    """Print the frameworks table, then every broken plugin with its error, then a one-line verdict."""
+    """Print the frameworks table, the plugins for every job, every broken plugin with its error, a verdict."""
     out = console or Console(soft_wrap=False)
     if plugins.frameworks:
         out.print(frameworks_table(plugins))
     else:
         out.print("No frameworks installed. Install one, e.g. pip install mljob-pytorch", markup=False)
+    others = hooks_table(plugins)
+    if others is not None:
+        out.print(others)
     for broken in plugins.broken:
         out.print(Text(f"broken plugin {broken.name}: {broken.error}", style="red"), soft_wrap=True)
     count = len(plugins.frameworks)

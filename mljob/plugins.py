@@ -61,6 +61,9 @@ class Plugins:
     registry: Registry = field(default_factory=Registry)
     broken: list[BrokenPlugin] = field(default_factory=list)
     info: dict[str, PluginInfo] = field(default_factory=dict)
+    """Framework name -> the plugin that registered it."""
+    loaded: dict[str, PluginInfo] = field(default_factory=dict)
+    """Plugin name -> where it came from, for every plugin loaded from an entry point."""
 
     @property
     def frameworks(self) -> Mapping[str, Framework]:
@@ -71,6 +74,16 @@ class Plugins:
 
     def source(self, framework: str) -> PluginInfo:
         return self.info.get(framework, PluginInfo(name="?"))
+
+    def broadcast_hooks(self) -> dict[str, list[str]]:
+        """Plugin name -> the cross-cutting hooks it implements (``mljob_validate``, ...), for plugins with any."""
+        found: dict[str, list[str]] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            callers = self.pm.get_hookcallers(plugin) or []
+            hooks = sorted(c.name for c in callers if c.name != "mljob_register_frameworks")
+            if hooks:
+                found[name] = hooks
+        return found
 
     def validate(self, job: MLJob, framework: Framework) -> list[Problem]:
         """Every broadcast validator's problems; raises :class:`PluginError` if one raises."""
@@ -121,6 +134,7 @@ def load_plugins(*, entry_points: bool = True, extra: Iterable[object] = ()) -> 
                 plugins.broken.append(BrokenPlugin(ep.name, f"{type(error).__name__}: {error}"))
                 continue
             infos[ep.name] = info
+            plugins.loaded[ep.name] = info
     for plugin in extra:
         pm.register(plugin)
     pm.check_pending()

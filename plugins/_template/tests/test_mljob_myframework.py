@@ -22,6 +22,10 @@ class TestMyFrameworkContract(FrameworkContract):
     def sample_job(self) -> MLJob:
         return make_job(FW, {"Worker": 3}, options={"initTimeoutSeconds": 60})
 
+    def invalid_jobs(self) -> list[MLJob]:
+        """TODO: jobs your framework must refuse, each with a problem at a field path."""
+        return [make_job(FW, {"Worker": 2}, options={"initTimeoutSeconds": 0})]
+
 
 def test_exact_wiring() -> None:
     """Pin every variable of a representative job to its literal value."""

@@ -35,6 +35,13 @@ class TestPyTorchContract(FrameworkContract):
             make_job(PT, {"Master": 1}, name="master-only", options={"nprocPerNode": "gpu"}),
         ]
 
+    def invalid_jobs(self) -> Sequence[MLJob]:
+        return [
+            make_job(PT, {"Master": 0, "Worker": 2}, name="no-master-replica"),
+            make_job(PT, {"Worker": 0}, name="nobody-to-be-rank-0"),
+            make_job(PT, {"Worker": 2}, name="bad-nproc", options={"nprocPerNode": "four"}),
+        ]
+
 
 def env(job: MLJob, role: str, index: int) -> Mapping[str, str]:
     return PT.env(job, Replica(role, index), ServiceCluster.of(job, PT))

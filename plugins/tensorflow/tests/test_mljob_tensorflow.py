@@ -38,6 +38,12 @@ class TestTensorFlowContract(FrameworkContract):
             make_job(TF, {"Master": 1, "Worker": 1, "PS": 1}, name="legacy-master"),
         ]
 
+    def invalid_jobs(self) -> Sequence[MLJob]:
+        return [
+            make_job(TF, {"Chief": 1, "Master": 1, "Worker": 1}, name="two-chiefs"),
+            make_job(TF, {"PS": 2, "Evaluator": 1}, name="nobody-to-succeed"),
+        ]
+
 
 def tf_config(job: MLJob, role: str, index: int) -> dict[str, Any]:
     env = TF.env(job, Replica(role, index), ServiceCluster.of(job, TF))
