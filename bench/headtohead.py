@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from mljob.kube import Api, Credentials  # noqa: E402
 NAMESPACE = "bench"
 PROBE_NAMESPACE = "bench-probe"
 DRIVER = "bench-driver"
+TO1 = "training-operator"
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 NODES = tuple(Node(f"bench-node-{i}", pods="3000") for i in range(3))
 """Room for the restart scenario's thousands of pods beside the main run's."""
@@ -125,6 +127,17 @@ class Run:
         return usage(self.proc.pid)
 
 
+def profile(run: Run, folder: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the operator (a Python one) from now until the main run ends: collapsed stacks in ``folder``."""
+    if folder is None or run.side.name == TO1 or run.proc is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{run.side.name}.txt"
+    args = [spy, "record", "--pid", str(run.proc.pid), "--format", "raw", "--rate", "100", "--nonblocking"]
+    return subprocess.Popen([*args, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def all_of(timeline: Timeline, names: Sequence[str], test: Callable[[Any], bool]) -> Callable[[], bool]:
     return lambda: all(n in timeline.jobs and test(timeline.jobs[n]) for n in names)
 
@@ -152,6 +165,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     for namespace in (NAMESPACE, PROBE_NAMESPACE):
         await run.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
     ready_s = await run.start_operator()
+    profiler = profile(run, args.profile)
     timeline = run.timeline(NAMESPACE)
     # The bench's own watches are open (their LISTs answered) before the first job is created.
     await asyncio.sleep(0.5)
@@ -165,6 +179,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     all_running = await timeline.until(
         all_of(timeline, names, lambda t: t.all_running is not None), timeout, "every pod to run"
     )
+    running_mark = run.audit.mark()
     jobs_running = await timeline.until(
         all_of(timeline, names, lambda t: "Running" in t.phases), timeout, "every job to say Running"
     )
@@ -188,12 +203,16 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     cleaned = await timeline.until(lambda: side.cleaned(timeline.services), timeout, "the cleanup")
     await asyncio.sleep(args.settle)  # events and status writes that follow the last phase change
     after = run.usage()
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+        profiler.wait(60)
     done = [r for r in run.requests(mark) if r.audit_id not in {i.audit_id for i in idle}]
     print(f"--- {side.name}: every job Succeeded {jobs_done - finishing:.1f} s after the pods were told to end",
           flush=True)  # fmt: skip
 
     tracks = [timeline.jobs[name] for name in names]
     work = [r for r in done if r.verb != "watch" and r.resource]
+    starting = [r for r in run.requests(mark, running_mark) if r.verb != "watch" and r.resource != "events"]
     result: dict[str, Any] = {
         "side": side.name,
         "jobs": n,
@@ -203,6 +222,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "running_s": all_running - started,
         "jobs_running_status_s": jobs_running - started,
         "jobs_per_s": n / max(all_running - started, 1e-9),
+        "start_requests_per_s": len([r for r in starting if r.resource]) / max(all_running - started, 1e-9),
         "mark_pods_s": marked - finishing,
         "pods_finished_s": pods_done - finishing,
         "succeeded_s": jobs_done - finishing,
@@ -284,8 +304,12 @@ async def restart(run: Run, timeline: Timeline, args: argparse.Namespace) -> dic
 
 def machine() -> dict[str, Any]:
     load = os.getloadavg()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average": [round(x, 2) for x in load],
         "python": platform.python_version(),
         "kernel": platform.release(),
@@ -321,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds any one phase may take")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit logs)")
+    parser.add_argument("--profile", type=Path, help="sample mljob's and raw's operator with py-spy into this folder")
     parser.add_argument("--smoke", action="store_true", help="3 jobs x 2 pods, 3 for the restart, short windows (CI)")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -47,7 +47,8 @@ def report(results: dict[str, Any]) -> str:
     before, after = results["machine_before"], results["machine_after"]
     head = (
         f"head to head on the local control plane: {first['jobs']} jobs x {first['replicas']} pods per side, "
-        f"a fresh control plane each; {before['cpus']} CPUs, load average {' '.join(map(str, before['load_average']))} "
+        f"a fresh control plane each; {before['cpus']} CPUs ({before.get('cpu_model') or 'unknown'}), "
+        f"load average {' '.join(map(str, before['load_average']))} "
         f"before and {' '.join(map(str, after['load_average']))} after ({after['when']})"
     )
     ratios = [(f"mljob/{NAMES[s]}", s) for s in (TO1, "raw") if s in sides and "mljob" in sides]
@@ -65,6 +66,7 @@ def report(results: dict[str, Any]) -> str:
         row("time to every pod Running (s)", lambda r: r["running_s"], 2),
         row("jobs/s to every pod Running", lambda r: r["jobs_per_s"], 1),
         row("every job Running in its status (s)", lambda r: r["jobs_running_status_s"], 2),
+        row("requests/s until every pod ran (events aside)", lambda r: r.get("start_requests_per_s"), 1),
         row("created -> first pod p50 (ms)", lambda r: r["first_pod_ms"]["p50"], 0),
         row("created -> first pod p99 (ms)", lambda r: r["first_pod_ms"]["p99"], 0),
         row("created -> all its pods Running p50 (ms)", lambda r: r["all_running_ms"]["p50"], 0),
