@@ -255,6 +255,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
 async def restart(run: Run, timeline: Timeline, args: argparse.Namespace) -> dict[str, Any]:
     """K jobs running, the operator stopped and started; a new job is created the moment it starts."""
     k, replicas, timeout = args.restart_jobs, args.restart_replicas, args.timeout
+    acting = args.restart_timeout or timeout
     print(f"--- restart: {k} running jobs of {replicas} pods", flush=True)
     probe = run.timeline(PROBE_NAMESPACE)
     await asyncio.sleep(0.5)
@@ -276,9 +277,13 @@ async def restart(run: Run, timeline: Timeline, args: argparse.Namespace) -> dic
     assert run.proc is not None
     run.proc = run.side.start(run.cp, run.kubeconfig, run.log)
     await run.submit(probe, ["probe"], PROBE_NAMESPACE, replicas)
-    acted = await probe.until(lambda: probe.jobs["probe"].first_pod is not None, timeout, "the new job's first pod")
-    await probe.until(lambda: "Running" in probe.jobs["probe"].phases, timeout, "the new job to run")
-    await asyncio.sleep(args.settle)
+    acted: float | None = None
+    try:
+        acted = await probe.until(lambda: probe.jobs["probe"].first_pod is not None, acting, "the new job's pod")
+        await probe.until(lambda: "Running" in probe.jobs["probe"].phases, acting, "the new job to run")
+        await asyncio.sleep(args.settle)
+    except TimeoutError as error:  # the figures so far still stand
+        print(f"--- restart: {error}", flush=True)
     resynced = run.usage()
     after = run.requests(mark)
     watches = [r for r in after if r.verb == "watch"]
@@ -292,7 +297,8 @@ async def restart(run: Run, timeline: Timeline, args: argparse.Namespace) -> dic
         "idle_requests": len(idle),
         "rss_mb_before": loaded.rss / 2**20,
         "peak_rss_mb_before": loaded.peak_rss / 2**20,
-        "acts_after_s": acted - restarted,
+        "acts_after_s": None if acted is None else acted - restarted,
+        "gave_up_after_s": None if acted is not None else acting,
         "watching_resources": sorted({r.resource for r in watches}),
         "writes": len(writes),
         "writes_by_kind": dict(Counter(" ".join(r.key) for r in writes)),
@@ -343,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle windows (default 10)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let writes settle before a count")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds any one phase may take")
+    parser.add_argument("--restart-timeout", type=float, help="seconds to wait for the restarted mljob to act")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit logs)")
     parser.add_argument("--profile", type=Path, help="sample mljob's and raw's operator with py-spy into this folder")
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in args.sides if s not in SIDES]
     if unknown:
         parser.error(f"unknown side(s) {unknown}; known: {', '.join(SIDES)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control planes and operators on the way out
     results = asyncio.run(main_async(args))
     print(report(results))
     if args.json:

@@ -152,7 +152,10 @@ def restart_table(r: dict[str, Any]) -> str:
         ["time for them all to run (s)", num(r["start_s"], 1)],
         [f"requests in {r['idle_s']:g} s idle with them running", str(r["idle_requests"])],
         ["RSS with them running, before the restart (MB)", num(r["rss_mb_before"], 0)],
-        ["restart -> acts on a new job (its first pod) (s)", num(r["acts_after_s"], 2)],
+        [
+            "restart -> acts on a new job (its first pod) (s)",
+            num(r["acts_after_s"], 2) if r["acts_after_s"] is not None else f"not within {r['gave_up_after_s']:g}",
+        ],
         ["writes about the running jobs after the restart", str(r["writes"])],
         ["reads after the restart (discovery aside)", ", ".join(f"{k} {v}" for k, v in reads) or "0"],
         ["discovery requests after the restart", str(r["reads"].get("get ", 0))],

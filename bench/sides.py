@@ -15,8 +15,10 @@ Each authenticates as a user of its own, so the API server's audit log tells its
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +41,12 @@ EXIT = "kwok.mljob.io/exit"
 """kwok's pod-run-end stage ends the pod's current run with this annotation (``CODE REASON RESTARTCOUNT``)."""
 TO1_CERTS = Path("/tmp/k8s-webhook-server/serving-certs")
 """Fixed in training-operator v1.8.1 (pkg/cert/cert.go)."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: die with the bench, whatever killed it (as the control plane's processes do)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -115,7 +123,10 @@ class Side:
     def start(self, cp: ControlPlane, kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
         args, env = self.command(cp, kubeconfig)
         with open(log, "ab") as out:
-            return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
 
     async def ready(self, audit: AuditLog, proc: subprocess.Popen[bytes], log: Path) -> None:
         await watching(audit, self.user, self.resources, proc, log)
