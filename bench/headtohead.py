@@ -179,7 +179,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     all_running = await timeline.until(
         all_of(timeline, names, lambda t: t.all_running is not None), timeout, "every pod to run"
     )
-    running_mark = run.audit.mark()
+    running_mark, running_cpu = run.audit.mark(), run.usage().cpu
     jobs_running = await timeline.until(
         all_of(timeline, names, lambda t: "Running" in t.phases), timeout, "every job to say Running"
     )
@@ -241,6 +241,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "standing_requests": sum(1 for r in done if r.verb == "watch" or not r.resource),
         "user_agent": Counter(r.user_agent for r in done).most_common(1)[0][0] if done else "",
         "cpu_s": (after.cpu - before.cpu) - (idle_cpu_end - idle_cpu),
+        "start_cpu_share": (running_cpu - before.cpu) / max(all_running - started, 1e-9),
         "peak_rss_mb": after.peak_rss / 2**20,
         "rss_mb": after.rss / 2**20,
         "idle_s": args.idle,
