@@ -28,8 +28,11 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 WAIT_MS = 90_000  # generous: a loaded 2-core machine runs the operator, the control plane and the browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module-scoped on purpose: while Playwright's sync API is open its event loop counts as running in the main
+    thread, so every later asyncio test (pytest-asyncio, asyncio.run) would fail with "cannot be called from a
+    running event loop"."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "no chromium on PATH: `make test` installs Debian's (apt-get install chromium)"
     with sync_playwright() as playwright:
