@@ -32,8 +32,9 @@ browser:
 	@chromium --version 2>/dev/null
 
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
-# scheduler, kubectl, kwok), built from the Go modules pinned in controlplane/ into controlplane/bin/. About
-# 12 minutes cold on 2 cores; seconds while controlplane/versions.env and the go.mod files are unchanged.
+# scheduler, kubectl, kwok) and CoreDNS for the node agent's pods, built from the Go modules pinned in
+# controlplane/ into controlplane/bin/. About 14 minutes cold on 2 cores (CoreDNS: about 2.5 of them); seconds
+# while controlplane/versions.env and the wrapper modules are unchanged.
 controlplane:
 	$(PYTHON) controlplane/build.py
 

@@ -30,6 +30,8 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("kueue", "kueue", "sigs.k8s.io/kueue/cmd/kueue"),
     ("scheduler-plugins", "scheduler-plugins", "sigs.k8s.io/scheduler-plugins/cmd/scheduler"),
     ("controller-gen", "volcano", "sigs.k8s.io/controller-tools/cmd/controller-gen"),
+    # Cluster DNS for the node agent's pods: the wrapper's own main package, with the plugins it needs.
+    ("coredns", "coredns", "mljob.io/controlplane/coredns"),
     # Kubeflow's training-operator v1: the peer bench/headtohead.py runs beside mljob (not used by the tests).
     ("training-operator", "training-operator", "github.com/kubeflow/training-operator/cmd/training-operator.v1"),
 )
@@ -55,11 +57,11 @@ VOLCANO_TYPES = "volcano.sh/apis/pkg/apis/scheduling/v1beta1"
 
 
 def key() -> str:
-    """What the binaries depend on: the versions, every wrapper's go.mod and go.sum, and the build flags."""
+    """What the binaries depend on: the versions, every wrapper's go.mod, go.sum and Go files, the build flags."""
     digest = hashlib.sha256((HERE / "versions.env").read_bytes())
     for folder in sorted((HERE / "go").iterdir()):
-        for name in ("go.mod", "go.sum"):
-            digest.update((folder / name).read_bytes())
+        for path in (folder / "go.mod", folder / "go.sum", *sorted(folder.glob("*.go"))):
+            digest.update(path.read_bytes())
     for _, wrapper, package in TARGETS:
         digest.update(f"{package} {ldflags(wrapper)} {BUILD_TAGS}".encode())
     return digest.hexdigest()
@@ -95,7 +97,7 @@ def build(force: bool = False) -> None:
     env = {**os.environ, **GO_ENV, "CGO_ENABLED": "0"}
     for name, wrapper, package in TARGETS:
         started = time.monotonic()
-        tmp = BIN / f".{name}.tmp"
+        tmp = BIN / f".{name}.{os.getpid()}.tmp"  # two builds at once (two shells) must not rename each other's
         subprocess.run(
             [
                 "go", "build", "-trimpath", "-tags", BUILD_TAGS,

@@ -69,6 +69,8 @@ def test_the_committed_wrapper_matches_the_real_go_mod_of_the_pinned_version():
     assert f"sigs.k8s.io/controller-tools {versions['CONTROLLER_TOOLS_VERSION']}" in volcano
     training = (ROOT / "controlplane/go/training-operator/go.mod").read_text()
     assert f"github.com/kubeflow/training-operator {versions['TRAINING_OPERATOR_VERSION']}" in training
+    coredns = (ROOT / "controlplane/go/coredns/go.mod").read_text()
+    assert f"github.com/coredns/coredns {versions['COREDNS_VERSION']}" in coredns
 
 
 def test_the_scheduler_plugins_wrapper_copies_its_replace_lines():
