@@ -194,6 +194,18 @@ def operator(ctx: typer.Context) -> None:
         raise fail([str(error)], 2) from None
 
 
+@app.command(
+    "node-agent",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def node_agent(ctx: typer.Context) -> None:
+    """Register Nodes and run the pods bound to them as host processes, with their logs (--help: its flags)."""
+    from mljob.nodeagent.command import main as agent_main
+
+    raise typer.Exit(agent_main(list(ctx.args)))
+
+
 @app.command()
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a pod behind a Service.")] = "127.0.0.1",

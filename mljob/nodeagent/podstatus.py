@@ -214,7 +214,7 @@ def conditions(
     previous: Sequence[Mapping[str, Any]],
     now: datetime,
 ) -> list[dict[str, Any]]:
-    """PodReadyToStartContainers, Initialized, Ready, ContainersReady, and the scheduler's PodScheduled kept as is.
+    """PodReadyToStartContainers, Initialized, Ready, ContainersReady, and PodScheduled (the scheduler's, kept).
 
     A condition's ``lastTransitionTime`` moves only when its status flips, as the kubelet keeps it.
     """
@@ -236,8 +236,8 @@ def conditions(
         ready_parts = (True, "", "")
     out.append(_condition("Ready", *ready_parts, now=now, previous=before))
     out.append(_condition("ContainersReady", *ready_parts, now=now, previous=before))
-    if "PodScheduled" in before:
-        out.append(dict(before["PodScheduled"]))
+    # The scheduler's, kept; a pod bound by its nodeName never met a scheduler: the kubelet adds it as True.
+    out.append(dict(before.get("PodScheduled") or _condition("PodScheduled", True, now=now, previous=before)))
     return out
 
 

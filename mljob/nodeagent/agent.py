@@ -1,0 +1,411 @@
+"""The node agent: registers Nodes, keeps their leases, runs the pods bound to them, serves their logs.
+
+One asyncio process for one or more Nodes. Per Node: the Node object (created, or its status rewritten when it
+exists), its Lease renewed every ``renew_seconds``, the Ready condition's heartbeat every ``status_seconds``, and
+a list-then-watch of the pods with ``spec.nodeName`` set to it, each pod handed to a
+:class:`~mljob.nodeagent.worker.PodWorker`. One kubelet API server answers log requests for every Node.
+
+On start, the pods already bound are taken up as a kubelet takes them up after a node reboot: finished ones stay
+as they are, deleted ones are deleted for good, and in the others every container that was running is reported
+gone (``ContainerStatusUnknown``, 137) and restarted or not by the pod's ``restartPolicy``. Nothing of a pod
+survives the agent: see mljob.nodeagent.runtime.
+
+The API calls go through :class:`mljob.kube.Api` (aiohttp, the kubeconfig read by the ``kubernetes`` package),
+as the operator's do, with one addition: a watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from mljob import __version__
+from mljob.api import format_time
+from mljob.kube import Api, ApiError
+from mljob.nodeagent import kubelet_api
+from mljob.nodeagent.node import LEASE_NAMESPACE, NodeSpec, lease_body, micro_time, node_body, node_conditions
+from mljob.nodeagent.sandbox import PodNetwork
+from mljob.nodeagent.worker import Calls, PodWorker, Settings
+
+log = logging.getLogger("mljob.nodeagent")
+COMPONENT = "mljob-node-agent"
+SHUTDOWN_GRACE = 5.0
+"""Seconds the processes get to stop when the agent itself is stopped (they die with it anyway)."""
+
+
+class Gone(Exception):
+    """A watch's resourceVersion is too old (410): list again."""
+
+
+class NodeApi(Api):
+    """The operator's API client with the agent's user agent and a watch."""
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers={"User-Agent": f"{COMPONENT}/{__version__}"}
+            )
+        return self._session
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """One watch request's events; ends when the server ends it (its ``timeoutSeconds``)."""
+        query = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+        headers = {"Accept": "application/json"}
+        auth = self.credentials.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=330)
+        try:
+            async with self._client().get(
+                self.credentials.server + path, params=query, headers=headers, timeout=timeout
+            ) as response:
+                if response.status == 410:
+                    raise Gone()
+                if response.status >= 400:
+                    raise ApiError(response.status, response.reason or "", await response.text(), "WATCH", path)
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(0, type(error).__name__, str(error), "WATCH", path) from error
+
+
+@dataclass(frozen=True)
+class Config:
+    """The agent's settings (the ``mljob node-agent`` flags)."""
+
+    nodes: tuple[NodeSpec, ...]
+    state_dir: Path
+    bind_address: str = "127.0.0.1"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    lease_seconds: int = 40
+    renew_seconds: float = 10.0
+    status_seconds: float = 60.0
+    backoff_base: float = 10.0
+    backoff_max: float = 300.0
+    base_env: Mapping[str, str] = field(default_factory=dict)
+
+
+class Agent:
+    """Everything the agent runs; :meth:`run` until cancelled, then every pod's processes are stopped."""
+
+    def __init__(
+        self, api: NodeApi, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]
+    ) -> None:
+        self.api = api
+        self.networks = networks
+        """Each Node's :class:`PodNetwork` (one per Node: each has its own pod CIDR)."""
+        self.config = config
+        self.workers: dict[str, PodWorker] = {}
+        self.node_uids: dict[str, str] = {}
+        self.ready_since = datetime.now(UTC)
+        first = config.nodes[0]
+        self.settings = Settings(
+            state_dir=config.state_dir,
+            isolation=isolation,
+            base_env=dict(config.base_env),
+            host_ip=first.ip,
+            backoff_base=config.backoff_base,
+            backoff_max=config.backoff_max,
+        )
+        self.calls = Calls(self._patch_status, self._delete_pod, self._event)
+        self._background: set[asyncio.Task[None]] = set()
+        self.synced: set[str] = set()
+        """Nodes whose pods have been listed once (the start-up reconcile is done)."""
+
+    async def run(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        runner = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for node in self.config.nodes:
+                await self.register(node)
+            context = None
+            if self.config.tls_cert is not None and self.config.tls_key is not None:
+                context = kubelet_api.tls(self.config.tls_cert, self.config.tls_key, self.config.client_ca)
+            runner = await kubelet_api.serve(self, self.config.bind_address, self.config.nodes[0].port, context)
+            for node in self.config.nodes:
+                tasks += [
+                    asyncio.create_task(self._renew_lease(node.name), name=f"lease {node.name}"),
+                    asyncio.create_task(self._heartbeat(node), name=f"heartbeat {node.name}"),
+                    asyncio.create_task(self._inform(node.name), name=f"pods {node.name}"),
+                ]
+            log.info("node agent up: nodes %s", ", ".join(n.name for n in self.config.nodes))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(w.shutdown(SHUTDOWN_GRACE) for w in list(self.workers.values())))
+            if runner is not None:
+                await runner.cleanup()
+            await self.api.close()
+
+    # --- the Node and its Lease ------------------------------------------------------------------------------
+
+    async def register(self, node: NodeSpec) -> None:
+        """Create the Node, or take over an existing one: its labels and status are rewritten as ours."""
+        now = datetime.now(UTC)
+        body = node_body(node, now)
+        try:
+            created = await self.api.request("POST", "/api/v1/nodes", body)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            meta = {"labels": body["metadata"]["labels"]}
+            created = await self.api.request(
+                "PATCH", f"/api/v1/nodes/{node.name}", {"metadata": meta}, "application/merge-patch+json"
+            )
+        # Written again through the status subresource: what a create keeps of a status is the server's choice.
+        await self.api.request(
+            "PATCH", f"/api/v1/nodes/{node.name}/status", {"status": body["status"]}, "application/merge-patch+json"
+        )
+        self.node_uids[node.name] = str(created["metadata"]["uid"])
+        await self._renew(node.name)
+
+    async def _renew(self, node: str) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{node}"
+        now = datetime.now(UTC)
+        patch = {"spec": {"holderIdentity": node, "renewTime": micro_time(now)}}
+        try:
+            await self.api.request("PATCH", path, patch, "application/merge-patch+json")
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            body = lease_body(node, self.node_uids[node], self.config.lease_seconds, now)
+            await self.api.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", body)
+
+    async def _renew_lease(self, node: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.renew_seconds)
+            try:
+                await self._renew(node)
+            except ApiError as error:
+                log.warning("renewing the lease of %s: %s", node, error)
+
+    async def _heartbeat(self, node: NodeSpec) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_seconds)
+            conditions = node_conditions(datetime.now(UTC), self.ready_since)
+            try:
+                await self.api.request(
+                    "PATCH",
+                    f"/api/v1/nodes/{node.name}/status",
+                    {"status": {"conditions": conditions}},
+                    "application/merge-patch+json",
+                )
+            except ApiError as error:
+                log.warning("node status of %s: %s", node.name, error)
+
+    # --- pods ------------------------------------------------------------------------------------------------
+
+    async def _inform(self, node: str) -> None:
+        """List, then watch, the node's pods; list again on 410, back off while the API server is away."""
+        path = "/api/v1/pods"
+        params = {"fieldSelector": f"spec.nodeName={node}"}
+        delay = 0.5
+        while True:
+            try:
+                listed = await self.api.request("GET", f"{path}?fieldSelector=spec.nodeName%3D{node}")
+                version = str(listed["metadata"]["resourceVersion"])
+                items = list(listed.get("items") or [])
+                self._reconcile(node, items)
+                delay = 0.5
+                while True:
+                    async for event in self.api.watch(path, {**params, "resourceVersion": version}):
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            if obj.get("code") == 410:
+                                raise Gone()
+                            raise ApiError(int(obj.get("code") or 0), "", str(obj.get("message")), "WATCH", path)
+                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                        if event.get("type") == "DELETED":
+                            await self._gone(obj)
+                        elif event.get("type") in ("ADDED", "MODIFIED"):
+                            self._seen(node, obj)
+            except Gone:
+                continue
+            except ApiError as error:
+                log.warning("watching the pods of %s: %s; again in %.1f s", node, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+    def _reconcile(self, node: str, pods: list[dict[str, Any]]) -> None:
+        """A (re)list: every pod bound here gets a worker; workers of pods no longer listed stop."""
+        present = {str(p["metadata"]["uid"]) for p in pods}
+        for uid, worker in list(self.workers.items()):
+            if worker.node == node and uid not in present:
+                self._keep(asyncio.create_task(worker.gone()))
+        for pod in pods:
+            self._seen(node, pod)
+        if node not in self.synced:
+            self.synced.add(node)
+            self._forget_leftovers()
+
+    def _forget_leftovers(self) -> None:
+        """Remove the folders (logs, emptyDirs) of pods that were deleted while the agent was away."""
+        if len(self.synced) < len(self.config.nodes):
+            return
+        known = {str(w.dir) for w in self.workers.values()}
+        folder = self.config.state_dir / "pods"
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if str(entry) not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _seen(self, node: str, pod: dict[str, Any]) -> None:
+        uid = str(pod["metadata"]["uid"])
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(pod)
+            return
+        worker = PodWorker(pod, node, self.networks[node], self.settings, self.calls)
+        self.workers[uid] = worker
+        worker.start()
+        self._keep(asyncio.create_task(self._forget_when_done(worker)))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it ends (the loop keeps only weak references)."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _forget_when_done(self, worker: PodWorker) -> None:
+        await worker.done.wait()
+        if self.workers.get(worker.uid) is worker:
+            del self.workers[worker.uid]
+
+    async def _gone(self, pod: Mapping[str, Any]) -> None:
+        worker = self.workers.get(str(pod["metadata"]["uid"]))
+        if worker is not None:
+            await worker.gone()
+
+    # --- the worker's writes ---------------------------------------------------------------------------------
+
+    async def _patch_status(self, pod: Mapping[str, Any], status: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        body = {"metadata": {"uid": meta["uid"]}, "status": status}
+        try:
+            await self.api.request("PATCH", path, body, "application/merge-patch+json")
+        except ApiError as error:
+            if error.status not in (404, 409):  # gone, or the name is another pod's now: nothing to write
+                raise
+
+    async def _delete_pod(self, pod: Mapping[str, Any]) -> None:
+        """Delete for good, as the kubelet does once the processes are gone: grace 0, this uid only."""
+        meta = pod["metadata"]
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        try:
+            await self.api.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", options)
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
+
+    async def _event(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        now = format_time(datetime.now(UTC))
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": COMPONENT, "host": node},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", event)
+
+    # --- logs (kubelet_api.LogSource) ------------------------------------------------------------------------
+
+    def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> kubelet_api.LogFile:
+        """The file of a container's current (or previous) run: the newest pod of that name on this agent."""
+        worker = next(
+            (
+                w
+                for w in self.workers.values()
+                if w.pod["metadata"]["namespace"] == namespace and w.pod["metadata"]["name"] == pod
+            ),
+            None,
+        )
+        if worker is not None:
+            folder = worker.logs_dir
+            names = {str(c["name"]) for c in (worker.pod.get("spec") or {}).get("containers") or ()}
+            names |= {str(c["name"]) for c in (worker.pod.get("spec") or {}).get("initContainers") or ()}
+            if container not in names:
+                raise kubelet_api.NoLog(f'container "{container}" in pod "{pod}" is not available')
+        else:
+            candidates = sorted(
+                (self.config.state_dir / "pods").glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime
+            )
+            if not candidates:
+                raise kubelet_api.NoLog(f'pod "{pod}" in namespace "{namespace}" is not on this node')
+            folder = candidates[-1] / "logs"
+        runs = sorted((int(p.stem) for p in (folder / container).glob("*.log") if p.stem.isdigit()), reverse=True)
+        if previous:
+            if len(runs) < 2:
+                raise kubelet_api.NoLog(f'previous terminated container "{container}" in pod "{pod}" not found')
+            path = folder / container / f"{runs[1]}.log"
+        elif runs:
+            path = folder / container / f"{runs[0]}.log"
+        else:
+            raise kubelet_api.NoLog(f'container "{container}" in pod "{pod}" is waiting to start')
+        live = worker.live_logs if worker is not None else set()
+        return kubelet_api.LogFile(path, lambda: path in live)
+
+
+BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+"""The agent's variables every container gets (the image's env would be here on a real node); nothing else of
+the agent's environment (its KUBECONFIG above all) reaches a pod."""
+
+
+def base_env(environ: Mapping[str, str]) -> dict[str, str]:
+    from mljob.local.launch import process_path
+
+    env = {k: environ[k] for k in BASE_ENV_KEYS if k in environ}
+    env["PATH"] = process_path(environ)  # this environment's python and torchrun first, as an image's would be
+    env.setdefault("HOME", "/root")
+    return env
+
+
+async def run_agent(
+    api: NodeApi, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]
+) -> None:
+    """Run until SIGTERM or SIGINT, then stop every pod's processes and return."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(Agent(api, networks, config, isolation).run())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,99 @@
+"""``mljob node-agent``: its flags, and the start-up checks that end in one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from mljob.nodeagent.node import NodeSpec
+
+DEFAULT_STATE_DIR = Path("/var/lib/mljob-node-agent")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mljob node-agent",
+        description="Register Nodes and run the pods bound to them as host processes (no images, no container "
+        "engine); serve their logs to the API server as a kubelet does. Needs root for the containers' namespaces.",
+    )
+    p.add_argument("--kubeconfig", help="Default: KUBECONFIG, then ~/.kube/config.")
+    p.add_argument("--node", action="append", dest="nodes", help="A Node to register (repeat for several).")
+    p.add_argument("--node-ip", default="127.0.0.1", help="The Nodes' InternalIP: where the API server dials logs.")
+    p.add_argument("--port", type=int, default=10250, help="The kubelet API's port; 0 picks a free one.")
+    p.add_argument("--bind-address", help="Where the kubelet API listens (default: --node-ip).")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="Pods' logs and emptyDir volumes.")
+    p.add_argument("--cpu", default=str(os.cpu_count() or 1), help="Each Node's cpu capacity.")
+    p.add_argument("--memory", default="8Gi", help="Each Node's memory capacity.")
+    p.add_argument("--pods", default="110", help="Each Node's pod capacity.")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="A Node label (repeatable).")
+    p.add_argument("--pod-cidr", help="spec.podCIDR of the (first) Node.")
+    p.add_argument("--tls-cert-file", type=Path, help="The kubelet API's serving certificate (from the cluster CA).")
+    p.add_argument("--tls-private-key-file", type=Path)
+    p.add_argument("--client-ca-file", type=Path, help="Accept only clients (the API server) with a cert from it.")
+    p.add_argument("--lease-duration", type=int, default=40, help="Seconds: the Node Lease's duration.")
+    p.add_argument("--lease-renew", type=float, default=10.0, help="Seconds between Lease renewals.")
+    p.add_argument("--status-interval", type=float, default=60.0, help="Seconds between Ready heartbeats.")
+    p.add_argument("--backoff", type=float, default=10.0, help="Seconds: the first restart back-off (doubles).")
+    p.add_argument("--backoff-max", type=float, default=300.0, help="Seconds: the longest restart back-off.")
+    p.add_argument("--network", choices=("host",), default="host", help="host: every pod on the node's network.")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mljob.kube import Credentials
+    from mljob.nodeagent.agent import Config, NodeApi, base_env, run_agent
+    from mljob.nodeagent.runtime import IsolationError, detect_isolation
+    from mljob.nodeagent.sandbox import HostNetwork
+
+    if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
+        print("mljob node-agent: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
+        return 2
+    try:
+        isolation = detect_isolation()
+    except IsolationError as error:
+        print(f"mljob node-agent: {error}", file=sys.stderr)
+        return 1
+    bind = args.bind_address or args.node_ip
+    port = args.port or _free_port(bind)
+    labels = dict(item.split("=", 1) for item in args.label)
+    names = args.nodes or [socket.gethostname()]
+    nodes = tuple(
+        NodeSpec(name, args.node_ip, port, args.cpu, args.memory, args.pods, labels, args.pod_cidr if i == 0 else None)
+        for i, name in enumerate(names)
+    )
+    config = Config(
+        nodes=nodes,
+        state_dir=args.state_dir,
+        bind_address=bind,
+        tls_cert=args.tls_cert_file,
+        tls_key=args.tls_private_key_file,
+        client_ca=args.client_ca_file,
+        lease_seconds=args.lease_duration,
+        renew_seconds=args.lease_renew,
+        status_seconds=args.status_interval,
+        backoff_base=args.backoff,
+        backoff_max=args.backoff_max,
+        base_env=base_env(os.environ),
+    )
+    try:
+        credentials = Credentials.load(args.kubeconfig)
+    except Exception as error:  # the kubernetes package's config errors share no useful base class
+        print(f"mljob node-agent: no cluster: {error}", file=sys.stderr)
+        return 5
+    networks = {node.name: HostNetwork(args.node_ip) for node in nodes}
+    asyncio.run(run_agent(NodeApi(credentials), networks, config, isolation))
+    return 0

@@ -1,0 +1,174 @@
+"""One container as host processes: started inside its pod's sandbox, its output logged, stopped leaving nothing.
+
+A container's argv is wrapped, outermost first::
+
+    setpriv --pdeathsig KILL --                  # dies with the agent, whatever killed it
+      <the sandbox's prefix>                     # the pod's namespaces (network side); each step execs
+      unshare --pid --fork --kill-child --mount --mount-proc --
+      sh -c MOUNTS <binds> -- <workingDir> <argv> # binds the volumes, cd, exec the command
+
+so the command is PID 1 of a PID namespace of its own, as in a container. That is what keeps "no process left
+behind" true: when the namespace's first process dies the kernel kills every other one in it, even those that
+left the process group or the session; and that process gets SIGKILL when the ``unshare`` above it dies
+(``--kill-child``), which gets SIGKILL when the agent dies (``setpriv --pdeathsig``, kept across each exec of
+the prefix). A mount namespace per container carries its volume binds (an emptyDir is the same host folder bound
+into each container that mounts it) and leaves the host's mount table alone. PID 1 semantics come with it: a
+command with no handler for SIGTERM ignores it (as in a container) and is killed after the grace period.
+
+Without root the same chain runs in a user namespace (``unshare --user --map-root-user``) where the kernel
+allows it; :func:`detect_isolation` says which, or why neither works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mljob.local.procs import kill_session, signal_group
+from mljob.nodeagent.logs import LogWriter
+from mljob.nodeagent.podspec import Launch
+
+MOUNT_SHIM = r"""
+fail() { echo "mljob-node-agent: $*" >&2; exit 128; }
+while [ "$1" != -- ]; do
+  src=$1 dst=$2 mode=$3; shift 3
+  if [ -d "$src" ]; then mkdir -p "$dst" || fail "cannot create mount point $dst"
+  else mkdir -p "$(dirname "$dst")" && { [ -e "$dst" ] || : > "$dst"; } || fail "cannot create mount point $dst"; fi
+  mount --bind "$src" "$dst" || fail "cannot bind $src at $dst"
+  if [ "$mode" = ro ]; then mount -o remount,bind,ro "$dst" || fail "cannot make $dst read-only"; fi
+done
+shift
+cd "$1" 2>/dev/null || fail "workingDir $1: no such folder"
+shift
+exec "$@"
+"""
+"""Runs as PID 1 of the container's namespaces: bind each volume, enter the working folder, exec the command.
+
+A failure here is the container's (exit 128 with the reason on stderr, so in its log), as a runtime's start
+error is."""
+
+PDEATHSIG = ("setpriv", "--pdeathsig", "KILL", "--")
+NAMESPACES = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc")
+ROOTLESS = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc")
+READ_CHUNK = 64 * 1024
+
+
+class IsolationError(RuntimeError):
+    """Neither a PID namespace as root nor one in a user namespace can be made here."""
+
+
+def detect_isolation() -> tuple[str, ...]:
+    """The ``unshare`` that gives each container its PID and mount namespaces here, tried for real."""
+    problems = []
+    for candidate in (NAMESPACES, ROOTLESS):
+        try:
+            done = subprocess.run(
+                [*candidate, "--", "true"], capture_output=True, text=True, timeout=30, check=False
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            problems.append(f"{' '.join(candidate)}: {error}")
+            continue
+        if done.returncode == 0:
+            return candidate
+        problems.append(f"{' '.join(candidate)}: {done.stderr.strip() or done.returncode}")
+    raise IsolationError(
+        "the node agent runs each container in PID and mount namespaces of its own, so that no process outlives "
+        "its pod or the agent; that needs root (or unprivileged user namespaces): " + "; ".join(problems)
+    )
+
+
+def wrap(launch: Launch, prefix: Sequence[str], isolation: Sequence[str]) -> list[str]:
+    """The full argv of a container's process (see the module docstring)."""
+    binds: list[str] = []
+    for m in launch.mounts:
+        binds += [m.source, m.path, "ro" if m.read_only else "rw"]
+    return [
+        *PDEATHSIG,
+        *prefix,
+        *isolation,
+        "--",
+        "sh",
+        "-c",
+        MOUNT_SHIM,
+        "mljob-container",
+        *binds,
+        "--",
+        launch.working_dir,
+        *launch.argv,
+    ]
+
+
+@dataclass
+class Exit:
+    """How a container's process ended: its return code (negative: killed by that signal)."""
+
+    returncode: int
+
+
+class ContainerProcess:
+    """A started container; :meth:`wait` for its end, :meth:`stop` to end it (SIGTERM, grace, SIGKILL)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: LogWriter) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.log = log
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._pumps = [
+            asyncio.create_task(self._pump(proc.stdout, "stdout")),
+            asyncio.create_task(self._pump(proc.stderr, "stderr")),
+        ]
+
+    @classmethod
+    async def start(
+        cls, launch: Launch, prefix: Sequence[str], isolation: Sequence[str], log_path: Path
+    ) -> ContainerProcess:
+        """Start it in a session of its own (its pid is the group to signal) with its output logged to a file.
+
+        Started from the event loop's thread on purpose: a parent-death signal follows the thread that forked.
+        """
+        log = LogWriter(log_path)
+        proc = await asyncio.create_subprocess_exec(
+            *wrap(launch, prefix, isolation),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(launch.env),
+            cwd="/",
+            start_new_session=True,
+        )
+        return cls(proc, log)
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        while chunk := await stream.read(READ_CHUNK):
+            self.log.feed(name, chunk)
+        self.log.close_stream(name)
+
+    async def wait(self) -> Exit:
+        """The container's end, once its output is all in the log."""
+        code = await self.proc.wait()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self.log.close()
+        return Exit(code)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the container's process group, SIGKILL after ``grace`` seconds; returns when none is left."""
+        if self.proc.returncode is None:
+            signal_group(self.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), max(grace, 0.0))
+        if self.proc.returncode is None:
+            signal_group(self.pid, signal.SIGKILL)
+        await kill_session(self.pid)
+        await self.proc.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL without waiting (the agent is going away)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)

@@ -1,0 +1,433 @@
+"""One pod's life on the node, as the kubelet's pod worker: sandbox, init containers, containers, restarts, deletion.
+
+Order, as the kubelet's: the sandbox (the pod's IP and namespaces, from the :class:`PodNetwork`); the init
+containers one at a time, each run to success (restarted under OnFailure/Always, the pod Failed under Never),
+native sidecars (init containers with ``restartPolicy: Always``) started in their place and kept running; then
+every container at once, each restarted by the pod's ``restartPolicy`` with CrashLoopBackOff's doubling wait. When
+no container will run again the sidecars are stopped and the pod is Succeeded or Failed. On deletion every
+process gets SIGTERM, SIGKILL after the grace period, and the pod is deleted for good (grace 0, uid precondition).
+
+The worker only records what happened (:class:`~mljob.nodeagent.podstatus.ContainerRecord`); the status written
+is :func:`~mljob.nodeagent.podstatus.pod_status` of those records, sent by one writer task when it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mljob.nodeagent import podspec
+from mljob.nodeagent.logs import log_file
+from mljob.nodeagent.podstatus import (
+    ContainerRecord,
+    PodFacts,
+    Running,
+    Terminated,
+    Waiting,
+    backoff_seconds,
+    exit_code_of,
+    exit_reason,
+    pod_status,
+    records_for,
+    recovered,
+    restarts,
+)
+from mljob.nodeagent.runtime import ContainerProcess
+from mljob.nodeagent.sandbox import PodIdentity, PodNetwork, Sandbox
+
+log = logging.getLogger("mljob.nodeagent")
+DEFAULT_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every pod worker shares: where to keep files, how to wrap processes, the restart back-off."""
+
+    state_dir: Path
+    isolation: tuple[str, ...]
+    base_env: Mapping[str, str]
+    host_ip: str
+    backoff_base: float = 10.0
+    backoff_max: float = 300.0
+
+
+class Calls:
+    """The worker's writes to the API server (the agent's client), as callables so a test can stand in for them."""
+
+    def __init__(
+        self,
+        patch_status: Callable[[Mapping[str, Any], dict[str, Any]], Awaitable[None]],
+        delete: Callable[[Mapping[str, Any]], Awaitable[None]],
+        event: Callable[[Mapping[str, Any], str, str, str], Awaitable[None]],
+    ) -> None:
+        self.patch_status, self.delete, self.event = patch_status, delete, event
+
+
+def pod_dir(state_dir: Path, pod: Mapping[str, Any]) -> Path:
+    """The pod's folder, as the kubelet names /var/log/pods entries: ``<namespace>_<name>_<uid>``."""
+    meta = pod["metadata"]
+    return state_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+
+
+def identity(pod: Mapping[str, Any]) -> PodIdentity:
+    meta, spec = pod["metadata"], pod.get("spec") or {}
+    return PodIdentity(
+        uid=str(meta["uid"]),
+        name=str(meta["name"]),
+        namespace=str(meta["namespace"]),
+        hostname=str(spec.get("hostname") or meta["name"]),
+        subdomain=spec.get("subdomain"),
+        host_network=bool(spec.get("hostNetwork")),
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _terminal(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+class PodWorker:
+    """Runs one pod; :meth:`update` feeds it the pod's latest version, :meth:`gone` its deletion from the API."""
+
+    def __init__(
+        self, pod: Mapping[str, Any], node: str, network: PodNetwork, settings: Settings, calls: Calls
+    ) -> None:
+        self.pod: Mapping[str, Any] = pod
+        self.node = node
+        self.network = network
+        self.settings = settings
+        self.calls = calls
+        self.uid = str(pod["metadata"]["uid"])
+        self.dir = pod_dir(settings.state_dir, pod)
+        self.logs_dir = self.dir / "logs"
+        self.records: list[ContainerRecord] = []
+        self.facts = PodFacts(host_ip=settings.host_ip)
+        self.processes: dict[str, ContainerProcess] = {}
+        self.live_logs: set[Path] = set()
+        self.sandbox: Sandbox | None = None
+        self._stopping = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._written: dict[str, Any] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._stop_grace = 0.0
+        self._main: asyncio.Task[None] | None = None
+        self._deleting: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+        """Set when the worker has nothing left to do (the pod is deleted, or finished and cleaned up)."""
+
+    @property
+    def name(self) -> str:
+        meta = self.pod["metadata"]
+        return f"{meta['namespace']}/{meta['name']}"
+
+    # --- feeding ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name=f"pod {self.name}")
+        self._tasks.append(asyncio.create_task(self._write_status(), name=f"status {self.name}"))
+        self.update(self.pod)
+
+    def update(self, pod: Mapping[str, Any]) -> None:
+        """The pod's newest version from the watch: a deletion timestamp starts the graceful stop."""
+        self.pod = pod
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") and self._deleting is None:
+            grace = meta.get("deletionGracePeriodSeconds")
+            if grace is None:
+                grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+            self._deleting = asyncio.create_task(self._delete(float(grace)), name=f"delete {self.name}")
+
+    async def gone(self) -> None:
+        """The pod is no longer in the API (deleted by someone else, grace 0): stop at once and clean up."""
+        self._stopping.set()
+        await self._stop_all(0.0)
+        await self._cleanup()
+
+    async def shutdown(self, grace: float) -> None:
+        """The agent is stopping: end the processes (they would die with it anyway) and leave the status."""
+        self._stopping.set()
+        await self._stop_all(grace)
+        for task in [self._main, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._main, *self._tasks] if t is not None), return_exceptions=True)
+
+    # --- the pod's life --------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        if _terminal(self.pod):
+            return  # finished before we saw it (or before the agent restarted): nothing runs again
+        status = self.pod.get("status") or {}
+        if status.get("containerStatuses") or status.get("initContainerStatuses"):
+            self.records = recovered(self.pod, _now())
+            initialized = any(
+                c.get("type") == "Initialized" and c.get("status") == "True" for c in status.get("conditions") or ()
+            )
+        else:
+            self.records, initialized = records_for(self.pod), False
+        start = _parse(status.get("startTime")) or _now()
+        self.facts = replace(self.facts, start_time=start, initialized=initialized)
+        self._changed()
+        try:
+            self.sandbox = await asyncio.to_thread(self.network.create, identity(self.pod))
+        except Exception as error:  # the network side's failure: the kubelet's FailedCreatePodSandBox
+            log.exception("sandbox of %s", self.name)
+            await self._event("Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {error}")
+            return
+        self.facts = replace(self.facts, pod_ip=self.sandbox.ip, sandbox_ready=True)
+        for problem in podspec.unsupported(self.pod):
+            await self._event("Warning", "Unsupported", problem)
+        self._changed()
+        policy = str((self.pod.get("spec") or {}).get("restartPolicy") or "Always")
+        specs = {str(c["name"]): c for c in podspec.containers(self.pod)}
+        sidecars: list[asyncio.Task[None]] = []
+        if not self.facts.initialized:
+            for record in self.records:
+                if record.kind == "sidecar":
+                    sidecars.append(asyncio.create_task(self._supervise(record, specs[record.name], policy)))
+                    await self._until_started(record)
+                elif record.kind == "init":
+                    if isinstance(record.state, Terminated) and record.state.exit_code == 0:
+                        continue
+                    await self._supervise(record, specs[record.name], policy)
+                    if not (isinstance(record.state, Terminated) and record.state.exit_code == 0):
+                        await self._finish(sidecars)  # failed for good under Never, or stopping
+                        return
+                if self._stopping.is_set():
+                    return
+            self.facts = replace(self.facts, initialized=True)
+            self._changed()
+        else:  # recovered after an agent restart: sidecars start again, finished init containers do not
+            for record in self.records:
+                if record.kind == "sidecar":
+                    sidecars.append(asyncio.create_task(self._supervise(record, specs[record.name], policy)))
+        regular = [
+            asyncio.create_task(self._supervise(r, specs[r.name], policy))
+            for r in self.records
+            if r.kind == "regular" and not self._done_for_good(r, policy)
+        ]
+        await asyncio.gather(*regular)
+        await self._finish(sidecars)
+
+    def _done_for_good(self, record: ContainerRecord, policy: str) -> bool:
+        state = record.state
+        return isinstance(state, Terminated) and not restarts(record.kind, policy, state.exit_code)
+
+    async def _finish(self, sidecars: list[asyncio.Task[None]]) -> None:
+        """No container will run again: stop the sidecars (their exits do not count) and write the last status."""
+        self._stopping.set()
+        grace = float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+        await self._stop_all(grace)
+        await asyncio.gather(*sidecars, return_exceptions=True)
+        self._changed()
+
+    async def _until_started(self, record: ContainerRecord) -> None:
+        while not record.started and not self._stopping.is_set():
+            await self._wait_change()
+
+    async def _wait_change(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _changed(self) -> None:
+        self._dirty.set()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters = []
+
+    async def _supervise(self, record: ContainerRecord, spec: Mapping[str, Any], policy: str) -> None:
+        """Run one container until it will not run again (by the restart rules), or until the pod stops."""
+        step = 0
+        if isinstance(record.state, Terminated):  # recovered after an agent restart: its process is gone
+            if not restarts(record.kind, policy, record.state.exit_code):
+                return
+            record.restart_pending()
+            record.state = Waiting("CrashLoopBackOff")
+        while not self._stopping.is_set():
+            if record.last is not None and isinstance(record.state, Waiting):
+                step += 1
+                delay = backoff_seconds(step, self.settings.backoff_base, self.settings.backoff_max)
+                meta = self.pod["metadata"]
+                record.state = Waiting(
+                    "CrashLoopBackOff",
+                    f"back-off {delay:g}s restarting failed container={record.name} "
+                    f"pod={meta['name']}_{meta['namespace']}({self.uid})",
+                )
+                self._changed()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    return
+            ended = await self._run_once(record, spec)
+            if ended is None:  # a config error: the kubelet keeps the container waiting with its reason
+                await self._stopping.wait()
+                return
+            if (
+                ended.started_at
+                and (ended.finished_at - ended.started_at).total_seconds() > 2 * self.settings.backoff_max
+            ):
+                step = 0  # ran long enough: the back-off starts over, as the kubelet's does after 10 minutes
+            if self._stopping.is_set() or not restarts(record.kind, policy, ended.exit_code):
+                return
+            record.restart_pending()
+            record.state = Waiting("CrashLoopBackOff")
+            self._changed()
+
+    async def _run_once(self, record: ContainerRecord, spec: Mapping[str, Any]) -> Terminated | None:
+        """One run of the container: its termination, or None when it cannot be started as configured."""
+        assert self.sandbox is not None
+        ctx = podspec.PodContext(
+            pod_ip=self.sandbox.ip,
+            host_ip=self.settings.host_ip,
+            node_name=self.node,
+            volumes_dir=str(self.dir / "volumes"),
+            base_env=self.settings.base_env,
+        )
+        try:
+            launch = podspec.launch(self.pod, spec, ctx)
+        except podspec.NoCommand as error:
+            record.state = Terminated(128, "StartError", _now(), None, str(error))
+            record.started = True
+            self._changed()
+            await self._event("Warning", "Failed", f"Error: {error}")
+            return record.state
+        except podspec.ConfigError as error:
+            record.state = Waiting("CreateContainerConfigError", str(error))
+            self._changed()
+            await self._event("Warning", "Failed", f"Error: {error}")
+            return None
+        if self._stopping.is_set():
+            return None
+        for volume in self._empty_dirs():
+            volume.mkdir(parents=True, exist_ok=True)
+        path = log_file(self.logs_dir, record.name, record.restarts)
+        try:
+            process = await ContainerProcess.start(launch, self.sandbox.prefix, self.settings.isolation, path)
+        except OSError as error:
+            record.state = Terminated(128, "StartError", _now(), None, str(error))
+            self._changed()
+            return record.state
+        started = _now()
+        self.processes[record.name] = process
+        if self._stopping.is_set():  # the pod began to stop while this one started: it joins the others
+            await process.stop(self._stop_grace)
+        self.live_logs.add(path)
+        record.state = Running(started)
+        record.started = True
+        record.container_id = f"mljob://{self.uid[:8]}-{record.name}-{record.restarts}"
+        self._changed()
+        try:
+            exit = await process.wait()
+        finally:
+            self.live_logs.discard(path)
+            self.processes.pop(record.name, None)
+        code, signal = exit_code_of(exit.returncode)
+        record.state = Terminated(code, exit_reason(code), _now(), started, None, signal)
+        self._changed()
+        return record.state
+
+    def _empty_dirs(self) -> list[Path]:
+        volumes = (self.pod.get("spec") or {}).get("volumes") or ()
+        return [self.dir / "volumes" / str(v["name"]) for v in volumes if "emptyDir" in v]
+
+    async def _stop_all(self, grace: float) -> None:
+        """Regular containers first, then sidecars (in reverse), each SIGTERM then SIGKILL after ``grace``."""
+        self._stop_grace = grace
+        self._stopping.set()
+        self._changed()
+        order = {r.name: i for i, r in enumerate(self.records)}
+        regular = [p for n, p in self.processes.items() if self._kind(n) == "regular"]
+        if regular:
+            await asyncio.gather(*(p.stop(grace) for p in regular))
+        rest = sorted((n for n in self.processes if self._kind(n) != "regular"), key=lambda n: -order.get(n, 0))
+        for name in rest:
+            process = self.processes.get(name)
+            if process is not None:
+                await process.stop(grace)
+
+    def _kind(self, name: str) -> str:
+        return next((r.kind for r in self.records if r.name == name), "regular")
+
+    async def _delete(self, grace: float) -> None:
+        """The graceful deletion: stop every process, write the last status, delete the pod with grace 0."""
+        running = bool(self.processes)
+        if running:
+            await self._event("Normal", "Killing", "Stopping container(s)")
+        await self._stop_all(grace)
+        if self._main is not None:
+            await asyncio.gather(self._main, return_exceptions=True)
+        if running:
+            await self._flush()
+        try:
+            await self.calls.delete(self.pod)
+        except Exception as error:  # the writer retries nothing here: the next watch event starts over
+            log.warning("deleting %s: %s", self.name, error)
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self.sandbox is not None or self.records:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.network.remove, identity(self.pod))
+        for task in self._tasks:
+            task.cancel()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.done.set()
+
+    # --- status ----------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        previous = self._written.get("conditions") if self._written else None
+        pod = self.pod
+        if previous:
+            scheduled = [
+                c for c in (pod.get("status") or {}).get("conditions") or () if c.get("type") == "PodScheduled"
+            ]
+            pod = {**pod, "status": {"conditions": [*previous, *scheduled]}}
+        return pod_status(pod, self.records, self.facts, _now())
+
+    async def _write_status(self) -> None:
+        """One writer: whenever the records change, write the status if it differs from the last one written."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if not self.records:
+                continue
+            await self._flush()
+
+    async def _flush(self) -> None:
+        status = self.status()
+        if status == self._written:
+            return
+        for attempt in range(5):
+            try:
+                await self.calls.patch_status(self.pod, status)
+                self._written = status
+                return
+            except Exception as error:
+                log.warning("status of %s: %s", self.name, error)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _event(self, kind: str, reason: str, message: str) -> None:
+        try:
+            await self.calls.event(self.pod, kind, reason, message)
+        except Exception as error:
+            log.warning("event for %s: %s", self.name, error)
+
+
+def _parse(value: Any) -> datetime | None:
+    from mljob.api import parse_time
+
+    return parse_time(value) if isinstance(value, str) else None
