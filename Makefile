@@ -39,7 +39,9 @@ controlplane:
 	$(PYTHON) controlplane/build.py
 
 # Start it for a person: prints the KUBECONFIG to export; Ctrl-C stops every process.
-# CLUSTER_ARGS="--with kueue --with coscheduling --with volcano-crds" adds the placement add-ons.
+# CLUSTER_ARGS="--with kueue --with coscheduling --with volcano-crds" adds the placement add-ons; "--with agent"
+# the pods' network, CoreDNS and a node agent, so jobs train for real ("--with dns": all but the agent; root
+# needed for both, docs/node-agent.md).
 cluster: setup controlplane
 	$(BIN)/python -m controlplane $(CLUSTER_ARGS)
 
