@@ -24,6 +24,7 @@ finds every sandbox it made. ``/run`` and network namespaces both go with a rebo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import ipaddress
@@ -328,10 +329,18 @@ class NamespacedNetwork:
     # --- for an agent that restarts ---
 
     def sandboxes(self) -> set[str]:
-        """The uids of the pods that have a sandbox (or part of one) here: remove those whose pod is gone."""
-        made = {p.name for p in self.cluster.state.iterdir()} if self.cluster.state.is_dir() else set()
-        prefix = netns_name(self.cluster.name, "")
-        return made | {name[len(prefix) :] for name in self.cluster.pod_namespaces()}
+        """The uids of this node's pods that have a sandbox (or part of one): remove those whose pod is gone.
+
+        A pod is this node's when its reserved IP is in the node's podCIDR: other nodes' agents share the cluster
+        namespace and its state folder, and their pods are theirs to remove.
+        """
+        network = ipaddress.ip_network(self.pod_cidr)
+        mine = set()
+        for path in self.cluster.state.glob("*/ip"):
+            with contextlib.suppress(OSError, ValueError):
+                if ipaddress.ip_address(path.read_text().strip()) in network:
+                    mine.add(path.parent.name)
+        return mine
 
     def remove_uid(self, uid: str) -> None:
         """remove() for a pod known only by its uid (one deleted while the agent was down)."""

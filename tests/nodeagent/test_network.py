@@ -217,3 +217,24 @@ def test_a_host_network_pod_runs_in_the_cluster_namespace_with_the_nodes_files(n
     assert f"inet {sandbox.ip}/16" in run(sandbox, "ip", "-4", "-o", "addr")
     network.remove(host)
     assert network.sandboxes() == set()
+
+
+def test_pods_of_two_nodes_reach_each_other_and_each_node_lists_only_its_own(cluster_net: ClusterNetwork):
+    """Two agents' nodes on one cluster network: one bridge, two podCIDRs."""
+    node0, node1 = NamespacedNetwork(cluster_net, node_pod_cidr(0)), NamespacedNetwork(cluster_net, node_pod_cidr(1))
+    here, there = pod("job1-worker-0"), pod("job1-worker-1")
+    a, b = node0.create(here), node1.create(there)
+    try:
+        assert a.ip.startswith("10.244.128.")
+        assert b.ip.startswith("10.244.129.")
+        assert node0.sandboxes() == {here.uid}
+        assert node1.sandboxes() == {there.uid}
+        server = serve(b, 7300)
+        try:
+            assert ask(a, b.ip, 7300) == "job1-worker-1"
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        node0.remove(here)
+        node1.remove(there)
