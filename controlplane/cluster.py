@@ -236,6 +236,15 @@ class ControlPlane:
         path.write_text(kubeconfig_text(self.server, self.ca, user, token=token))
         return path
 
+    def kubelet_serving_pair(self, name: str, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> Pair:
+        """A serving certificate from the cluster's CA for another kubelet (a node agent at ``hosts``).
+
+        The API server verifies a kubelet's certificate with this CA (--kubelet-certificate-authority) when it
+        relays a pod's log; the agent checks the API server's client certificate against the same CA (``ca``).
+        """
+        assert self._ca is not None
+        return self._ca.issue(f"kubelet-{name}", name, server=True, hosts=tuple(hosts))
+
     def alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.procs.items()}
 
@@ -618,7 +627,9 @@ class ControlPlane:
                 "kwok",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--config={config}",
-                "--manage-all-nodes=true",
+                # Only the Nodes this class creates (Node.body's annotation): a node agent's real Nodes on the same
+                # cluster (mljob node-agent) are left to it, their status and leases and their pods.
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--server-address=127.0.0.1:{port}",
                 f"--node-port={port}",
                 "--node-ip=127.0.0.1",
