@@ -122,6 +122,30 @@ def test_empty_dir_shared_between_init_and_two_containers(env):
     assert env.kubectl("logs", "share", "-c", "reader") == "from-init\nfrom-writer\n"
 
 
+def test_native_sidecar_runs_beside_the_containers_and_is_stopped_when_they_end(env, tmp_path):
+    mark = uuid.uuid4().hex
+    mounts = [{"name": "out", "mountPath": "/out"}]
+    sidecar = sh(
+        "trap 'echo stopped > /out/sidecar; exit 0' TERM; echo up > /out/up; sleep 1000 & wait",
+        "sidecar",
+        restartPolicy="Always",
+        volumeMounts=mounts,
+    )
+    env.pod(
+        "sidecar",
+        sh("until [ -e /out/up ]; do sleep 0.05; done; cat /out/up /out/init", volumeMounts=mounts),
+        mark=mark,
+        initContainers=[sidecar, sh("echo after-sidecar > /out/init", "setup", volumeMounts=mounts)],
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+    )
+    pod = env.phase("sidecar", "Succeeded")
+    assert env.kubectl("logs", "sidecar", "-c", "main") == "up\nafter-sidecar\n"
+    assert (tmp_path / "sidecar").read_text() == "stopped\n"
+    assert [s["name"] for s in pod["status"]["initContainerStatuses"]] == ["sidecar", "setup"]
+    until(lambda: "terminated" in status_of(env.read("sidecar"), "sidecar")["state"], TIMEOUT, "the sidecar's end")
+    assert processes(mark) == []
+
+
 def test_host_path_and_working_dir(env, tmp_path):
     (tmp_path / "input.txt").write_text("on the host\n")
     mounts = [{"name": "host", "mountPath": "/work-in"}]

@@ -68,3 +68,12 @@ def test_an_mljob_through_the_operator_runs_on_the_agent_to_succeeded(env, tmp_p
     rank = {"ddp-master-0": 0, "ddp-worker-0": 1, "ddp-worker-1": 2}
     for name, r in rank.items():
         assert env.kubectl("logs", name) == f"rank {r} of 3 ddp-master-0.ddp.{env.namespace}.svc\n"
+    mljob_logs = subprocess.run(
+        [*command[:-1], "logs", "ddp", "--namespace", env.namespace],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert f"[worker-1] rank 2 of 3 ddp-master-0.ddp.{env.namespace}.svc" in mljob_logs.stdout.splitlines()
