@@ -240,3 +240,16 @@ def env(cluster: ControlPlane, agent: AgentProcess, request: pytest.FixtureReque
     e.api.create_namespace({"metadata": {"name": namespace}})
     yield e
     e.api.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stale_test_networks() -> None:
+    """Cluster network namespaces that killed test runs left behind (named mljob-test-<what>-<pid>): removed."""
+    from mljob.nodeagent.network import NETNS_DIR, ClusterNetwork, missing_privileges
+
+    if missing_privileges() is not None or not NETNS_DIR.is_dir():
+        return
+    for path in NETNS_DIR.glob("mljob-test-*"):
+        found = re.fullmatch(r"mljob-test-[a-z]+-(\d+)", path.name)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            ClusterNetwork(path.name).destroy()
