@@ -5,15 +5,14 @@ A container's argv is wrapped, outermost first::
     setpriv --pdeathsig KILL --                  # dies with the agent, whatever killed it
       <the sandbox's prefix>                     # the pod's namespaces (network side); each step execs
       unshare --pid --fork --kill-child --mount --mount-proc --
-      sh -c MOUNTS <binds> -- <workingDir> <argv> # binds the volumes, cd, exec the command
+      sh -c MOUNTS <binds> -- <workingDir> <argv> # PID 1: binds the volumes, cd, runs the command, its status
 
-so the command is PID 1 of a PID namespace of its own, as in a container. That is what keeps "no process left
+so every process of the container lives in a PID namespace of its own. That is what keeps "no process left
 behind" true: when the namespace's first process dies the kernel kills every other one in it, even those that
 left the process group or the session; and that process gets SIGKILL when the ``unshare`` above it dies
 (``--kill-child``), which gets SIGKILL when the agent dies (``setpriv --pdeathsig``, kept across each exec of
 the prefix). A mount namespace per container carries its volume binds (an emptyDir is the same host folder bound
-into each container that mounts it) and leaves the host's mount table alone. PID 1 semantics come with it: a
-command with no handler for SIGTERM ignores it (as in a container) and is killed after the grace period.
+into each container that mounts it) and leaves the host's mount table alone.
 
 Without root the same chain runs in a user namespace (``unshare --user --map-root-user``) where the kernel
 allows it; :func:`detect_isolation` says which, or why neither works.
@@ -46,12 +45,16 @@ done
 shift
 cd "$1" 2>/dev/null || fail "workingDir $1: no such folder"
 shift
-exec "$@"
+"$@" &
+wait $!
 """
-"""Runs as PID 1 of the container's namespaces: bind each volume, enter the working folder, exec the command.
+"""Runs as PID 1 of the container's namespaces: bind each volume, enter the working folder, run the command and
+exit with its status, 128 + N when signal N killed it.
 
-A failure here is the container's (exit 128 with the reason on stderr, so in its log), as a runtime's start
-error is."""
+The command is PID 1's child rather than PID 1 itself because ``unshare`` (util-linux 2.38) reports a child
+killed by a signal as exit 1, which would make an OOM kill (137) look like an ordinary failure. PID 1 ignores
+SIGTERM (no handler) and waits; the command gets the signal with the rest of the process group. A failure here is
+the container's (exit 128 with the reason on stderr, so in its log), as a runtime's start error is."""
 
 PDEATHSIG = ("setpriv", "--pdeathsig", "KILL", "--")
 NAMESPACES = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc")

@@ -51,6 +51,13 @@ def test_running_pod_is_ready(env):
     assert processes(mark)
 
 
+def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(env):
+    env.pod("killed", {"name": "main", "command": ["python", "-c", "import os; os.kill(os.getpid(), 9)"]})
+    pod = env.phase("killed", "Failed")
+    term = status_of(pod, "main")["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (137, "Error")
+
+
 def test_exit_code_fails_the_pod(env):
     env.pod("bad", sh("echo oops >&2; exit 3"))
     pod = env.phase("bad", "Failed")
@@ -208,7 +215,7 @@ def test_deletion_sends_sigterm_then_deletes_leaving_no_process(env, tmp_path):
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(env):
     mark = uuid.uuid4().hex
-    # PID 1 of its namespace with no handler: SIGTERM is ignored, as in a container; a child keeps running too.
+    # SIGTERM ignored by the shell and, inherited, by both sleeps: only the SIGKILL after the grace period ends them.
     env.pod("stubborn", sh("trap '' TERM; sleep 1000 & sleep 1000"), mark=mark, terminationGracePeriodSeconds=1)
     env.phase("stubborn", "Running")
     until(lambda: len(processes(mark)) >= 3, TIMEOUT, "the shell and both sleeps")
