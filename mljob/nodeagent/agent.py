@@ -351,14 +351,14 @@ class Agent:
 
     def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> kubelet_api.LogFile:
         """The file of a container's current (or previous) run: the newest pod of that name on this agent."""
-        worker = next(
-            (
-                w
-                for w in self.workers.values()
-                if w.pod["metadata"]["namespace"] == namespace and w.pod["metadata"]["name"] == pod
-            ),
-            None,
-        )
+        named = [
+            w
+            for w in self.workers.values()
+            if w.pod["metadata"]["namespace"] == namespace and w.pod["metadata"]["name"] == pod
+        ]
+        # A name may be two pods for a moment (one being deleted, its replacement): the API server means the live one.
+        named.sort(key=lambda w: not w.pod["metadata"].get("deletionTimestamp"))
+        worker = named[-1] if named else None
         if worker is not None:
             folder = worker.logs_dir
             names = {str(c["name"]) for c in (worker.pod.get("spec") or {}).get("containers") or ()}

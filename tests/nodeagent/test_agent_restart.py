@@ -72,3 +72,15 @@ def test_a_pod_deleted_while_the_agent_was_down_is_deleted_when_it_returns(own, 
     env.gone("orphan")
     assert processes(mark) == []
     assert not list((folder / "state" / "pods").glob(f"{env.namespace}_orphan_*"))
+
+
+def test_a_stopped_agent_stops_its_pods_processes_and_exits_cleanly(own):
+    env, holder, _ = own
+    mark = uuid.uuid4().hex
+    env.pod("stopped", {"name": "main", "command": ["sh", "-c", "sleep 1000 & wait"]}, mark=mark)
+    env.phase("stopped", "Running")
+    until(lambda: len(processes(mark)) >= 2, TIMEOUT, "the pod's processes")
+    process = holder["agent"].proc
+    holder["agent"].stop()
+    assert process.returncode == 0, holder["agent"].log()[-3000:]
+    assert processes(mark) == []
