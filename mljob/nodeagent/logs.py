@@ -141,3 +141,19 @@ def render(entries: Iterable[Entry], options: Options, *, line_start: bool = Tru
 def log_file(folder: Path, container: str, restart: int) -> Path:
     """Where run ``restart`` (the restart count when it started) of ``container`` logs."""
     return folder / container / f"{restart}.log"
+
+
+TERMINATION_LINES = 80
+TERMINATION_BYTES = 2048
+"""The kubelet's limits on a termination message taken from the log (FallbackToLogsOnError)."""
+
+
+def termination_message(path: Path) -> str:
+    """The end of a run's log as the kubelet's ``FallbackToLogsOnError`` message: the last 80 lines, 2 KiB at most."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    lines = [e for e in parse(data[-(TERMINATION_BYTES * 64) :]) if e.text or e.full]
+    text = render(select(lines, Options(tail_lines=TERMINATION_LINES)), Options())
+    return text[-TERMINATION_BYTES:].decode(errors="replace")

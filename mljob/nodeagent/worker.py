@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mljob.nodeagent import podspec
-from mljob.nodeagent.logs import log_file
+from mljob.nodeagent.logs import log_file, termination_message
 from mljob.nodeagent.podstatus import (
     ContainerRecord,
     PodFacts,
@@ -267,6 +267,7 @@ class PodWorker:
                     f"pod={meta['name']}_{meta['namespace']}({self.uid})",
                 )
                 self._changed()
+                await self._event("Warning", "BackOff", f"Back-off restarting failed container {record.name}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
@@ -329,13 +330,17 @@ class PodWorker:
         record.started = True
         record.container_id = f"mljob://{self.uid[:8]}-{record.name}-{record.restarts}"
         self._changed()
+        await self._event("Normal", "Started", f"Started container {record.name}")
         try:
             exit = await process.wait()
         finally:
             self.live_logs.discard(path)
             self.processes.pop(record.name, None)
         code, signal = exit_code_of(exit.returncode)
-        record.state = Terminated(code, exit_reason(code), _now(), started, None, signal)
+        message = None
+        if code != 0 and spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = termination_message(path) or None
+        record.state = Terminated(code, exit_reason(code), _now(), started, message, signal)
         self._changed()
         return record.state
 

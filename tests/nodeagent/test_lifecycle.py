@@ -58,12 +58,14 @@ def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(env):
     assert (term["exitCode"], term["reason"]) == (137, "Error")
 
 
-def test_exit_code_fails_the_pod(env):
-    env.pod("bad", sh("echo oops >&2; exit 3"))
+def test_exit_code_fails_the_pod_with_the_log_as_its_message(env):
+    env.pod("bad", sh("echo oops >&2; exit 3", terminationMessagePolicy="FallbackToLogsOnError"))
     pod = env.phase("bad", "Failed")
     term = status_of(pod, "main")["state"]["terminated"]
-    assert (term["exitCode"], term["reason"]) == (3, "Error")
+    assert (term["exitCode"], term["reason"], term["message"]) == (3, "Error", "oops\n")
     assert env.kubectl("logs", "bad") == "oops\n"
+    events = env.api.list_namespaced_event(env.namespace, field_selector="involvedObject.name=bad").items
+    assert [(e.reason, e.message) for e in events] == [("Started", "Started container main")]
 
 
 def test_on_failure_restarts_in_place_with_back_off(env, tmp_path):
@@ -263,6 +265,7 @@ def test_kubectl_logs_follow_tail_and_timestamps(env, tmp_path):
     assert [line.split(" ", 1)[1] for line in stamped] == ["one", "two", "three"]
     assert all(line.split(" ", 1)[0].endswith("Z") for line in stamped)
     assert env.kubectl("logs", "follow", "--limit-bytes=5") == "one\nt"
+    assert env.kubectl("logs", "follow", "--since=1h") == "one\ntwo\nthree\n"
 
 
 def test_previous_of_a_container_that_never_restarted_is_an_error(env):
@@ -283,6 +286,12 @@ def test_node_lease_is_renewed_and_node_is_described(env, agent):
         TIMEOUT,
         "the lease to be renewed",
     )
+    def heartbeat():
+        ready = [c for c in env.api.read_node(agent.node).status.conditions if c.type == "Ready"]
+        return ready[0].last_heartbeat_time
+
+    beat = heartbeat()
+    until(lambda: heartbeat() > beat, TIMEOUT, "the Ready condition's heartbeat")
     node = env.api.read_node(agent.node)
     assert node.metadata.labels["kubernetes.io/hostname"] == agent.node
     assert node.status.capacity["cpu"] == "8"

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from mljob.nodeagent.logs import MAX_LINE, Entry, LogWriter, Options, parse, render, select
+from mljob.nodeagent.logs import MAX_LINE, Entry, LogWriter, Options, parse, render, select, termination_message
 
 
 def test_writer_splits_lines_streams_and_long_lines(tmp_path):
@@ -42,3 +42,15 @@ def test_timestamps_and_since():
     since = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
     chosen = select(old + new, Options(since=since))
     assert render(chosen, Options(timestamps=True)) == b"2026-01-01T00:00:10.123456Z new\n"
+
+
+def test_termination_message_is_the_logs_end(tmp_path):
+    path = tmp_path / "0.log"
+    writer = LogWriter(path)
+    writer.feed("stdout", b"".join(b"line %d\n" % i for i in range(100)))
+    writer.feed("stderr", b"Traceback: boom\n")
+    writer.close()
+    message = termination_message(path)
+    assert message.endswith("line 99\nTraceback: boom\n")
+    assert message.startswith("line 21\n")  # the last 80 lines
+    assert termination_message(tmp_path / "missing.log") == ""
