@@ -251,13 +251,15 @@ class PodWorker:
     async def _supervise(self, record: ContainerRecord, spec: Mapping[str, Any], policy: str) -> None:
         """Run one container until it will not run again (by the restart rules), or until the pod stops."""
         step = 0
+        back_off = True
         if isinstance(record.state, Terminated):  # recovered after an agent restart: its process is gone
             if not restarts(record.kind, policy, record.state.exit_code):
                 return
             record.restart_pending()
-            record.state = Waiting("CrashLoopBackOff")
+            record.state = Waiting("ContainerCreating")
+            back_off = False  # the back-off lived in the old agent's memory, as a kubelet's does: start over
         while not self._stopping.is_set():
-            if record.last is not None and isinstance(record.state, Waiting):
+            if back_off and record.last is not None and isinstance(record.state, Waiting):
                 step += 1
                 delay = backoff_seconds(step, self.settings.backoff_base, self.settings.backoff_max)
                 meta = self.pod["metadata"]
@@ -272,6 +274,7 @@ class PodWorker:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
                     return
+            back_off = True
             ended = await self._run_once(record, spec)
             if ended is None:  # a config error: the kubelet keeps the container waiting with its reason
                 await self._stopping.wait()

@@ -9,12 +9,15 @@ from conftest import TIMEOUT, Env, core, processes, start_agent, status_of
 
 from controlplane.waiting import until
 
+SLOW_BACKOFF = ("--backoff=600", "--backoff-max=600")
+
 
 @pytest.fixture
 def own(cluster, tmp_path, request):
     """An agent of this test's own (it gets killed), its Node, and a namespace."""
     node = f"restart-{uuid.uuid4().hex[:8]}"
-    agent = start_agent(cluster, tmp_path / "agent", node)
+    # A back-off longer than any wait here: a container restarted after an agent restart must not wait for it.
+    agent = start_agent(cluster, tmp_path / "agent", node, *SLOW_BACKOFF)
     namespace = f"na-restart-{uuid.uuid4().hex[:8]}"
     env = Env(cluster, namespace, node)
     env.api.create_namespace({"metadata": {"name": namespace}})
@@ -40,7 +43,7 @@ def test_sigkilled_agent_leaves_no_process_and_its_pods_are_taken_up_again(own, 
     holder["agent"].kill()
     until(lambda: not processes(never) and not processes(again), TIMEOUT, "the pods' processes to die with the agent")
 
-    holder["agent"] = start_agent(cluster, folder, env.node)
+    holder["agent"] = start_agent(cluster, folder, env.node, *SLOW_BACKOFF)
     failed = env.phase("never", "Failed")
     term = status_of(failed, "main")["state"]["terminated"]
     assert (term["exitCode"], term["reason"]) == (137, "ContainerStatusUnknown")
@@ -68,7 +71,7 @@ def test_a_pod_deleted_while_the_agent_was_down_is_deleted_when_it_returns(own, 
     holder["agent"].kill()
     env.api.delete_namespaced_pod("orphan", env.namespace)  # graceful: waits for the node's kubelet
     assert env.read("orphan") is not None
-    holder["agent"] = start_agent(cluster, folder, env.node)
+    holder["agent"] = start_agent(cluster, folder, env.node, *SLOW_BACKOFF)
     env.gone("orphan")
     assert processes(mark) == []
     assert not list((folder / "state" / "pods").glob(f"{env.namespace}_orphan_*"))
