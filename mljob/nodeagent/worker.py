@@ -231,6 +231,13 @@ class PodWorker:
         await self._stop_all(grace)
         await asyncio.gather(*sidecars, return_exceptions=True)
         self._changed()
+        await self._remove_sandbox()  # as the kubelet tears down a finished pod's sandbox: its IP is free again
+
+    async def _remove_sandbox(self) -> None:
+        try:
+            await asyncio.to_thread(self.network.remove, identity(self.pod))
+        except Exception:
+            log.exception("removing the sandbox of %s", self.name)
 
     async def _until_started(self, record: ContainerRecord) -> None:
         while not record.started and not self._stopping.is_set():
@@ -386,9 +393,7 @@ class PodWorker:
         await self._cleanup()
 
     async def _cleanup(self) -> None:
-        if self.sandbox is not None or self.records:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.network.remove, identity(self.pod))
+        await self._remove_sandbox()  # idempotent; also after an agent restart, when it may be left from before
         for task in self._tasks:
             task.cancel()
         shutil.rmtree(self.dir, ignore_errors=True)
