@@ -87,3 +87,26 @@ def test_a_stopped_agent_stops_its_pods_processes_and_exits_cleanly(own):
     holder["agent"].stop()
     assert process.returncode == 0, holder["agent"].log()[-3000:]
     assert processes(mark) == []
+
+
+def test_one_agent_plays_several_nodes(cluster, tmp_path):
+    first, second = f"multi-{uuid.uuid4().hex[:8]}", f"multi-{uuid.uuid4().hex[:8]}"
+    agent = start_agent(cluster, tmp_path / "agent", first, f"--node={second}")
+    namespace = f"na-multi-{uuid.uuid4().hex[:8]}"
+    env = Env(cluster, namespace, second)
+    env.api.create_namespace({"metadata": {"name": namespace}})
+    try:
+        node = env.api.read_node(second)
+        assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+        env.pod("on-second", {"name": "main", "command": ["sh", "-c", "echo on $NODE"], "env": [NODE_NAME]})
+        env.phase("on-second", "Succeeded")
+        assert env.kubectl("logs", "on-second") == f"on {second}\n"
+    finally:
+        agent.stop()
+        print(f"----- agent log (tail) -----\n{agent.log()[-6000:]}")
+        env.api.delete_namespace(namespace)
+        for name in (first, second):
+            core(cluster).delete_node(name)
+
+
+NODE_NAME = {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
