@@ -286,6 +286,7 @@ def test_node_lease_is_renewed_and_node_is_described(env, agent):
         TIMEOUT,
         "the lease to be renewed",
     )
+
     def heartbeat():
         ready = [c for c in env.api.read_node(agent.node).status.conditions if c.type == "Ready"]
         return ready[0].last_heartbeat_time
