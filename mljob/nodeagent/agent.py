@@ -258,7 +258,9 @@ class Agent:
             self._forget_leftovers()
 
     def _forget_leftovers(self) -> None:
-        """Remove the folders (logs, emptyDirs) of pods that were deleted while the agent was away."""
+        """Remove what is left of pods deleted while the agent was away: their folders (logs, emptyDirs), and
+        their sandboxes where the network can list them (``sandboxes()`` and ``remove_uid()``, as
+        NamespacedNetwork's)."""
         if len(self.synced) < len(self.config.nodes):
             return
         known = {str(w.dir) for w in self.workers.values()}
@@ -266,6 +268,21 @@ class Agent:
         for entry in folder.iterdir() if folder.is_dir() else ():
             if str(entry) not in known:
                 shutil.rmtree(entry, ignore_errors=True)
+        self._keep(asyncio.create_task(self._sweep_sandboxes()))
+
+    async def _sweep_sandboxes(self) -> None:
+        uids = set(self.workers)
+        for node, network in self.networks.items():
+            listed = getattr(network, "sandboxes", None)
+            remove = getattr(network, "remove_uid", None)
+            if listed is None or remove is None:
+                continue
+            try:
+                for uid in await asyncio.to_thread(listed) - uids:
+                    log.info("removing the sandbox of pod %s on %s: the pod is gone", uid, node)
+                    await asyncio.to_thread(remove, uid)
+            except Exception:
+                log.exception("sweeping the sandboxes of %s", node)
 
     def _seen(self, node: str, pod: dict[str, Any]) -> None:
         uid = str(pod["metadata"]["uid"])

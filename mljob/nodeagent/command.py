@@ -8,9 +8,11 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from mljob.nodeagent.node import NodeSpec
+from mljob.nodeagent.sandbox import HostNetwork, PodNetwork
 
 DEFAULT_STATE_DIR = Path("/var/lib/mljob-node-agent")
 
@@ -31,7 +33,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="8Gi", help="Each Node's memory capacity.")
     p.add_argument("--pods", default="110", help="Each Node's pod capacity.")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="A Node label (repeatable).")
-    p.add_argument("--pod-cidr", help="spec.podCIDR of the (first) Node.")
+    p.add_argument(
+        "--pod-cidr",
+        action="append",
+        default=[],
+        help="spec.podCIDR of each Node, in --node order (repeat); with --network namespaced its pods' IPs.",
+    )
+    p.add_argument(
+        "--network",
+        choices=("host", "namespaced"),
+        default="host",
+        help="host: every pod on the node's network and IP. namespaced: each pod its own network namespace on the "
+        "local cluster's bridge, with its hostname, /etc/hosts and a resolv.conf naming the cluster DNS.",
+    )
+    p.add_argument(
+        "--cluster-netns",
+        default="mljob",
+        help="With --network namespaced: the local cluster's private network namespace (python -m controlplane).",
+    )
     p.add_argument("--tls-cert-file", type=Path, help="The kubelet API's serving certificate (from the cluster CA).")
     p.add_argument("--tls-private-key-file", type=Path)
     p.add_argument("--client-ca-file", type=Path, help="Accept only clients (the API server) with a cert from it.")
@@ -40,7 +59,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=float, default=60.0, help="Seconds between Ready heartbeats.")
     p.add_argument("--backoff", type=float, default=10.0, help="Seconds: the first restart back-off (doubles).")
     p.add_argument("--backoff-max", type=float, default=300.0, help="Seconds: the longest restart back-off.")
-    p.add_argument("--network", choices=("host",), default="host", help="host: every pod on the node's network.")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -51,16 +69,40 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def pod_networks(kind: str, netns: str, node_ip: str, nodes: Sequence[NodeSpec]) -> dict[str, PodNetwork]:
+    """Each Node's :class:`PodNetwork`; ValueError saying what is missing for the namespaced one."""
+    if kind == "host":
+        return {node.name: HostNetwork(node_ip) for node in nodes}
+    from mljob.nodeagent.network import ClusterNetwork, NamespacedNetwork, missing_privileges
+
+    problem = missing_privileges()
+    if problem:
+        raise ValueError(problem)
+    cluster = ClusterNetwork(netns)
+    if not cluster.exists():
+        raise ValueError(
+            f"no network namespace {netns!r} for the cluster's pods: the cluster bring-up makes it "
+            "(python -m controlplane --with dns), or pass --cluster-netns"
+        )
+    missing = [node.name for node in nodes if not node.pod_cidr]
+    if missing:
+        raise ValueError(f"--network namespaced needs a --pod-cidr for every --node (none for {', '.join(missing)})")
+    return {node.name: NamespacedNetwork(cluster, str(node.pod_cidr)) for node in nodes}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mljob.kube import Credentials
     from mljob.nodeagent.agent import Config, NodeApi, base_env, run_agent
     from mljob.nodeagent.runtime import IsolationError, detect_isolation
-    from mljob.nodeagent.sandbox import HostNetwork
 
     if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
         print("mljob node-agent: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
+        return 2
+    names = args.nodes or [socket.gethostname()]
+    if len(args.pod_cidr) > len(names):
+        print("mljob node-agent: more --pod-cidr than --node", file=sys.stderr)
         return 2
     try:
         isolation = detect_isolation()
@@ -70,11 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     bind = args.bind_address or args.node_ip
     port = args.port or _free_port(bind)
     labels = dict(item.split("=", 1) for item in args.label)
-    names = args.nodes or [socket.gethostname()]
+    cidrs: list[str | None] = [*args.pod_cidr, *[None] * (len(names) - len(args.pod_cidr))]
     nodes = tuple(
-        NodeSpec(name, args.node_ip, port, args.cpu, args.memory, args.pods, labels, args.pod_cidr if i == 0 else None)
-        for i, name in enumerate(names)
+        NodeSpec(name, args.node_ip, port, args.cpu, args.memory, args.pods, labels, cidr)
+        for name, cidr in zip(names, cidrs, strict=True)
     )
+    try:
+        networks = pod_networks(args.network, args.cluster_netns, args.node_ip, nodes)
+    except ValueError as error:
+        print(f"mljob node-agent: {error}", file=sys.stderr)
+        return 1
     config = Config(
         nodes=nodes,
         state_dir=args.state_dir,
@@ -94,6 +141,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the kubernetes package's config errors share no useful base class
         print(f"mljob node-agent: no cluster: {error}", file=sys.stderr)
         return 5
-    networks = {node.name: HostNetwork(args.node_ip) for node in nodes}
     asyncio.run(run_agent(NodeApi(credentials), networks, config, isolation))
     return 0
