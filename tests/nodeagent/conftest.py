@@ -87,6 +87,20 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+MOUNT_POINTS = ("/data", "/shared", "/out", "/flag", "/work-in", "/runs")
+"""The mountPaths the tests use: a bind needs its mount point on the host, so the agent makes missing ones there
+(docs/node-agent.md); those the session made are removed when it ends."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mount_points() -> Iterator[None]:
+    made = [Path(p) for p in MOUNT_POINTS if not Path(p).exists()]
+    yield
+    for path in made:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only when empty
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     if os.geteuid() != 0:
