@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 from controlplane.cluster import ControlPlane, StartError
+from controlplane.examples import write_overlays
 from controlplane.localcluster import LocalCluster
 from mljob.nodeagent.network import missing_privileges
 
@@ -39,7 +41,11 @@ def main() -> int:
     if "dns" in args.addons or "agent" in args.addons:
         problem = missing_privileges()
         if problem:
-            print(f"error: --with dns/agent: {problem}", file=sys.stderr)
+            print(
+                f"error: --with dns/agent: {problem}; without root, `make cluster-kwok` (or python -m controlplane "
+                "without --with dns/agent) starts the control plane with kwok's simulated nodes, which train nothing",
+                file=sys.stderr,
+            )
             return 1
         agents = args.agents if "agent" in args.addons else 0
         local = LocalCluster(args.workdir.resolve(), netns=args.netns, agents=agents, log=log)
@@ -70,6 +76,15 @@ def main() -> int:
         print("  nodes: " + ", ".join(nodes) + f"; logs in {cp.logs}; Ctrl-C stops it all.")
         if local is not None:
             print(f"  pods' network: netns {local.network.name}, cluster DNS on {local.dns.address}:53", flush=True)
+        if local is not None and local.agent_names:
+            overlays = write_overlays(args.workdir / "examples")
+            where = os.path.relpath(args.workdir / "examples")
+            where = str((args.workdir / "examples").resolve()) if where.startswith("..") else where
+            print(
+                f"  the examples as the agents run them (workingDir, PATH; docs/node-agent.md): kubectl apply -k "
+                f"{where}/<{'|'.join(overlays)}>",
+                flush=True,
+            )
         while not stop.wait(1):
             dead = [name for name, ok in (local or cp).alive().items() if not ok]
             if dead:

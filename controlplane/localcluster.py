@@ -27,6 +27,10 @@ from controlplane.clusterdns import ClusterDNS
 from controlplane.waiting import until
 from mljob.nodeagent.network import ClusterNetwork, missing_privileges, node_pod_cidr
 
+AGENT_CAPACITY = ("--cpu=64", "--memory=256Gi")
+"""What each agent's Node advertises: nothing is enforced on the host, and the examples ask for a CPU and 1-2 GiB per
+replica, so a 2-core machine's real size would leave a 4-replica job unschedulable (agent_args may override it)."""
+
 
 def agent_supports_pod_networks() -> bool:
     """Whether this checkout's ``mljob node-agent`` takes ``--network namespaced`` (the agent lands separately)."""
@@ -112,6 +116,7 @@ class LocalCluster:
             f"--pod-cidr={node_pod_cidr(index)}",
             "--network=namespaced",
             f"--cluster-netns={self.network.name}",
+            *AGENT_CAPACITY,
             *self.agent_args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
