@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/tensorboard
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: setup setup-mxnet controlplane browser cluster example test test-fast lint crds bench-smoke bench clean
+.PHONY: setup setup-mxnet controlplane browser agent-tools cluster cluster-kwok example test test-fast lint crds bench-smoke bench clean
 
 # The main environment: the core, the framework plugins, PyTorch, TensorFlow, JAX and XGBoost on CPU, test tools.
 $(BIN)/mljob: pyproject.toml requirements/*.txt plugins/*/pyproject.toml
@@ -31,6 +31,14 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@chromium --version 2>/dev/null
 
+# The node agent's pod networks need iproute2's `ip` (Debian marks it important, not essential: slim images lack it);
+# nsenter, unshare and setpriv are util-linux's, which every Debian has. After `browser` when both are asked for
+# (make -j3 test): two apt-gets at once would fail on apt's lock.
+agent-tools: | $(filter browser,$(MAKECMDGOALS))
+	@command -v ip >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }
+	@ip -V
+
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
 # scheduler, kubectl, kwok) and CoreDNS for the node agent's pods, built from the Go modules pinned in
 # controlplane/ into controlplane/bin/. About 14 minutes cold on 2 cores (CoreDNS: about 2.5 of them); seconds
@@ -38,11 +46,15 @@ browser:
 controlplane:
 	$(PYTHON) controlplane/build.py
 
-# Start it for a person: prints the KUBECONFIG to export; Ctrl-C stops every process.
-# CLUSTER_ARGS="--with kueue --with coscheduling --with volcano-crds" adds the placement add-ons; "--with agent"
-# the pods' network, CoreDNS and a node agent, so jobs train for real ("--with dns": all but the agent; root
-# needed for both, docs/node-agent.md).
-cluster: setup controlplane
+# Start it for a person, so jobs train for real: the control plane, the pods' network, CoreDNS and a node agent that
+# runs pods as host processes (root needed for the network namespaces: docs/node-agent.md). Prints the KUBECONFIG
+# to export and where each example's overlay is; Ctrl-C stops every process. CLUSTER_ARGS adds to it: "--agents 2",
+# "--with kueue --with coscheduling --with volcano-crds" (the placement add-ons). The MXNet example also needs
+# `make setup-mxnet`. Without root: `make cluster-kwok`, the control plane with kwok's simulated nodes (no training).
+cluster: setup controlplane agent-tools
+	$(BIN)/python -m controlplane --with agent $(CLUSTER_ARGS)
+
+cluster-kwok: setup controlplane
 	$(BIN)/python -m controlplane $(CLUSTER_ARGS)
 
 # README's first command: train the PyTorch DDP example (a master and two workers) locally.
@@ -76,13 +88,13 @@ bench: setup controlplane
 # included), a benchmark smoke. The two Python environments and the control plane are set up side by side:
 # pip waits on the network, the Go build on the CPU.
 test:
-	$(MAKE) -j3 setup setup-mxnet controlplane browser
+	$(MAKE) -j3 setup setup-mxnet controlplane browser agent-tools
 	$(MAKE) lint
 	$(BIN)/pytest
 	$(MAKE) bench-smoke
 
 # Without the framework end-to-end runs: for a quick loop while editing.
-test-fast: setup controlplane browser
+test-fast: setup controlplane browser agent-tools
 	$(BIN)/pytest -m "not frameworks and not slow"
 
 clean:
