@@ -11,6 +11,8 @@ LABEL_FRAMEWORK = "mljob.io/framework"
 LABEL_ROLE = "mljob.io/replica-type"
 LABEL_INDEX = "mljob.io/replica-index"
 LABEL_LEADER = "mljob.io/leader"
+LABEL_SPEC_HASH = "mljob.io/spec-hash"
+"""On every pod: the fingerprint of the spec it was rendered from (as ``pod-template-hash`` on a ReplicaSet's)."""
 RESERVED_LABEL_PREFIX = "mljob.io/"
 
 DNS_LABEL_MAX = 63

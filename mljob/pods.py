@@ -13,7 +13,7 @@ from typing import Any
 
 from mljob.api import GROUP, KIND
 from mljob.framework import Replica
-from mljob.names import LABEL_INDEX, LABEL_ROLE
+from mljob.names import LABEL_INDEX, LABEL_ROLE, LABEL_SPEC_HASH
 
 PENDING = "Pending"
 RUNNING = "Running"
@@ -59,6 +59,11 @@ def name(obj: Mapping[str, Any]) -> str:
 
 def uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+def fingerprint(pod: Mapping[str, Any]) -> str:
+    """The fingerprint of the spec the pod was rendered from (its ``mljob.io/spec-hash`` label); "" if none."""
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_SPEC_HASH) or "")
 
 
 def terminating(obj: Mapping[str, Any]) -> bool:

@@ -22,7 +22,10 @@ Choices (see also :mod:`mljob.status` for the restart ledger):
   the rule is absent or bypassed): the change is not applied. Running pods keep the spec they
   started with (Kueue only edits suspended jobs, Kubeflow never rolls pods); if a pod must be
   created or removed before the job finishes, the job fails with ``SpecChanged`` rather than
-  mixing two specs in one job. Suspend, edit, resume applies a change.
+  mixing two specs in one job. Suspend, edit, resume applies a change. Which spec the job started
+  with is read from its pods' ``mljob.io/spec-hash`` label, or from the ledger once a restart has
+  written it; with neither (every pod gone at once, none counted), nothing of an older spec runs
+  and the pods are created from the spec as it is.
 """
 
 from __future__ import annotations
@@ -105,10 +108,11 @@ class Event:
 class Plan:
     """What one reconcile pass wants done, in the order the operator applies it.
 
-    The ledger annotation first, then the status (both with the job's resourceVersion as a
-    precondition, so a pass that read a stale job changes nothing), then :attr:`events`, then
-    deletes and creates, then the job's own deletion (TTL). Counting before acting means a crash
-    in between never counts a restart twice: the next pass finds the restart already recorded.
+    The ledger annotation (only when a restart was counted) first, then the status (both with the
+    job's resourceVersion as a precondition, so a pass that read a stale job changes nothing),
+    then :attr:`events`, then deletes and creates, then the job's own deletion (TTL). Counting
+    before acting means a crash in between never counts a restart twice: the next pass finds the
+    restart already recorded.
     """
 
     creates: tuple[dict[str, Any], ...] = ()
@@ -575,10 +579,13 @@ class _Pass:
         if not is_true(old, ConditionType.CREATED):
             self.condition(ConditionType.CREATED, True, "Created", "the job was accepted; creating its pods")
             self.accepted = True
-        if self.start_time is None or not self.ledger.spec:
-            self.start_time = self.start_time or self.now
-            self.ledger.started(self.desired.spec_hash)
-        frozen = self.ledger.spec != self.desired.spec_hash
+        if self.start_time is None:
+            self.start_time = self.now
+            if self.ledger.spec:  # resumed: the pods are recreated from the spec as it is now
+                self.ledger.started(self.desired.spec_hash)
+        started = self.started_spec()
+        self.ledger.spec = self.ledger.spec or started  # written with the first restart, not on its own
+        frozen = started != self.desired.spec_hash
         if frozen and old.observed_generation != self.job.metadata.generation:
             message = (
                 "spec.replicaSpecs changed while the job is running; the change is ignored (running pods keep "
@@ -620,6 +627,19 @@ class _Pass:
         if deadline is not None:
             self.wake.append(deadline)
         self.schedule_timeout(seen)
+
+    def started_spec(self) -> str:
+        """The fingerprint of the spec the running job's pods come from: its pods' label, else the ledger's.
+
+        The pods carry it from their create (``mljob.io/spec-hash``), so a job that never restarts never
+        writes its ledger; the ledger keeps it once written, for when none of those pods is left (a pod
+        deleted to be recreated). A terminating pod does not count: a resumed job's old pods are going.
+        With neither, nothing of an older spec runs, and the pods are created from the spec as it is.
+        """
+        marks = {podlib.fingerprint(p) for p in self.pods.values() if not podlib.terminating(p)} - {""}
+        if marks:
+            return min(marks - {self.desired.spec_hash}, default=self.desired.spec_hash)
+        return self.ledger.spec or self.desired.spec_hash
 
     def schedule_timeout(self, seen: _Observed) -> None:
         """Fail the job whose pods were not all scheduled within scheduleTimeoutSeconds of their start."""

@@ -21,9 +21,11 @@ from mljob.names import (
     LABEL_JOB,
     LABEL_LEADER,
     LABEL_ROLE,
+    LABEL_SPEC_HASH,
     pod_name,
     service_host,
 )
+from mljob.status import spec_hash
 
 if TYPE_CHECKING:
     from mljob.plugins import Plugins
@@ -122,8 +124,13 @@ def render_pod(
     plugins: Plugins | None = None,
     uid: str | None = None,
     gang: GangScheduler = GangScheduler.NONE,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod for one replica, with the framework's wiring in its wiring container."""
+    """The Pod for one replica, with the framework's wiring in its wiring container.
+
+    Its ``mljob.io/spec-hash`` label is :func:`mljob.status.spec_hash` of the job (``fingerprint`` when the
+    caller has it already): the operator reads from the pods which spec a running job started with.
+    """
     template = job.spec.replica_specs[replica.role].template
     meta = template.get("metadata") or {}
     spec = copy.deepcopy(template.get("spec") or {})
@@ -150,7 +157,11 @@ def render_pod(
         "metadata": {
             "name": name,
             "namespace": job.namespace,
-            "labels": {**(meta.get("labels") or {}), **labels(job, framework, replica)},
+            "labels": {
+                **(meta.get("labels") or {}),
+                **labels(job, framework, replica),
+                LABEL_SPEC_HASH: fingerprint or spec_hash(job),
+            },
             "ownerReferences": [owner_reference(job, uid)],
         },
         "spec": spec,
@@ -198,5 +209,6 @@ def render(
     cluster = ServiceCluster.of(job, framework)
     backend = placement.gang_scheduler(job, gang)
     grouped = placement.objects(job, backend, owner_reference(job, uid))
-    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend) for r in replicas_of(job)]
+    fingerprint = spec_hash(job)
+    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint) for r in replicas_of(job)]
     return [*grouped, *pods, render_service(job, framework, cluster, uid)]

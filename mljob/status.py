@@ -11,6 +11,11 @@ whether it already counted the pod's recreation. That record is machine bookkeep
 in one annotation on the MLJob (:data:`LEDGER_ANNOTATION`) instead of cluttering the status; the
 per-role totals live there too, so one write carries the whole truth and the status, a pure
 projection of it, can always be recomputed if a crash falls between the two writes.
+
+The ledger is written only when there is something to record: the first restart. Until then an
+absent ledger reads as "nothing counted", and the fingerprint of the spec the job started with
+travels on its pods (the ``mljob.io/spec-hash`` label, set when each is created), so a job that
+never restarts costs no request for it. Once written, the ledger carries that fingerprint too.
 """
 
 from __future__ import annotations

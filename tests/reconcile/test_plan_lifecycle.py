@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from jobkit import T0, UID, World, make_job, s
 
 from mljob.api import Phase
+from mljob.names import LABEL_SPEC_HASH
 from mljob.render import render
-from mljob.status import LEDGER_ANNOTATION
 
 
 def world(**policy) -> World:
@@ -25,7 +23,11 @@ def test_a_new_job_gets_exactly_the_rendered_children():
     assert p.status["phase"] == "Pending"
     assert p.status["startTime"] == "2025-01-01T12:00:00Z"
     assert [c["type"] for c in p.status["conditions"]] == ["Created"]
-    assert json.loads(p.annotations[LEDGER_ANNOTATION])["spec"] == w.desired.spec_hash
+    # The spec's fingerprint travels on the pods; the ledger is written at the first restart, not here.
+    assert p.annotations is None
+    assert {o["metadata"]["labels"].get(LABEL_SPEC_HASH) for o in p.creates if o["kind"] == "Pod"} == {
+        w.desired.spec_hash
+    }
 
 
 def test_an_unchanged_world_plans_nothing():

@@ -152,6 +152,25 @@ def test_an_operator_restart_keeps_the_count():
     assert restarted.status.restart_count == 3
 
 
+def test_a_job_that_never_restarts_never_writes_its_ledger():
+    """Nothing to record, nothing written: the spec's fingerprint is on the pods (one request less per job)."""
+    w = started("OnFailure")
+    for short in ("master-0", "worker-0", "worker-1"):
+        w.put(w.update(short).succeeded())
+    assert w.step(s(2)).finished is Phase.SUCCEEDED
+    assert LEDGER_ANNOTATION not in w.job.metadata.annotations
+    assert w.status.restart_count == 0
+
+
+def test_the_first_restart_writes_the_ledger_with_the_spec_the_pods_come_from():
+    w = started("ExitCode")
+    w.put(w.update("worker-1").exited(137))
+    p = w.step(s(2))
+    ledger = json.loads(p.annotations[LEDGER_ANNOTATION])
+    assert ledger["spec"] == w.desired.spec_hash
+    assert ledger["restarts"] == {"Worker": 1}
+
+
 def test_without_the_ledger_the_count_is_seeded_from_the_status():
     w = started("OnFailure")
     w.put(w.update("worker-1").restarted(2))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from jobkit import Toy, World, make_job, s
 
 from mljob.api import Phase
 from mljob.framework import Replica
 from mljob.hookspecs import hookimpl
+from mljob.names import LABEL_SPEC_HASH
 from mljob.plugin_testing import plugins_for
 from mljob.reconcile import reject
+from mljob.status import LEDGER_ANNOTATION
 from mljob.validation import parse_job
 
 
@@ -159,6 +163,50 @@ def test_a_spec_change_that_would_need_a_new_pod_fails_the_job():
     assert p.finished is Phase.FAILED
     assert w.condition("Failed") == ("True", "SpecChanged")
     assert "job-worker-2" in w.status.message
+
+
+def test_a_spec_change_is_seen_from_the_pods_by_a_restarted_operator():
+    """No ledger was written (no restart): the pods' spec-hash label says which spec the job started with."""
+    w = running()
+    assert LEDGER_ANNOTATION not in w.job.metadata.annotations
+    w.edit(replicaSpecs={"Worker": {"template": {"metadata": {"labels": {"team": "a"}}}}})
+    restarted = World(w.job, plugins=w.plugins)
+    restarted.pods, restarted.service = w.pods, w.service
+    p = restarted.step(s(2))
+    assert (p.creates, p.deletes) == ((), ())
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "SpecChangeIgnored")]
+    restarted.edit(replicaSpecs={"Worker": {"replicas": 3}})
+    restarted.step(s(3))
+    assert restarted.condition("Failed") == ("True", "SpecChanged")
+
+
+def test_a_spec_change_is_refused_while_the_only_pod_is_being_recreated():
+    """The pod that carried the fingerprint is gone; the ledger written with the restart keeps it."""
+    w = World(make_job().with_replicas("Worker", 1, policy="ExitCode"))
+    w.step()
+    w.put(w.update("worker-0").running())
+    w.step(s(1))
+    w.put(w.update("worker-0").exited(137))
+    assert [d.name for d in w.step(s(2)).deletes] == ["job-worker-0"]
+    assert w.pods == {}
+    w.edit(replicaSpecs={"Worker": {"template": {"metadata": {"labels": {"team": "a"}}}}})
+    p = w.step(s(3))
+    assert p.creates == ()
+    assert w.condition("Failed") == ("True", "SpecChanged")
+
+
+def test_a_ledger_from_an_older_operator_still_holds_the_spec():
+    """Pods created before the spec-hash label existed: the ledger written at the job's start says it."""
+    w = running()
+    for pod in w.pods.values():
+        del pod["metadata"]["labels"][LABEL_SPEC_HASH]
+    body = w.job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    ledger = json.dumps({"spec": w.desired.spec_hash, "restarts": {}, "pods": {}})
+    body["metadata"].setdefault("annotations", {})[LEDGER_ANNOTATION] = ledger
+    w.job = type(w.job).model_validate(body)
+    w.edit(replicaSpecs={"Worker": {"template": {"metadata": {"labels": {"team": "a"}}}}})
+    p = w.step(s(2))
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "SpecChangeIgnored")]
 
 
 def test_an_invalid_job_fails_with_the_field_paths_and_creates_nothing():
