@@ -41,9 +41,10 @@ def main() -> int:
     if "dns" in args.addons or "agent" in args.addons:
         problem = missing_privileges()
         if problem:
+            print(f"error: --with dns/agent: {problem}", file=sys.stderr)
             print(
-                f"error: --with dns/agent: {problem}; without root, `make cluster-kwok` (or python -m controlplane "
-                "without --with dns/agent) starts the control plane with kwok's simulated nodes, which train nothing",
+                "Without root, `make cluster-kwok` (python -m controlplane without --with dns/agent) starts the "
+                "control plane with kwok's simulated nodes instead: pods are scheduled, none runs.",
                 file=sys.stderr,
             )
             return 1
