@@ -259,7 +259,11 @@ class Controller:
         return {name: self._flavors[name] for name in names if name in self._flavors}
 
     async def apply(self, key: Key, body: Mapping[str, Any], result: Plan, framework: str) -> None:
-        """Ledger, status, events, deletes, creates, job deletion: the order :class:`Plan` documents."""
+        """Ledger, status, events, deletes, creates, job deletion: the order :class:`Plan` documents.
+
+        The creates and deletes of a pass are summed up in one event per reason and why (``Created``,
+        ``Deleted``); a finishing pass's deletes (its cleanup) go into its terminal event instead.
+        """
         namespace, name = key
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if result.annotations:
@@ -271,7 +275,39 @@ class Controller:
             self._remember(key, fresh)
             self._log_status(key, body, result)
         for event in result.events:
-            await self._event(body, event.type, event.reason, event.message)
+            if not event.closing:  # the terminal event waits for the cleanup, to name it
+                await self._event(body, event.type, event.reason, event.message)
+        closing = [e for e in result.events if e.closing]
+        try:
+            errors, summaries = await self._act(key, body, result, framework)
+        except Exception:
+            for event in closing:  # the job's end is said even when what follows it failed
+                await self._event(body, event.type, event.reason, event.message)
+            raise
+        for event in closing:
+            cleanup = [message for reason, message in summaries if reason == "Deleted"]
+            await self._event(body, event.type, event.reason, "; ".join([event.message, *cleanup]))
+        for reason, message in summaries:
+            if not (closing and reason == "Deleted"):
+                await self._event(body, "Normal", reason, message)
+        if result.delete_job:
+            uid = _uid(body)
+            if await self.api.delete_job(namespace, name, uid):
+                logger.info("%s/%s: deleted the job: ttlSecondsAfterFinished passed", namespace, name)
+        if errors:
+            raise errors[0]
+        when = result.wake_at
+        lapse = self.expectations.expires_in(key)
+        if lapse is not None:  # a lost or never-coming watch event must not hold the job past the lapse
+            at = self.clock() + timedelta(seconds=lapse + 0.05)
+            when = at if when is None else min(when, at)
+        self._wake(key, when)
+
+    async def _act(
+        self, key: Key, body: Mapping[str, Any], result: Plan, framework: str
+    ) -> tuple[list[BaseException], list[tuple[str, str]]]:
+        """The plan's Workload status patches, metrics, creates and deletes: their errors and summaries."""
+        namespace = key[0]
         for patch in result.patches:  # Kueue's Workload: PodsReady, Finished, an eviction's admission cleared
             await self.api.patch_status(
                 patch.api_version, patch.kind, namespace, patch.name, patch.resource_version, patch.status
@@ -283,7 +319,7 @@ class Controller:
         if result.running_after is not None:
             self.metrics.job_running(framework, result.running_after)
         if result.finished is not None:
-            reason = next((e.reason for e in result.events if e.reason), "")
+            reason = next((e.reason for e in result.events if e.closing), "")
             self.metrics.job_finished(framework, namespace, result.finished.value, reason)
         # What a gang scheduler reads (a PodGroup) exists before any pod that names it is created.
         children = ("Pod", "Service")
@@ -299,20 +335,7 @@ class Controller:
             )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         done = [o for o in outcomes if isinstance(o, str)]
-        for reason, message in _summaries(done):
-            await self._event(body, "Normal", reason, message)
-        if result.delete_job:
-            uid = _uid(body)
-            if await self.api.delete_job(namespace, name, uid):
-                logger.info("%s/%s: deleted the job: ttlSecondsAfterFinished passed", namespace, name)
-        if errors:
-            raise errors[0]
-        when = result.wake_at
-        lapse = self.expectations.expires_in(key)
-        if lapse is not None:  # a lost or never-coming watch event must not hold the job past the lapse
-            at = self.clock() + timedelta(seconds=lapse + 0.05)
-            when = at if when is None else min(when, at)
-        self._wake(key, when)
+        return errors, list(_summaries(done))
 
     def _remember(self, key: Key, fresh: Mapping[str, Any]) -> None:
         if fresh.get("metadata") and key in self.jobs:

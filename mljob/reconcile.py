@@ -102,6 +102,9 @@ class Event:
     type: EventType
     reason: str
     message: str
+    closing: bool = False
+    """The job's terminal event (Succeeded, Failed's reasons): the operator posts it after the pass's deletes,
+    naming what they removed, so a job's end and its cleanup are one event (one request), not two."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,7 @@ def reject(body: Mapping[str, Any], problems: Sequence[Problem], now: datetime) 
     )
     return Plan(
         status=status_patch(old if body.get("status") else None, new),
-        events=(Event("Warning", INVALID_SPEC, message),),
+        events=(Event("Warning", INVALID_SPEC, message, closing=True),),
         finished=Phase.FAILED,
     )
 
@@ -349,8 +352,8 @@ class _Pass:
 
     # --- building blocks ---------------------------------------------------------------------------
 
-    def event(self, type: EventType, reason: str, message: str) -> None:
-        self.events.append(Event(type, reason, message))
+    def event(self, type: EventType, reason: str, message: str, closing: bool = False) -> None:
+        self.events.append(Event(type, reason, message, closing))
 
     def condition(self, kind: ConditionType, value: bool, reason: str, message: str) -> None:
         self.conditions = set_condition(self.conditions, kind, value, reason, message, self.now)
@@ -405,7 +408,7 @@ class _Pass:
         self.completion_time = self.now
         self.message = message
         self.finished = Phase.SUCCEEDED if kind is ConditionType.SUCCEEDED else Phase.FAILED
-        self.event("Normal" if kind is ConditionType.SUCCEEDED else "Warning", reason, message)
+        self.event("Normal" if kind is ConditionType.SUCCEEDED else "Warning", reason, message, closing=True)
         self.creates.clear()
         self.deletes.clear()
         stopped = self.clean_up()
@@ -774,8 +777,7 @@ class _Pass:
                 created = parse_time(self.job.metadata.creation_timestamp)
                 if created is not None:
                     self.running_after = max(0.0, (self.now - created).total_seconds())
-            if not is_true_in(self.conditions, ConditionType.RUNNING):
-                self.event("Normal", "Running", f"all unfinished replicas are running ({message})")
+            # No event: the Running condition (with its lastTransitionTime) says it, at no extra request.
             self.condition(ConditionType.RUNNING, True, "Running", message)
         elif has_run or self.counted:
             reason = seen.restarted[-1] if seen.restarted else "a replica is not running"

@@ -42,6 +42,7 @@ class FakeApi:
         self.service: dict[str, Any] | None = None
         self.calls: list[tuple[str, str]] = []
         self.fail: dict[str, list[int]] = {}
+        self.events: list[tuple[str, str]] = []
         self.phantom_conflicts = 0
         """Creates answered "already exists" without creating anything (an injected 409)."""
 
@@ -74,6 +75,9 @@ class FakeApi:
     async def delete(self, kind: str, namespace: str, name: str, uid: str, api_version: str = "v1") -> bool:
         self.calls.append(("delete", name))
         self._maybe_fail("delete")
+        if kind == "Service":
+            existed, self.service = self.service is not None, None
+            return existed
         return self.pods.pop(name, None) is not None
 
     async def patch_job(self, namespace, name, rv, patch, status=False) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class FakeApi:
 
     async def event(self, job, type: str, reason: str, message: str) -> None:
         self.calls.append(("event", reason))
+        self.events.append((reason, message))
 
 
 async def started(api: FakeApi, **kw: Any) -> Controller:
@@ -129,6 +134,31 @@ async def test_a_burst_of_triggers_is_one_pass_and_writes_come_in_plan_order():
         assert verbs.index("event") > verbs.index("patch-status")
         assert sorted(n for v, n in api.calls if v == "create") == ["j", "j-worker-0", "j-worker-1"]
         assert LEDGER_ANNOTATION not in api.job["metadata"].get("annotations", {})  # written at a restart only
+    finally:
+        await c.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_finishing_pass_says_the_end_and_its_cleanup_in_one_event_after_the_deletes():
+    api = FakeApi(job_body(cleanPodPolicy="All"))
+    c = await started(api)
+    try:
+        c.job_event(None, api.job)
+        await settle(c, api)
+        assert [reason for reason, _ in api.events] == ["Created"]  # every pod and the service: one event
+        for pod in api.pods.values():
+            pod["status"] = {"phase": "Succeeded"}
+        api.calls.clear()
+        api.events.clear()
+        c.job_event("MODIFIED", copy.deepcopy(api.job))
+        await settle(c, api)
+        assert api.job["status"]["phase"] == "Succeeded"
+        cleanup = "deleted pod j-worker-0, pod j-worker-1, service j: cleanPodPolicy All: the job finished"
+        assert api.events == [("Succeeded", f"the job succeeded; {cleanup}")]
+        verbs = [v for v, _ in api.calls]
+        assert verbs.index("event") > max(i for i, v in enumerate(verbs) if v == "delete")
+        finished = {"framework": "pytorch", "namespace": "ns", "outcome": "Succeeded", "reason": "Succeeded"}
+        assert c.metrics.sample("mljob_jobs_finished_total", **finished) == 1
     finally:
         await c.stop()
 

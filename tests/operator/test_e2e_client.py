@@ -199,7 +199,8 @@ def test_the_python_client_submits_waits_and_reads_the_job_as_models(backend: Ku
     assert phases[-1] == "Succeeded"
     assert [j.name for j in client.jobs()] == ["nb"]
     assert [p["metadata"]["name"] for p in client.pods("nb")] == ["nb-worker-0", "nb-worker-1"]
-    assert any(e["reason"] == "Succeeded" for e in client.events("nb"))
+    # The terminal event follows the status write and the cleanup's deletes it names: a moment after the status.
+    backend.wait(lambda: any(e["reason"] == "Succeeded" for e in client.events("nb")), what="the Succeeded event")
     with pytest.raises(InvalidJob) as refused:
         client.submit(job_file(tmp_path, E2EJob("x", "pytorch", {"Chief": Role(1)})))
     assert any(line.startswith("spec.replicaSpecs.Chief:") for line in refused.value.lines)

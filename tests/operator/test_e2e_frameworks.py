@@ -87,8 +87,10 @@ def test_a_job_runs_to_success_with_exactly_the_rendered_children(backend: Backe
     assert status["completionTime"] >= status["startTime"]
     # Roles that run until stopped are stopped; the finished workers stay (cleanPodPolicy Running).
     backend.wait(lambda: not set(STOPPED[framework]) & set(backend.pod_names(name)), what="stopped roles gone")
-    assert backend.messages(name, "Running")
-    assert backend.messages(name, "Succeeded") == ["the job succeeded"]
+    assert not backend.events(name, "Running")  # the Running condition says it: no request for an event
+    gone = [f"pod {pod}" for pod in STOPPED[framework]] + [f"service {name}"]
+    (ended,) = backend.messages(name, "Succeeded", *gone)  # the end and its cleanup, in one event
+    assert ended.startswith("the job succeeded; deleted "), ended
     created = " ".join(e["message"] for e in backend.events(name, "Created"))  # one event per pass, not per pod
     assert all(f"pod {p}" in created for p in pods)
     assert f"service {name}" in created
