@@ -40,9 +40,10 @@ agent-tools: | $(filter browser,$(MAKECMDGOALS))
 	@ip -V
 
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
-# scheduler, kubectl, kwok) and CoreDNS for the node agent's pods, built from the Go modules pinned in
-# controlplane/ into controlplane/bin/. About 14 minutes cold on 2 cores (CoreDNS: about 2.5 of them); seconds
-# while controlplane/versions.env and the wrapper modules are unchanged.
+# scheduler, kubectl, kwok), the placement add-ons (Kueue, scheduler-plugins), Kubeflow's training-operator for
+# the head-to-head bench and CoreDNS for the node agent's pods, built from the Go modules pinned in controlplane/
+# into controlplane/bin/. About 27 minutes cold on 2 cores beside pip (kube-apiserver alone about 7, Kueue and
+# scheduler-plugins about 6, CoreDNS about 2); seconds while versions.env and the wrapper modules are unchanged.
 controlplane:
 	$(PYTHON) controlplane/build.py
 
