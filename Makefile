@@ -91,7 +91,7 @@ bench: setup controlplane
 test:
 	$(MAKE) -j3 setup setup-mxnet controlplane browser agent-tools
 	$(MAKE) lint
-	MLJOB_NO_SKIP=1 $(BIN)/pytest
+	$(BIN)/python -m pytest -p tests.no_skip
 	$(MAKE) bench-smoke
 
 # Without the framework end-to-end runs: for a quick loop while editing.
