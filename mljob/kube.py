@@ -16,9 +16,10 @@ next pass reads the newer object).
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +31,11 @@ from mljob.api import GROUP, KIND, PLURAL, VERSION, format_time
 COMPONENT = "mljob-operator"
 
 
-def user_agent() -> str:
+def user_agent(component: str = COMPONENT) -> str:
     """``mljob-operator/<version>``: how the API server's audit log and metrics tell our requests apart."""
     from mljob import __version__
 
-    return f"{COMPONENT}/{__version__}"
+    return f"{component}/{__version__}"
 
 
 CORE = {"Pod": "pods", "Service": "services", "Event": "events"}
@@ -50,6 +51,10 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+
+class Gone(Exception):
+    """A watch's resourceVersion is too old (410): list again."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,11 @@ def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> 
 class Api:
     """The operator's API calls; one instance per process, one aiohttp session, bounded concurrency."""
 
-    def __init__(self, credentials: Credentials, *, concurrency: int = 32, timeout: float = 30.0) -> None:
+    def __init__(
+        self, credentials: Credentials, *, concurrency: int = 32, timeout: float = 30.0, component: str = COMPONENT
+    ) -> None:
         self.credentials = credentials
+        self.user_agent = user_agent(component)
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -153,17 +161,43 @@ class Api:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=0)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers={"User-Agent": user_agent()}
+                connector=connector, timeout=self._timeout, headers={"User-Agent": self.user_agent}
             )
         return self._session
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        auth = self.credentials.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        return headers
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """One watch request's events (bookmarks included); ends when the server ends it (``timeoutSeconds``).
+
+        Outside the concurrency limit: a watch holds its connection for minutes and must not starve requests.
+        Raises :class:`Gone` when the server answers 410 at once; a 410 inside the stream is an ERROR event.
+        """
+        query = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=330)
+        try:
+            async with self._client().get(
+                self.credentials.server + path, params=query, headers=self._headers(), timeout=timeout
+            ) as response:
+                if response.status == 410:
+                    raise Gone()
+                if response.status >= 400:
+                    raise ApiError(response.status, response.reason or "", await response.text(), "WATCH", path)
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ApiError(0, type(error).__name__, str(error), "WATCH", path) from error
 
     async def request(
         self, verb: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        auth = self.credentials.authorization()
-        if auth:
-            headers["Authorization"] = auth
+        headers = {**self._headers(), "Content-Type": content_type}
         async with self._limit:
             self.requests += 1
             try:

@@ -18,22 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import shutil
 import signal
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
-
-from mljob import __version__
 from mljob.api import format_time
-from mljob.kube import Api, ApiError
+from mljob.kube import Api, ApiError, Gone
 from mljob.nodeagent import kubelet_api
 from mljob.nodeagent.node import LEASE_NAMESPACE, NodeSpec, lease_body, micro_time, node_body, node_conditions
 from mljob.nodeagent.sandbox import PodNetwork
@@ -43,44 +40,6 @@ log = logging.getLogger("mljob.nodeagent")
 COMPONENT = "mljob-node-agent"
 SHUTDOWN_GRACE = 5.0
 """Seconds the processes get to stop when the agent itself is stopped (they die with it anyway)."""
-
-
-class Gone(Exception):
-    """A watch's resourceVersion is too old (410): list again."""
-
-
-class NodeApi(Api):
-    """The operator's API client with the agent's user agent and a watch."""
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=0)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers={"User-Agent": f"{COMPONENT}/{__version__}"}
-            )
-        return self._session
-
-    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
-        """One watch request's events; ends when the server ends it (its ``timeoutSeconds``)."""
-        query = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
-        headers = {"Accept": "application/json"}
-        auth = self.credentials.authorization()
-        if auth:
-            headers["Authorization"] = auth
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=330)
-        try:
-            async with self._client().get(
-                self.credentials.server + path, params=query, headers=headers, timeout=timeout
-            ) as response:
-                if response.status == 410:
-                    raise Gone()
-                if response.status >= 400:
-                    raise ApiError(response.status, response.reason or "", await response.text(), "WATCH", path)
-                async for line in response.content:
-                    if line.strip():
-                        yield json.loads(line)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ApiError(0, type(error).__name__, str(error), "WATCH", path) from error
 
 
 @dataclass(frozen=True)
@@ -105,7 +64,7 @@ class Agent:
     """Everything the agent runs; :meth:`run` until cancelled, then every pod's processes are stopped."""
 
     def __init__(
-        self, api: NodeApi, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]
+        self, api: Api, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]
     ) -> None:
         self.api = api
         self.networks = networks
@@ -221,7 +180,7 @@ class Agent:
         delay = 0.5
         while True:
             try:
-                listed = await self.api.request("GET", f"{path}?fieldSelector=spec.nodeName%3D{node}")
+                listed = await self.api.request("GET", f"{path}?{urlencode(params)}")
                 version = str(listed["metadata"]["resourceVersion"])
                 items = list(listed.get("items") or [])
                 self._reconcile(node, items)
@@ -259,8 +218,7 @@ class Agent:
 
     def _forget_leftovers(self) -> None:
         """Remove what is left of pods deleted while the agent was away: their folders (logs, emptyDirs), and
-        their sandboxes where the network can list them (``sandboxes()`` and ``remove_uid()``, as
-        NamespacedNetwork's)."""
+        their sandboxes (``PodNetwork.sandboxes()``, ``remove_uid()``)."""
         if len(self.synced) < len(self.config.nodes):
             return
         known = {str(w.dir) for w in self.workers.values()}
@@ -273,14 +231,10 @@ class Agent:
     async def _sweep_sandboxes(self) -> None:
         uids = set(self.workers)
         for node, network in self.networks.items():
-            listed = getattr(network, "sandboxes", None)
-            remove = getattr(network, "remove_uid", None)
-            if listed is None or remove is None:
-                continue
             try:
-                for uid in await asyncio.to_thread(listed) - uids:
+                for uid in await asyncio.to_thread(network.sandboxes) - uids:
                     log.info("removing the sandbox of pod %s on %s: the pod is gone", uid, node)
-                    await asyncio.to_thread(remove, uid)
+                    await asyncio.to_thread(network.remove_uid, uid)
             except Exception:
                 log.exception("sweeping the sandboxes of %s", node)
 
@@ -416,9 +370,7 @@ def base_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def run_agent(
-    api: NodeApi, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]
-) -> None:
+async def run_agent(api: Api, networks: Mapping[str, PodNetwork], config: Config, isolation: tuple[str, ...]) -> None:
     """Run until SIGTERM or SIGINT, then stop every pod's processes and return."""
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(Agent(api, networks, config, isolation).run())

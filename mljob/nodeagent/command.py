@@ -93,8 +93,8 @@ def pod_networks(kind: str, netns: str, node_ip: str, nodes: Sequence[NodeSpec])
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from mljob.kube import Credentials
-    from mljob.nodeagent.agent import Config, NodeApi, base_env, run_agent
+    from mljob.kube import Api, Credentials
+    from mljob.nodeagent.agent import COMPONENT, Config, base_env, run_agent
     from mljob.nodeagent.runtime import IsolationError, detect_isolation
 
     if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
@@ -141,5 +141,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the kubernetes package's config errors share no useful base class
         print(f"mljob node-agent: no cluster: {error}", file=sys.stderr)
         return 5
-    asyncio.run(run_agent(NodeApi(credentials), networks, config, isolation))
+    asyncio.run(run_agent(Api(credentials, component=COMPONENT), networks, config, isolation))
     return 0

@@ -44,6 +44,14 @@ class PodNetwork(Protocol):
 
     def remove(self, pod: PodIdentity) -> None: ...
 
+    def sandboxes(self) -> set[str]:
+        """The uids of this node's pods that have a sandbox, so a restarted agent can remove the orphans'."""
+        ...
+
+    def remove_uid(self, uid: str) -> None:
+        """remove() for a pod known only by its uid (one deleted while the agent was away)."""
+        ...
+
 
 class HostNetwork:
     """Every pod on the host's network with the node's IP: no root needed, no isolation (ports are shared)."""
@@ -55,4 +63,10 @@ class HostNetwork:
         return Sandbox(ip=self.node_ip)
 
     def remove(self, pod: PodIdentity) -> None:
+        return None
+
+    def sandboxes(self) -> set[str]:
+        return set()
+
+    def remove_uid(self, uid: str) -> None:
         return None
