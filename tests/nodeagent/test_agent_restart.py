@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import TIMEOUT, Env, core, processes, start_agent, status_of
+from agentkit import TIMEOUT, Env, core, processes, start_agent, status_of
 
 from controlplane.waiting import until
 

@@ -39,8 +39,15 @@ def test_the_cluster_command_brings_up_dns_for_pods_and_takes_it_all_down_on_ctr
         assert f"pods' network: netns {net.name}, cluster DNS on 10.244.0.1:53" in text
         pods = NamespacedNetwork(net, node_pod_cidr(0))
         sandbox = pods.create(PodIdentity(str(uuid.uuid4()), "probe", "default", "probe"))
-        done = subprocess.run([*sandbox.prefix, "getent", "hosts", "kubernetes"], capture_output=True, text=True)
-        assert done.stdout.split() == ["10.0.0.1", "kubernetes.default.svc.cluster.local"], done.stderr
+
+        def answer() -> list[str]:
+            done = subprocess.run([*sandbox.prefix, "getent", "hosts", "kubernetes"], capture_output=True, text=True)
+            return done.stdout.split()
+
+        # The API server creates the `kubernetes` Service a moment after it is ready, and CoreDNS may have synced
+        # before that: the name comes once the Service is seen (one run looked too early).
+        expected = ["10.0.0.1", "kubernetes.default.svc.cluster.local"]
+        until(lambda: answer() == expected, 60, "the cluster DNS to answer for the kubernetes Service", interval=0.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, out.read_text()
         assert "control plane stopped" in out.read_text()

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import test_operator as on_host
-from conftest import core
+from agentkit import core
 
 from controlplane.cluster import BIN, ControlPlane
 from controlplane.examples import EXAMPLES, write_overlay

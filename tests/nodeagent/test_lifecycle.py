@@ -6,7 +6,7 @@ import subprocess
 import uuid
 
 import pytest
-from conftest import TIMEOUT, processes, status_of
+from agentkit import TIMEOUT, processes, status_of
 
 from controlplane import StartError
 from controlplane.waiting import until

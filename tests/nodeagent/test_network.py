@@ -6,6 +6,7 @@ own, and plain processes (a tiny TCP server and client) stand in for containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -89,6 +90,20 @@ def serve(sandbox: Sandbox, port: int) -> subprocess.Popen[str]:
     return proc
 
 
+@contextlib.contextmanager
+def serving(*where: tuple[Sandbox, int]) -> Iterator[None]:
+    """:func:`serve` in each (sandbox, port) for the block; every server killed after it."""
+    servers = []
+    try:
+        for sandbox, port in where:
+            servers.append(serve(sandbox, port))
+        yield
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+
+
 def ask(sandbox: Sandbox, address: str, port: int) -> str:
     return run(sandbox, sys.executable, "-c", CLIENT, address, str(port)).strip()
 
@@ -96,14 +111,9 @@ def ask(sandbox: Sandbox, address: str, port: int) -> str:
 def test_two_sandboxes_reach_each_other_by_ip(network: NamespacedNetwork):
     a, b = network.create(pod("job1-worker-0")), network.create(pod("job1-worker-1"))
     assert a.ip != b.ip
-    servers = [serve(a, 7000), serve(b, 7001)]
-    try:
+    with serving((a, 7000), (b, 7001)):
         assert ask(a, b.ip, 7001) == "job1-worker-1"
         assert ask(b, a.ip, 7000) == "job1-worker-0"
-    finally:
-        for proc in servers:
-            proc.kill()
-            proc.wait()
 
 
 def test_two_sandboxes_listen_on_the_same_port(network: NamespacedNetwork):
@@ -111,14 +121,9 @@ def test_two_sandboxes_listen_on_the_same_port(network: NamespacedNetwork):
     first = network.create(pod("job1-master-0", subdomain="job1"))
     second = network.create(pod("job2-master-0", subdomain="job2"))
     client = network.create(pod("client", subdomain=None))
-    servers = [serve(first, 29500), serve(second, 29500)]
-    try:
+    with serving((first, 29500), (second, 29500)):
         assert ask(client, first.ip, 29500) == "job1-master-0"
         assert ask(client, second.ip, 29500) == "job2-master-0"
-    finally:
-        for proc in servers:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_sandbox_has_the_pods_hostname_hosts_file_and_resolv_conf_and_the_machine_keeps_its_own(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, processes, status_of
+from agentkit import TIMEOUT, processes, status_of
 
 from controlplane.waiting import until
 
