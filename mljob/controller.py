@@ -1,9 +1,9 @@
 """Feeding the pure planner and applying its plans: a per-job work queue with wake-up timers.
 
-kopf delivers events (:mod:`mljob.operator`); this module turns them into at most one reconcile
-pass per job at a time, coalesces bursts (a job's N pods start within milliseconds of each
-other), applies each :class:`~mljob.reconcile.Plan` through :mod:`mljob.kube`, and schedules the
-next pass only when the plan asks for one (a deadline, a TTL) or a pass failed (backoff). There
+kopf delivers the jobs' events and :mod:`mljob.informer` their children's (:mod:`mljob.operator`); this
+module turns them into at most one reconcile pass per job at a time, coalesces bursts (a job's N pods start
+within milliseconds of each other), applies each :class:`~mljob.reconcile.Plan` through :mod:`mljob.kube`, and
+schedules the next pass only when the plan asks for one (a deadline, a TTL) or a pass failed (backoff). There
 is no polling: a job with nothing to do has no timer and makes no request.
 
 It does not import kopf, so it is tested with a fake API and no operator machinery.
@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,12 +93,14 @@ class Controller:
         self._said: set[tuple[Key, str]] = set()
         self.expectations = Expectations()
         self.passes = 0
+        self.ready: Callable[[], Awaitable[object]] | None = None
+        """Awaited before every pass: the watches of the children filled, this replica not paused by peering."""
         self.metrics.watch_phases(self._phases)
 
     # --- wiring ------------------------------------------------------------------------------------
 
     def bind(self, children: Children, placed: Placed | None = None) -> None:
-        """Where the job's pods and service, and its placement objects, come from (the operator's kopf indexes)."""
+        """Where the job's pods and service, and its placement objects, come from (the operator's watches)."""
         self._children = children
         if placed is not None:
             self._placed = placed
@@ -177,6 +179,8 @@ class Controller:
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
+            if self.ready is not None:
+                await self.ready()
             self._pending.discard(key)
             self._active.add(key)
             try:

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
 from mljob.api import GROUP, KIND, PLURAL, VERSION, format_time
 
 COMPONENT = "mljob-operator"
+logger = logging.getLogger("mljob.kube")
 
 
 def user_agent(component: str = COMPONENT) -> str:
@@ -176,7 +179,9 @@ class Api:
         """One watch request's events (bookmarks included); ends when the server ends it (``timeoutSeconds``).
 
         Outside the concurrency limit: a watch holds its connection for minutes and must not starve requests.
-        Raises :class:`Gone` when the server answers 410 at once; a 410 inside the stream is an ERROR event.
+        Raises :class:`Gone` when the server answers 410 at once (a 410 inside the stream is an ERROR event),
+        :class:`ApiError` when the watch cannot start. A stream cut after it started just ends, as one the server
+        ended: the caller resumes from the last resourceVersion it saw, as client-go does, without a new list.
         """
         query = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=330)
@@ -188,9 +193,12 @@ class Api:
                     raise Gone()
                 if response.status >= 400:
                     raise ApiError(response.status, response.reason or "", await response.text(), "WATCH", path)
-                async for line in response.content:
-                    if line.strip():
-                        yield json.loads(line)
+                try:
+                    async for line in response.content:
+                        if line.strip():
+                            yield json.loads(line)
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError, ValueError):
+                    return  # cut mid-stream (a half-sent last line included): nothing read is lost
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ApiError(0, type(error).__name__, str(error), "WATCH", path) from error
 
@@ -366,3 +374,68 @@ class Api:
             "count": 1,
         }
         await self.request("POST", core_path("Event", namespace), event)
+
+
+SYNC = "SYNC"
+"""What :func:`inform` yields after every (re)list, with every listed object."""
+
+
+async def list_all(
+    api: Api, path: str, params: Mapping[str, str] | None = None, page: int = 500
+) -> tuple[list[dict[str, Any]], str]:
+    """Every object at ``path`` and the list's resourceVersion, in pages of ``page``.
+
+    Pages keep the operator's peak memory down on a restart under thousands of pods: each page is decoded
+    (and, by the caller, slimmed) before the next arrives, instead of one response of every pod's full spec.
+    """
+    items: list[dict[str, Any]] = []
+    query: dict[str, str] = {**(params or {}), "limit": str(page)}
+    while True:
+        found = await api.request("GET", f"{path}?{urlencode(query)}")
+        items += found.get("items") or []
+        meta = found.get("metadata") or {}
+        if not meta.get("continue"):
+            return items, str(meta.get("resourceVersion") or "")
+        query["continue"] = str(meta["continue"])
+
+
+async def inform(
+    api: Api, path: str, params: Mapping[str, str] | None = None, *, what: str = "", page: int = 500
+) -> AsyncIterator[tuple[str, Any]]:
+    """List, then watch, for ever: ``(SYNC, items)`` after every (re)list, then ``(ADDED|MODIFIED|DELETED, obj)``.
+
+    A client-go informer's loop: the watch resumes from the last resourceVersion seen (bookmarks included)
+    when the server ends it, lists again when that version is too old (410), and backs off while the API
+    server cannot be reached, logging each failure once per attempt. It never ends by itself: cancel it.
+    """
+    params = dict(params or {})
+    delay, version = 0.5, ""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            if not version:
+                items, version = await list_all(api, path, params, page)
+                yield SYNC, items
+                delay = 0.5
+            started, events = loop.time(), 0
+            async for event in api.watch(path, {**params, "resourceVersion": version}):
+                kind, obj = str(event.get("type") or ""), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise ApiError(int(obj.get("code") or 0), "", str(obj.get("message")), "WATCH", path)
+                events += 1
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    yield kind, obj
+            if events or loop.time() - started > 1.0:
+                delay = 0.5  # an ordinary end (the server's timeout, a cut stream): resume at once
+            else:  # ended as soon as it started: do not spin against a server or proxy that does that
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+        except Gone:
+            version = ""
+        except ApiError as error:
+            logger.warning("watching %s: %s; again in %.1f s", what or path, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(10.0, delay * 2)

@@ -1,29 +1,30 @@
 """The kopf layer: the only module that imports kopf. Thin handlers that feed the controller.
 
-kopf watches three kinds and keeps two in-memory indexes; it never decides anything:
+kopf watches the MLJobs and runs the operator around them (peering, the admission webhook, the health
+endpoint); it never decides anything:
 
 * MLJobs: every watch event hands the body to :class:`~mljob.controller.Controller`, which
   reconciles that job (one pass at a time, bursts coalesced).
-* Pods and Services with a controller ownerReference to an MLJob: indexed by (namespace, job
-  name) straight from the watch stream, so a pass reads its children without a LIST; every
-  event of such a child wakes its job. A pod without that reference is not even indexed.
-* Where the cluster serves them, the job's Kueue Workload and Volcano PodGroup, indexed the same way:
-  Kueue's admission and Volcano's enqueueing are status on them that the planner reads.
+* Pods and Services with a controller ownerReference to an MLJob, and where the cluster serves them the
+  job's Kueue Workload and Volcano PodGroup (Kueue's admission and Volcano's enqueueing are status on them
+  that the planner reads): the operator's own watches (:mod:`mljob.informer`), indexed by (namespace, job
+  name), so a pass reads its children without a LIST; every event of such a child wakes its job. They are
+  not kopf's: its per-event handling cost more CPU than the rest of the operator (bench/README.md).
 
-kopf holds back every handler until all indexes are filled from their initial LIST, so an
-operator that restarts mid-job sees every existing pod before it plans: it never creates a
-duplicate (and a duplicate name would be refused by the API server anyway).
+The controller starts no pass until every one of those watches has listed what exists, so an operator
+that restarts mid-job sees every existing pod before it plans: it never creates a duplicate (and a
+duplicate name would be refused by the API server anyway).
 
 Peering (``--peering NAME``): kopf pauses every replica but the one with the highest priority,
 and the default priority (:func:`seniority`) makes that the replica started first. A paused
-replica gets no events, so its controller starts no pass; a timer armed before a pause can still
-fire one, but every write carries a precondition (the job's resourceVersion, the child's uid,
-deterministic child names), so a pass from a stale view is refused instead of undoing the
-acting replica's work.
+replica's controller starts no pass (:func:`kopf_pause`): its children's watches go on filling the index,
+so it is ready the moment it takes over. A pass already running when the pause comes is not undone, but
+every write carries a precondition (the job's resourceVersion, the child's uid, deterministic child
+names), so a pass from a stale view is refused instead of undoing the acting replica's work.
 
-Nothing else runs: no kopf finalizers, no kopf annotations, no kopf-posted events (handlers
-here are ``on.event`` and ``index`` only, and event posting is off), no timers. Deadlines and
-TTLs are per-job asyncio timers in the controller, set from each plan's wake-up time.
+Nothing else runs: no kopf finalizers, no kopf annotations, no kopf-posted events (the handlers
+here are ``on.event`` only, and event posting is off), no timers. Deadlines and TTLs are per-job
+asyncio timers in the controller, set from each plan's wake-up time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import logging
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +43,9 @@ import aiohttp
 import kopf
 
 from mljob import kube
-from mljob import pods as podlib
 from mljob.api import GROUP, PLURAL, VERSION, GangScheduler
 from mljob.controller import Controller, Key
+from mljob.informer import Informer
 from mljob.kube import Api, Credentials
 from mljob.metrics import Metrics
 from mljob.placement import NOT_SERVED, SERVED_BY, VOLCANO_API
@@ -116,96 +118,111 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def quiet_toggle_sets() -> bool:
-    """Make kopf's start-up wait for its indexes linear in the objects, not quadratic; whether it could.
+_PAUSES: list[tuple[asyncio.AbstractEventLoop, weakref.ref[Any]]] = []
 
-    kopf holds every handler until every index is filled from its first LIST: it adds a toggle per listed object
-    to one set, drops it once the object is indexed, and each object's worker waits on the set's condition until
-    it is empty. Every add and every drop woke every waiting worker, though no waiter's answer changes until the
-    set empties: with n objects, n² wake-ups. A restart under 1,000 running jobs of 4 pods (about 6,000 objects)
-    had not acted after 6 minutes of CPU (bench/headtohead.py; py-spy showed ToggleSet.make_toggle and
-    wait_for). This wakes the waiters only when the set's answer flips, which is all they wait for; a toggle's
-    own flip still wakes them as before. kopf's internals are private: where they differ, nothing is changed.
+
+def track_kopf_pause() -> bool:
+    """Make kopf's peering pause visible to the controller (:func:`kopf_pause`); whether kopf is as expected.
+
+    kopf pauses a replica that is not the acting peer by stopping its own watches; it keeps the pause itself
+    private: ``operator_paused`` in ``kopf._core.reactor.running.spawn_tasks``, the one ``ToggleSet`` it
+    builds over ``any`` (a unit test holds kopf to that). The children's watches here are not kopf's, so their
+    events keep waking jobs during a pause, and the controller must wait for the pause to end before a pass.
+    This remembers each such set when it is built, with its event loop. kopf's internals are private: where
+    they differ, nothing is changed and the operator refuses to run with peering.
     """
     try:
         from kopf._cogs.aiokits import aiotoggles
     except ImportError:
         return False
     cls: Any = aiotoggles.ToggleSet
-    if getattr(cls, "_mljob_quiet", False):
+    if getattr(cls, "_mljob_tracked", False):
         return True
-    if not all(hasattr(cls, name) for name in ("make_toggle", "drop_toggle", "drop_toggles", "is_on")):
+    if not all(hasattr(cls, name) for name in ("wait_for", "is_on")):
         return False
+    original = cls.__init__
 
-    async def make_toggle(self: Any, __val: bool = False, *, name: str | None = None) -> Any:
-        toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.add(toggle)
-            if self.is_on() != before:
-                self._condition.notify_all()
-        return toggle
+    def __init__(self: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, fn, *args, **kwargs)
+        if fn is any:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            _PAUSES[:] = [(owner, ref) for owner, ref in _PAUSES if ref() is not None and not owner.is_closed()]
+            _PAUSES.append((loop, weakref.ref(self)))
 
-    async def drop_toggles(self: Any, toggles: Any) -> None:
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.difference_update(toggles)
-            if self.is_on() != before:
-                self._condition.notify_all()
-
-    async def drop_toggle(self: Any, toggle: Any) -> None:
-        await drop_toggles(self, (toggle,))
-
-    cls.make_toggle, cls.drop_toggle, cls.drop_toggles = make_toggle, drop_toggle, drop_toggles
-    cls._mljob_quiet = True
+    cls.__init__ = __init__
+    cls._mljob_tracked = True
     return True
 
 
-def _owned(body: kopf.Body, **_: Any) -> bool:
-    return podlib.controller_name(body) is not None
+def kopf_pause() -> Any | None:
+    """kopf's pause of the operator running in this event loop (a ToggleSet: on while paused), or None."""
+    loop = asyncio.get_running_loop()
+    for owner, ref in reversed(_PAUSES):
+        found = ref()
+        if owner is loop and found is not None:
+            return found
+    return None
 
 
-def _index_key(body: kopf.Body) -> Key:
-    return str(body.get("metadata", {}).get("namespace") or "default"), str(podlib.controller_name(body))
-
-
-def watched_placement(placement: Placement) -> list[tuple[str, str, str, str]]:
-    """The placement objects whose status the planner reads, as (kind, group, version, plural), if served."""
+def watched_placement(placement: Placement) -> list[tuple[str, str, str]]:
+    """The placement objects whose status the planner reads, as (kind, group/version, plural), if served."""
     watched = []
     if placement.kueue:
-        group, version = KUEUE_API.split("/")
-        watched.append(("Workload", group, version, "workloads"))
+        watched.append(("Workload", KUEUE_API, "workloads"))
     if GangScheduler.VOLCANO not in placement.unavailable:
-        group, version = VOLCANO_API.split("/")
-        watched.append(("PodGroup", group, version, "podgroups"))
+        watched.append(("PodGroup", VOLCANO_API, "podgroups"))
     return watched
 
 
-def build_registry(
-    controller: Controller, webhook: kopf.WebhookServer | None = None, peering_lifetime: int = 7
-) -> kopf.OperatorRegistry:
-    """A fresh registry with the handlers bound to ``controller`` (no import-time registration)."""
-    registry = kopf.OperatorRegistry()
-    indexes: dict[str, kopf.Index[Key, dict[str, Any]]] = {}
-    watched = watched_placement(controller.placement)
+def informers(controller: Controller, namespaces: Sequence[str] | None) -> list[Informer]:
+    """The watches of every kind a job owns and the planner reads, bound to ``controller``.
+
+    Every event of a job's child wakes the job, and ends the controller's expectation about that child.
+    """
+
+    def changed(kind: str, key: Key, obj: Mapping[str, Any] | None) -> None:
+        if obj is not None and kind in ("Pod", "Service"):
+            controller.expectations.observed(key, kind, obj)
+        controller.trigger(key)
+
+    kinds = [("Pod", "v1", "pods"), ("Service", "v1", "services"), *watched_placement(controller.placement)]
+    watches = {kind: Informer(controller.api, kind, gv, plural, namespaces, changed) for kind, gv, plural in kinds}
 
     def children(key: Key) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
-        pods: list[Mapping[str, Any]] = list(indexes["pods"].get(key, ())) if "pods" in indexes else []
-        services = list(indexes["services"].get(key, ())) if "services" in indexes else []
-        return pods, (services[0] if services else None)
+        services = watches["Service"].index.get(key)
+        return list(watches["Pod"].index.get(key)), (services[0] if services else None)
 
     def placed(key: Key) -> dict[str, Mapping[str, Any]]:
         found: dict[str, Mapping[str, Any]] = {}
-        for kind, *_ in watched:
-            for obj in indexes[kind].get(key, ()) if kind in indexes else ():
+        for kind, *_ in kinds[2:]:
+            for obj in watches[kind].index.get(key):
                 found[kind] = obj
         return found
 
     controller.bind(children, placed)
+    return list(watches.values())
 
-    # Ids are explicit: an index reaches handlers as a kwarg named by its id, and a nested
-    # function's default id is its qualified name. Every handler is a coroutine: kopf
-    # runs plain functions in a thread pool, off the loop the controller's queue and timers use.
+
+def build_registry(
+    controller: Controller,
+    webhook: kopf.WebhookServer | None = None,
+    peering_lifetime: int = 7,
+    namespaces: Sequence[str] | None = None,
+    peering: bool = False,
+) -> kopf.OperatorRegistry:
+    """A fresh registry with the handlers bound to ``controller`` (no import-time registration).
+
+    ``namespaces`` None: every namespace. ``peering``: the replica may be paused, and must know when.
+    """
+    registry = kopf.OperatorRegistry()
+    watches = informers(controller, namespaces)
+    tasks: list[asyncio.Task[None]] = []
+
+    # Ids are explicit: a nested function's default id is its qualified name. Every handler is a coroutine:
+    # kopf runs plain functions in a thread pool, off the loop the controller's queue and timers use.
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
@@ -238,50 +255,29 @@ def build_registry(
         settings.persistence.diffbase_storage = NoDiffBase()
         if webhook is not None:
             settings.admission.server = webhook  # the configuration is the operator's own (mljob.webhook)
+        pause = kopf_pause()
+        if peering and pause is None:
+            raise kopf.PermanentError(
+                "this kopf does not show when peering pauses the operator (see mljob.operator.track_kopf_pause): "
+                "run one replica with --standalone, or the kopf version pinned in requirements/"
+            )
+
+        async def ready() -> None:
+            for watch in watches:
+                await watch.synced.wait()
+            if pause is not None and pause.is_on():
+                await pause.wait_for(False)
+
+        controller.ready = ready
+        tasks[:] = [asyncio.create_task(watch.run(), name=f"mljob {watch.kind} watch") for watch in watches]
         await controller.start()
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def shutdown(**_: Any) -> None:
         await controller.stop()
-
-    @kopf.index("pods", id="mljob_pods", when=_owned, registry=registry)
-    async def mljob_pods(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {_index_key(body): podlib.slim(body)}
-
-    @kopf.index("services", id="mljob_services", when=_owned, registry=registry)
-    async def mljob_services(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {_index_key(body): podlib.slim(body)}
-
-    def remember(kwargs: Mapping[str, Any]) -> None:
-        """kopf hands the indexes to handlers only; keep them for the controller's passes."""
-        names = [("pods", "mljob_pods"), ("services", "mljob_services")]
-        names += [(kind, f"mljob_{kind.lower()}s") for kind, *_ in watched]
-        for name, index in names:
-            if name not in indexes and index in kwargs:
-                indexes[name] = kwargs[index]
-
-    for kind, group, version, plural in watched:
-        # Kueue writes admission on the Workload, Volcano enqueues the PodGroup: either wakes the job.
-        @kopf.index(group, version, plural, id=f"mljob_{kind.lower()}s", when=_owned, registry=registry)
-        async def placed_index(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-            return {_index_key(body): podlib.slim(body)}
-
-        @kopf.on.event(group, version, plural, id=f"{kind.lower()}_event", when=_owned, registry=registry)
-        async def placed_event(body: kopf.Body, **kwargs: Any) -> None:
-            remember(kwargs)
-            controller.trigger(_index_key(body))
-
-    @kopf.on.event("pods", id="pod_event", when=_owned, registry=registry)
-    async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
-        remember(kwargs)
-        controller.expectations.observed(_index_key(body), "Pod", body)
-        controller.trigger(_index_key(body))
-
-    @kopf.on.event("services", id="service_event", when=_owned, registry=registry)
-    async def service_event(body: kopf.Body, **kwargs: Any) -> None:
-        remember(kwargs)
-        controller.expectations.observed(_index_key(body), "Service", body)
-        controller.trigger(_index_key(body))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     if webhook is not None:
 
@@ -297,8 +293,7 @@ def build_registry(
             controller.metrics.admission("allowed")
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="job_event", registry=registry)
-    async def job_event(event: kopf.RawEvent, **kwargs: Any) -> None:
-        remember(kwargs)
+    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
         controller.job_event(event.get("type"), event["object"])
 
     if list(registry._changing.get_all_handlers()):  # what NoDiffBase relies on (kopf has no public way to ask)
@@ -309,8 +304,8 @@ def build_registry(
 async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.Event | None = None) -> None:
     """Run the operator until ``stop`` is set or SIGINT/SIGTERM arrives."""
     plugins = plugins or load_plugins()
-    if not quiet_toggle_sets():
-        logger.warning("kopf's toggle sets are not the ones expected: a restart with many objects starts slowly")
+    if not track_kopf_pause() and options.peering:
+        logger.warning("kopf's toggle sets are not the ones expected: peering is refused (track_kopf_pause)")
     for broken in plugins.broken:
         logger.warning("plugin %s could not be loaded: %s (its jobs wait until it is fixed)", broken.name, broken.error)
     logger.info("frameworks: %s", ", ".join(sorted(plugins.frameworks)) or "none installed")
@@ -329,7 +324,8 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         if options.webhook is not None:
             watched = [] if options.all_namespaces else list(options.namespaces)
             server = await webhook_server(api, options.webhook, watched)
-        registry = build_registry(controller, server, options.peering_lifetime)
+        namespaces = None if options.all_namespaces else list(options.namespaces)
+        registry = build_registry(controller, server, options.peering_lifetime, namespaces, bool(options.peering))
         stop_flag: asyncio.Future[None] | asyncio.Event | None = stop
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
         priority = None
@@ -337,8 +333,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             priority = options.priority if options.priority is not None else seniority()
         mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
         if options.peering:
-            namespaces = [] if options.all_namespaces else list(options.namespaces)
-            for problem in await api.ensure_peering(options.peering, namespaces):
+            for problem in await api.ensure_peering(options.peering, list(namespaces or ())):
                 logger.warning("could not create the peering object (kopf will report it): %s", problem)
         logger.info("watching MLJobs in %s (%s)", scope, mode)
         await kopf.operator(
