@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 import time
 import weakref
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
-import kopf
 
 from mljob import kube
 from mljob.api import GROUP, PLURAL, VERSION, GangScheduler
@@ -55,6 +55,18 @@ from mljob.reconcile import Placement
 from mljob.validation import DEFAULT_LIMITS, Limits
 from mljob.webhook import DEFAULT_CONFIG, WebhookOptions, register, review, shared_key_pair
 from mljob.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
+
+# kopf imports the kubernetes package when it is installed, only to recognise its model objects in what handlers
+# return; this operator returns none, and the package is about a quarter of the operator's memory. It is hidden
+# while kopf is imported; Credentials.load imports it only for a kubeconfig that needs it (an exec plugin).
+_HIDDEN = "kubernetes" not in sys.modules
+if _HIDDEN:
+    sys.modules["kubernetes"] = None  # type: ignore[assignment]
+try:
+    import kopf
+finally:
+    if _HIDDEN:
+        del sys.modules["kubernetes"]
 
 logger = logging.getLogger("mljob.operator")
 SCOPE = "give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"
@@ -225,25 +237,18 @@ def build_registry(
     # kopf runs plain functions in a thread pool, off the loop the controller's queue and timers use.
 
     @kopf.on.login(id="login", registry=registry)
-    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-        # kopf's own session would say "kopf/<version>"; every request of the operator, watches included,
-        # carries ours so the API server's audit log can count them by user agent.
-        info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
-        if info is None:
-            return None
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": kube.user_agent()},
-            proxy=info.proxy_url,
-            trust_env=info.trust_env,
-        )
-        return kopf.AiohttpSession(
-            server=info.server,
-            default_namespace=info.default_namespace,
-            priority=info.priority,
-            expiration=info.expiration,
-            aiohttp_session=session,
-        )
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        # The operator's own credentials (not kopf's reading of them, which needs the kubernetes package), and its
+        # user agent on every request, watches included, so the audit log can count them. kopf logs in again on a
+        # 401: a rotated token is read then.
+        credentials = controller.api.credentials
+        headers = {"User-Agent": kube.user_agent()}
+        authorization = await asyncio.to_thread(credentials.authorization)
+        if authorization:
+            headers["Authorization"] = authorization
+        context = await asyncio.to_thread(credentials.ssl_context)
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=context), headers=headers)
+        return kopf.AiohttpSession(server=credentials.server, aiohttp_session=session)
 
     @kopf.on.startup(id="startup", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from mljob.api import format_time
-from mljob.kube import Api, ApiError, Gone
+from mljob.kube import SYNC, Api, ApiError, inform
 from mljob.nodeagent import kubelet_api
 from mljob.nodeagent.node import LEASE_NAMESPACE, NodeSpec, lease_body, micro_time, node_body, node_conditions
 from mljob.nodeagent.sandbox import PodNetwork
@@ -174,35 +173,15 @@ class Agent:
     # --- pods ------------------------------------------------------------------------------------------------
 
     async def _inform(self, node: str) -> None:
-        """List, then watch, the node's pods; list again on 410, back off while the API server is away."""
-        path = "/api/v1/pods"
+        """List, then watch, the node's pods (:func:`mljob.kube.inform`: a relist on 410, backoff while away)."""
         params = {"fieldSelector": f"spec.nodeName={node}"}
-        delay = 0.5
-        while True:
-            try:
-                listed = await self.api.request("GET", f"{path}?{urlencode(params)}")
-                version = str(listed["metadata"]["resourceVersion"])
-                items = list(listed.get("items") or [])
-                self._reconcile(node, items)
-                delay = 0.5
-                while True:
-                    async for event in self.api.watch(path, {**params, "resourceVersion": version}):
-                        obj = event.get("object") or {}
-                        if event.get("type") == "ERROR":
-                            if obj.get("code") == 410:
-                                raise Gone()
-                            raise ApiError(int(obj.get("code") or 0), "", str(obj.get("message")), "WATCH", path)
-                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                        if event.get("type") == "DELETED":
-                            await self._gone(obj)
-                        elif event.get("type") in ("ADDED", "MODIFIED"):
-                            self._seen(node, obj)
-            except Gone:
-                continue
-            except ApiError as error:
-                log.warning("watching the pods of %s: %s; again in %.1f s", node, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
+        async for event, payload in inform(self.api, "/api/v1/pods", params, what=f"the pods of {node}"):
+            if event == SYNC:
+                self._reconcile(node, list(payload))
+            elif event == "DELETED":
+                await self._gone(payload)
+            else:
+                self._seen(node, payload)
 
     def _reconcile(self, node: str, pods: list[dict[str, Any]]) -> None:
         """A (re)list: every pod bound here gets a worker; workers of pods no longer listed stop."""
