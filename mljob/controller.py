@@ -132,7 +132,7 @@ class Controller:
             old_rv, new_rv = _rv(known), _rv(body)
             if old_rv is not None and new_rv is not None and new_rv < old_rv:
                 return  # an older version than one our own write already returned
-        self.jobs[key] = body
+        self.jobs[key] = lean(body)
         self.trigger(key)
 
     def forget(self, key: Key) -> None:
@@ -247,6 +247,8 @@ class Controller:
             result = plan(job, desired, pods, service, now, placed, flavors)
             framework = desired.framework.name if desired.framework is not None else "unknown"
         await self.apply(key, body, result, framework)
+        if _phase(self.jobs.get(key) or body) in ("Succeeded", "Failed"):
+            self._desired.pop(key, None)  # a finished job creates nothing more: no rendering kept for it
         return result
 
     async def _resource_flavors(self, workload: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
@@ -343,7 +345,7 @@ class Controller:
 
     def _remember(self, key: Key, fresh: Mapping[str, Any]) -> None:
         if fresh.get("metadata") and key in self.jobs:
-            self.jobs[key] = fresh
+            self.jobs[key] = lean(fresh)
 
     async def _event(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         try:
@@ -433,6 +435,19 @@ class NameTaken(Exception):
 
 def _uid(body: Mapping[str, Any]) -> str:
     return podlib.uid(body)
+
+
+def _phase(body: Mapping[str, Any]) -> str:
+    return str((body.get("status") or {}).get("phase") or "")
+
+
+def lean(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The job without ``metadata.managedFields``: the planner never reads them, and they mirror every field
+    each writer set (the spec's, the status's) in what the operator keeps of every job."""
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return body
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _delete_reason(why: str) -> str:

@@ -5,11 +5,12 @@ operator's CPU in that per-event path (cause detection, kwargs, loggers, the ind
 of every pod event) for what is here a dict update and a wake-up. A job's N pods send some 4N events while it
 starts and ends; the job itself a handful, which kopf still handles (:mod:`mljob.operator`).
 
-What is kept is what the planner reads (:func:`mljob.pods.slim`), keyed by (namespace, job name) from the
-controller ownerReference, so a pass reads its job's children without a LIST, and nothing else is held: not the
-pods' specs, not other controllers' pods. The watches select ``mljob.io/job-name`` (every child mljob renders
-carries it), so the API server sends nothing about other pods; a child whose label someone removes is no longer
-seen, as with a ReplicaSet's selector. The ownerReference, not the label, decides whose child it is.
+What is kept is what the planner reads (:func:`mljob.pods.slim_pod`, :func:`mljob.pods.slim`), keyed by
+(namespace, job name) from the controller ownerReference, so a pass reads its job's children without a LIST,
+and nothing else is held: not the pods' specs, images or addresses, not other controllers' pods. The watches
+select ``mljob.io/job-name`` (every child mljob renders carries it), so the API server sends nothing about other
+pods; a child whose label someone removes is no longer seen, as with a ReplicaSet's selector. The
+ownerReference, not the label, decides whose child it is.
 
 :class:`ChildIndex` is pure and tested without a server; :class:`Informer` feeds it from
 :func:`mljob.kube.inform`, one list-then-watch per namespace watched (one for all namespaces, filtered here
@@ -45,7 +46,8 @@ def _where(obj: Mapping[str, Any]) -> tuple[str, str]:
 class ChildIndex:
     """One kind's objects that an MLJob controls, slimmed, by (namespace, job name)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slim: Callable[[Mapping[str, Any]], dict[str, Any]] = podlib.slim) -> None:
+        self.slim = slim
         self._by_job: dict[Key, dict[str, dict[str, Any]]] = {}
         self._job_of: dict[tuple[str, str], Key] = {}
         """(namespace, name) -> the job it is indexed under: an ownerReference can be edited away."""
@@ -69,7 +71,7 @@ class ChildIndex:
             return touched
         key = (namespace, owner)
         if event != "DELETED":
-            self._by_job.setdefault(key, {})[name] = podlib.slim(obj)
+            self._by_job.setdefault(key, {})[name] = self.slim(obj)
             self._job_of[(namespace, name)] = key
         if key not in touched:
             touched.append(key)
@@ -91,7 +93,7 @@ class ChildIndex:
             where = _where(obj)
             key = (where[0], owner)
             seen.add(where)
-            self._by_job.setdefault(key, {})[where[1]] = podlib.slim(obj)
+            self._by_job.setdefault(key, {})[where[1]] = self.slim(obj)
             self._job_of[where] = key
             if old.get(where) != key or versions.get(where) != _version(obj):
                 touched.add(key)
@@ -143,7 +145,7 @@ class Informer:
     ) -> None:
         """``namespaces`` None: every namespace; names and patterns otherwise (patterns: one cluster-wide watch)."""
         self.kind, self.api, self.changed = kind, api, changed
-        self.index = ChildIndex()
+        self.index = ChildIndex(podlib.slim_pod if kind == "Pod" else podlib.slim)
         base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
         if namespaces is None or any(is_pattern(ns) for ns in namespaces):
             self._paths: list[tuple[str, str | None]] = [(f"{base}/{plural}", None)]
@@ -167,12 +169,17 @@ class Informer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def _keep(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """What a list keeps of an object: the slim copy of a child of a job in a namespace watched."""
+        if podlib.controller_name(obj) is None or not self._wanted(_where(obj)[0]):
+            return None
+        return self.index.slim(obj)
+
     async def _follow(self, path: str, namespace: str | None) -> None:
         params = {"labelSelector": LABEL_JOB}
-        async for event, payload in inform(self.api, path, params, what=f"{self.kind.lower()}s"):
+        async for event, payload in inform(self.api, path, params, what=f"{self.kind.lower()}s", keep=self._keep):
             if event == SYNC:
-                items = [obj for obj in payload if self._wanted(_where(obj)[0])]
-                touched = self.index.replace(items, namespace)
+                touched = self.index.replace(payload, namespace)
                 first = path not in self._listed
                 self._listed.add(path)
                 if len(self._listed) == len(self._paths):

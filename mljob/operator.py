@@ -91,6 +91,8 @@ class Options:
     health_port: int | None = None
     """Serve kopf's liveness endpoint at ``:PORT/healthz`` (deploy/'s liveness and readiness probes)."""
     workers: int = 16
+    api_concurrency: int = kube.CONCURRENCY
+    """API requests in flight at once (:data:`mljob.kube.CONCURRENCY`)."""
     verbose: bool = False
     limits: Limits = DEFAULT_LIMITS
     """What one job may ask for (replicas, pods, name length); refused by the webhook and the operator alike."""
@@ -319,7 +321,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         metrics.serve(options.metrics_port)
         logger.info("metrics on :%d/metrics", options.metrics_port)
     credentials = await asyncio.to_thread(Credentials.load)
-    async with Api(credentials) as api:
+    async with Api(credentials, concurrency=options.api_concurrency) as api:
         api.observe = metrics.api_request
         placement = await discover_placement(api, options.gang_scheduler)
         controller = Controller(
@@ -423,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=7,
         help="seconds before a silent peer counts as dead and another replica acts (default 7; kopf's: 60)",
     )
+    parser.add_argument(
+        "--api-concurrency", type=int, default=kube.CONCURRENCY, help="API requests in flight at once (default 16)"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--health-port", type=int, help="serve /healthz (liveness and readiness) on this port")
     add_limit_and_webhook_arguments(parser)
@@ -438,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
             metrics_port=args.metrics_port,
+            api_concurrency=args.api_concurrency,
             health_port=args.health_port,
             gang_scheduler=GangScheduler(args.gang_scheduler),
             verbose=args.verbose,

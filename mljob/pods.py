@@ -209,10 +209,34 @@ def waiting_reason(pod: Mapping[str, Any]) -> str:
 _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "deletionTimestamp")
 
 
+_KEPT_POD_STATUS = ("phase", "reason", "message")
+_KEPT_CONDITION = ("type", "status", "reason", "message")
+_KEPT_CONTAINER = ("name", "restartCount", "state", "lastState")
+
+
 def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What the reconciler reads of a pod or service: the operator's index keeps only this, not specs."""
+    """What the reconciler reads of a service or a placement object: the operator's index keeps only this."""
     meta = obj.get("metadata") or {}
     kept: dict[str, Any] = {"metadata": {k: meta[k] for k in _KEPT_METADATA if k in meta}}
     if "status" in obj:
         kept["status"] = obj["status"]
+    return kept
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconciler reads of a pod (:func:`slim`, and of its status only what this module reads).
+
+    The operator keeps this of every pod of every job for as long as the job lives: images, ids, addresses
+    and probe times are not kept.
+    """
+    kept = slim({"metadata": pod.get("metadata") or {}})
+    status = pod.get("status")
+    if isinstance(status, Mapping):
+        lean: dict[str, Any] = {k: status[k] for k in _KEPT_POD_STATUS if k in status}
+        if status.get("conditions"):
+            lean["conditions"] = [{k: c[k] for k in _KEPT_CONDITION if k in c} for c in status["conditions"]]
+        for key in ("initContainerStatuses", "containerStatuses"):
+            if status.get(key):
+                lean[key] = [{k: c[k] for k in _KEPT_CONTAINER if k in c} for c in status[key]]
+        kept["status"] = lean
     return kept

@@ -128,3 +128,93 @@ async def _no_pause_in_another_loop() -> None:
 def test_patterns_get_one_cluster_wide_watch(pattern: str):
     informer = Informer(None, "Service", "v1", "services", [pattern], lambda *_: None)  # type: ignore[arg-type]
     assert [path for path, _ in informer._paths] == ["/api/v1/services"]
+
+
+def _pods_in_every_state() -> list[dict[str, Any]]:
+    """Whole pods as the API server sends them: what the planner reads, and much it does not."""
+    meta = {
+        "name": "j-worker-0",
+        "namespace": "ns",
+        "uid": "u1",
+        "resourceVersion": "7",
+        "labels": {"mljob.io/replica-type": "worker", "mljob.io/replica-index": "0", "mljob.io/spec-hash": "h"},
+        "ownerReferences": [
+            {"apiVersion": "mljob.io/v1alpha1", "kind": "MLJob", "name": "j", "uid": "uj", "controller": True}
+        ],
+        "annotations": {"a": "b"},
+        "managedFields": [{"manager": "kubelet"}],
+    }
+    common = {"hostIP": "10.0.0.1", "podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}], "qosClass": "BestEffort",
+              "startTime": "2026-12-04T00:00:00Z"}  # fmt: skip
+    terminated = {"exitCode": 137, "reason": "OOMKilled", "message": "out of memory", "finishedAt": "t"}
+
+    def container(**state: Any) -> dict[str, Any]:
+        return {"name": "pytorch", "image": "busybox:1.36", "imageID": "sha256:x", "containerID": "c://1",
+                "ready": False, "started": False, "restartCount": 2, **state}  # fmt: skip
+
+    conditions = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes",
+            "lastProbeTime": None,
+            "lastTransitionTime": "t",
+        },
+    ]
+    return [
+        {
+            "metadata": meta,
+            "spec": {"nodeName": "n"},
+            "status": {"phase": "Pending", "conditions": conditions, **common},
+        },
+        {
+            "metadata": meta,
+            "status": {
+                "phase": "Pending",
+                **common,
+                "containerStatuses": [container(state={"waiting": {"reason": "ImagePullBackOff", "message": "no"}})],
+            },
+        },
+        {
+            "metadata": meta,
+            "status": {
+                "phase": "Running",
+                **common,
+                "containerStatuses": [
+                    container(state={"running": {"startedAt": "t"}}, lastState={"terminated": terminated})
+                ],
+            },
+        },
+        {
+            "metadata": meta,
+            "status": {
+                "phase": "Failed",
+                **common,
+                "initContainerStatuses": [container(name="init", state={"terminated": {**terminated, "exitCode": 0}})],
+                "containerStatuses": [container(state={"terminated": terminated})],
+            },
+        },
+        {"metadata": {**meta, "deletionTimestamp": "t"}, "status": {"phase": "Unknown", "reason": "NodeLost"}},
+    ]
+
+
+def test_a_slim_pod_answers_every_question_the_planner_asks_as_the_whole_pod_does():
+    from mljob import pods as podlib
+
+    questions = [
+        podlib.controller_uid, podlib.controller_name, podlib.name, podlib.uid, podlib.fingerprint,
+        podlib.terminating, podlib.phase, podlib.scheduled, podlib.finished, podlib.replica_of, podlib.restarts,
+        podlib.running, podlib.lost, podlib.waiting_reason,
+        lambda pod: podlib.stop_of(pod, "pytorch"), lambda pod: podlib.last_stop_of(pod, "pytorch"),
+        lambda pod: podlib.stop_of(pod, "init"),
+    ]  # fmt: skip
+    for whole in _pods_in_every_state():
+        lean = podlib.slim_pod(whole)
+        assert [q(lean) for q in questions] == [q(whole) for q in questions], whole["status"]
+        kept = repr(lean)
+        for dropped in ("busybox", "10.1.0.5", "sha256", "managedFields", "BestEffort", "lastProbeTime", "nodeName"):
+            assert dropped not in kept
+        assert set(lean) == {"metadata", "status"}
+    informer = Informer(None, "Pod", "v1", "pods", ["ns"], lambda *_: None)  # type: ignore[arg-type]
+    assert informer.index.slim is podlib.slim_pod
