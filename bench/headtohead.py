@@ -127,14 +127,17 @@ class Run:
         return usage(self.proc.pid)
 
 
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def profile(run: Run, folder: Path | None) -> subprocess.Popen[bytes] | None:
     """py-spy sampling the operator (a Python one) from now until the main run ends: collapsed stacks in ``folder``."""
     if folder is None or run.side.name == TO1 or run.proc is None:
         return None
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{run.side.name}.txt"
-    args = [spy, "record", "--pid", str(run.proc.pid), "--format", "raw", "--rate", "100", "--nonblocking"]
+    args = [py_spy(), "record", "--pid", str(run.proc.pid), "--format", "raw", "--rate", "100", "--nonblocking"]
     return subprocess.Popen([*args, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -356,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, help="sample mljob's and raw's operator with py-spy into this folder")
     parser.add_argument("--smoke", action="store_true", help="3 jobs x 2 pods, 3 for the restart, short windows (CI)")
     args = parser.parse_args(argv)
+    if args.profile and not Path(py_spy()).is_file():  # a tool for looking closer, not a dependency of the figures
+        parser.error("--profile samples with py-spy, which is not installed: .venv/bin/pip install py-spy")
     if args.smoke:
         args.jobs, args.replicas, args.restart_jobs, args.idle, args.settle, args.timeout = 3, 2, 3, 1.0, 1.0, 120.0
     args.restart_replicas = args.restart_replicas or args.replicas
