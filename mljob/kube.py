@@ -526,10 +526,12 @@ async def inform(
     what: str = "",
     page: int = 500,
     keep: Keep = _whole,
+    failed: Callable[[ApiError], None] | None = None,
 ) -> AsyncIterator[tuple[str, Any]]:
     """List, then watch, for ever: ``(SYNC, items)`` after every (re)list, then ``(ADDED|MODIFIED|DELETED, obj)``.
 
     ``keep`` trims the listed objects as each page arrives (:func:`list_all`); watch events come whole.
+    ``failed`` is told each failure before the back-off (the web UI shows it); it is logged either way.
 
     A client-go informer's loop: the watch resumes from the last resourceVersion seen (bookmarks included)
     when the server ends it, lists again when that version is too old (410), and backs off while the API
@@ -564,5 +566,7 @@ async def inform(
             version = ""
         except ApiError as error:
             logger.warning("watching %s: %s; again in %.1f s", what or path, error, delay)
+            if failed is not None:
+                failed(error)
             await asyncio.sleep(delay)
             delay = min(10.0, delay * 2)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
+from mljob import kube
 from mljob.api import GROUP, PLURAL, VERSION
 from mljob.kube import Credentials
 from mljob.names import LABEL_JOB
@@ -39,14 +40,7 @@ LOG_TAIL_PODS = 16
 KIND_JOBS, KIND_PODS = "mljobs", "pods"
 
 
-def user_agent() -> str:
-    from mljob import __version__
-
-    return f"mljob-ui/{__version__}"
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
+COMPONENT = "mljob-ui"
 
 
 class ApiFailure(Exception):
@@ -58,21 +52,27 @@ class ApiFailure(Exception):
 
 
 class Api:
-    """The UI's reads, over one aiohttp session with the kubeconfig's (or the pod's) credentials."""
+    """The UI's reads with the kubeconfig's (or the pod's) credentials: single reads (a log is text) here, lists
+    and watches through :class:`mljob.kube.Api`, whose list-then-watch loop the operator uses too."""
 
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
+        self.kube = kube.Api(credentials, component=COMPONENT)
+        """Lists and watches, through the operator's own loop (:func:`mljob.kube.inform`)."""
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context())
-            self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent()})
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": kube.user_agent(COMPONENT)}
+            )
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.kube.close()
 
     def _headers(self) -> dict[str, str]:
         auth = self.credentials.authorization()
@@ -99,26 +99,6 @@ class Api:
                 if response.content_type == "application/json":
                     return await response.json()
                 return await response.text(errors="replace")
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise ApiFailure(0, f"{type(error).__name__}: {error}") from error
-
-    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
-        """The watch's events; ends when the server ends the stream (its timeoutSeconds)."""
-        query = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
-        try:
-            async with self.session().get(
-                self.credentials.server + path,
-                params=query,
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=330),
-            ) as response:
-                if response.status == 410:
-                    raise Gone()
-                if response.status >= 400:
-                    raise await self._fail(response)
-                async for line in response.content:
-                    if line.strip():
-                        yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError) as error:
             raise ApiFailure(0, f"{type(error).__name__}: {error}") from error
 
@@ -189,33 +169,18 @@ def collection(kind: str, namespace: str | None) -> tuple[str, dict[str, str]]:
 
 
 async def inform(api: Api, store: Store, kind: str) -> None:
-    """List, then watch from the list's version; list again on 410; back off while the server is away."""
+    """List, then watch from the list's version; list again on 410; back off, and say so, while the server is away."""
     path, params = collection(kind, store.namespace)
-    delay = 1.0
-    while True:
-        try:
-            listed = await api.get(path, params)
-            version = str(listed["metadata"]["resourceVersion"])
-            store.reset(kind, list(listed.get("items") or []))
-            delay = 1.0
-            while True:
-                async for event in api.watch(path, {**params, "resourceVersion": version}):
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        if obj.get("code") == 410:
-                            raise Gone()
-                        raise ApiFailure(int(obj.get("code") or 0), str(obj.get("message") or obj))
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if event.get("type") != "BOOKMARK":
-                        store.apply(kind, str(event.get("type")), obj)
-        except Gone:
-            continue
-        except ApiFailure as error:
-            store.errors[kind] = str(error)
-            store.notify("*")
-            log.warning("watching %s: %s; again in %.0f s", kind, error, delay)
-            await asyncio.sleep(delay)
-            delay = min(30.0, delay * 2)
+
+    def failed(error: kube.ApiError) -> None:
+        store.errors[kind] = error.message or str(error)
+        store.notify("*")
+
+    async for event, payload in kube.inform(api.kube, path, params, what=kind, failed=failed):
+        if event == kube.SYNC:
+            store.reset(kind, list(payload))
+        else:
+            store.apply(kind, event, payload)
 
 
 # --- pages ---------------------------------------------------------------------------------------------------
