@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -16,22 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane
+from controlplane.process import LoggedProcess
 from controlplane.waiting import until
 
 TIMEOUT = 60.0
 MARK = "MLJOB_TEST_MARK"
 
 
-class AgentProcess:
+class AgentProcess(LoggedProcess):
     """``mljob node-agent`` for one Node, as a subprocess with its log in a file."""
 
+    grace = 30.0  # the agent stops its pods first
+
     def __init__(self, cp: ControlPlane, node: str, folder: Path, *extra: str) -> None:
+        super().__init__(folder / "agent.log")
         self.cp, self.node, self.folder = cp, node, folder
         self.state = folder / "state"
-        self.log_path = folder / "agent.log"
         self.pair = cp.kubelet_serving_pair(node)
         self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         command = [sys.executable, "-c", "from mljob.cli import main; main()", "node-agent"]
@@ -55,26 +56,6 @@ class AgentProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: what an OOM kill or a crash looks like."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def core(cp: ControlPlane) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controlplane.process import LoggedProcess
 from controlplane.waiting import until
 from mljob.crd import crd
 
@@ -130,7 +130,7 @@ class E2EJob:
         }
 
 
-class OperatorProcess:
+class OperatorProcess(LoggedProcess):
     """The real operator, the ``mljob operator`` command, as a subprocess with its log in a file.
 
     ``args`` replace the default ``--namespace NS --standalone`` (e.g. for peering or several
@@ -138,9 +138,9 @@ class OperatorProcess:
     """
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, args: list[str] | None = None) -> None:
-        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log
+        super().__init__(log)
+        self.kubeconfig, self.namespace = kubeconfig, namespace
         self.args = args if args is not None else ["--namespace", namespace, "--standalone"]
-        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.extra_args: list[str] = []
 
@@ -155,26 +155,6 @@ class OperatorProcess:
                 [*command, *self.args, *self.extra_args], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         return self
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup handlers, no goodbye; what a node failure or OOM kill looks like."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def _client(kubeconfig: Path) -> Any:
