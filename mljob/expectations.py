@@ -33,8 +33,7 @@ class Expectations:
 
     def created(self, key: Key, kind: str, obj: Mapping[str, Any]) -> None:
         """``obj`` is the server's answer to the create (it carries the uid)."""
-        kept = podlib.slim_pod(obj) if kind == "Pod" else podlib.slim(obj)
-        self._created.setdefault(key, {})[(kind, podlib.name(obj))] = (self.clock(), kept)
+        self._created.setdefault(key, {})[(kind, podlib.name(obj))] = (self.clock(), podlib.slim_of(kind, obj))
 
     def deleted(self, key: Key, kind: str, name: str, uid: str) -> None:
         self._deleted.setdefault(key, {})[(kind, name)] = (self.clock(), uid)

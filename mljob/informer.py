@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -145,7 +146,7 @@ class Informer:
     ) -> None:
         """``namespaces`` None: every namespace; names and patterns otherwise (patterns: one cluster-wide watch)."""
         self.kind, self.api, self.changed = kind, api, changed
-        self.index = ChildIndex(podlib.slim_pod if kind == "Pod" else podlib.slim)
+        self.index = ChildIndex(functools.partial(podlib.slim_of, kind))
         base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
         if namespaces is None or any(is_pattern(ns) for ns in namespaces):
             self._paths: list[tuple[str, str | None]] = [(f"{base}/{plural}", None)]

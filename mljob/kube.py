@@ -134,6 +134,8 @@ class Credentials:
         if os.pathsep in path.strip(os.pathsep):
             return None
         file = Path(path.strip(os.pathsep)).expanduser()
+        if not file.is_file():
+            raise ValueError(f"{file}: no kubeconfig there (set KUBECONFIG, or run in a pod)")
         config = yaml.safe_load(file.read_text()) or {}
 
         def named(section: str, name: object) -> dict[str, Any]:
@@ -142,10 +144,14 @@ class Credentials:
                     return dict(item.get(section[:-1]) or {})
             raise ValueError(f"{file}: no {section[:-1]} named {name!r}")
 
+        if not (context or config.get("current-context")):
+            raise ValueError(f"{file}: current-context is not set (or give a context)")
         ctx = named("contexts", context or config.get("current-context"))
         cluster, user = named("clusters", ctx.get("cluster")), named("users", ctx.get("user"))
         if set(user) - _USER_KEYS or set(cluster) - _CLUSTER_KEYS:
             return None
+        if not cluster.get("server"):
+            raise ValueError(f"{file}: cluster {ctx.get('cluster')!r} has no server")
 
         def local(key: str) -> str | None:
             value = user.get(key) or cluster.get(key)

@@ -240,3 +240,8 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
                 lean[key] = [{k: c[k] for k in _KEPT_CONTAINER if k in c} for c in status[key]]
         kept["status"] = lean
     return kept
+
+
+def slim_of(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator keeps of a child of ``kind``: :func:`slim_pod` for a Pod, :func:`slim` for the rest."""
+    return slim_pod(obj) if kind == "Pod" else slim(obj)

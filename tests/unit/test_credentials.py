@@ -106,6 +106,14 @@ def test_what_needs_code_goes_to_the_kubernetes_package(tmp_path: Path, monkeypa
     assert Credentials.from_kubeconfig() is None  # a merged list
     with pytest.raises(ValueError, match="no context named 'nope'"):
         Credentials.from_kubeconfig(str(write(tmp_path, {"token": "t"})), "nope")
+    with pytest.raises(ValueError, match="cluster 'c' has no server"):
+        Credentials.from_kubeconfig(str(write(tmp_path, {"token": "t"}, {"certificate-authority": "ca.crt"})))
+    no_context = tmp_path / "no-context"
+    no_context.write_text(yaml.safe_dump({"contexts": [], "clusters": [], "users": []}))
+    with pytest.raises(ValueError, match="current-context is not set"):
+        Credentials.from_kubeconfig(str(no_context))
+    with pytest.raises(ValueError, match="no kubeconfig there"):
+        Credentials.from_kubeconfig(str(tmp_path / "absent"))
 
 
 def test_in_a_pod_the_service_account_token_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

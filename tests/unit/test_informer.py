@@ -217,4 +217,8 @@ def test_a_slim_pod_answers_every_question_the_planner_asks_as_the_whole_pod_doe
             assert dropped not in kept
         assert set(lean) == {"metadata", "status"}
     informer = Informer(None, "Pod", "v1", "pods", ["ns"], lambda *_: None)  # type: ignore[arg-type]
-    assert informer.index.slim is podlib.slim_pod
+    running = _pods_in_every_state()[2]
+    assert podlib.slim_pod(running) != podlib.slim(running)
+    assert informer.index.slim(running) == podlib.slim_pod(running)  # what the pod watch keeps
+    service = Informer(None, "Service", "v1", "services", ["ns"], lambda *_: None)  # type: ignore[arg-type]
+    assert service.index.slim(running) == podlib.slim(running)  # any other kind's status is kept whole
