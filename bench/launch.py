@@ -33,8 +33,8 @@ import yaml
 from benchkit import BenchPlugin, shape
 
 from mljob import Framework
-from mljob.cli_common import job_and_framework, load_jobs
 from mljob.local.display import Display
+from mljob.local.jobfiles import job_and_framework, load_jobs
 from mljob.local.runner import prepare
 from mljob.local.supervisor import Supervisor
 from mljob.plugins import Plugins, load_plugins

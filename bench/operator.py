@@ -37,7 +37,7 @@ from controlplane import ControlPlane  # noqa: E402
 from controlplane.audit import AuditLog  # noqa: E402
 from controlplane.proxy import FaultProxy  # noqa: E402
 from controlplane.waiting import until as wait_for  # noqa: E402
-from mljob.crd import crd  # noqa: E402
+from mljob.core.crd import crd  # noqa: E402
 
 COMMAND = [sys.executable, "-c", "from mljob.cli import main; main()", "operator"]
 NAMESPACE = "bench"

@@ -23,10 +23,10 @@ from typing import Any
 from observe import owner, watch
 
 from mljob.api import format_time
+from mljob.core.reconcile import desire
+from mljob.core.validation import parse_job
 from mljob.kube import Api, Credentials, job_path
 from mljob.plugins import load_plugins
-from mljob.reconcile import desire
-from mljob.validation import parse_job
 
 
 @dataclass

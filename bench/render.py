@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from benchkit import BenchPlugin, shape
 
 from mljob import Framework, MLJob
+from mljob.core.render import render
+from mljob.core.validation import check_job
 from mljob.plugins import Plugins, load_plugins
-from mljob.render import render
-from mljob.validation import check_job
 
 FULL = (10, 200, 2_000)
 SMOKE = (2, 5)

@@ -32,7 +32,7 @@ import yaml
 from controlplane import ControlPlane
 from controlplane.audit import AuditLog
 from controlplane.pki import Authority
-from mljob.crd import crd
+from mljob.core.crd import crd
 from mljob.kube import Api, ApiError
 
 HERE = Path(__file__).resolve().parent
@@ -202,7 +202,7 @@ class TrainingOperatorSide(Side):
         path = folder / "kubeflow.org_pytorchjobs.yaml"
         if not path.exists():
             raise FileNotFoundError(f"no {path}: run `make controlplane` (it builds training-operator v1.8.1)")
-        await install_crd(api, yaml.safe_load(path.read_text()))
+        await install_crd(api, yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
         await api.request("POST", "/api/v1/namespaces", {"metadata": {"name": "kubeflow"}})
         secret = {"metadata": {"name": "training-operator-webhook-cert", "namespace": "kubeflow"}}
         await api.request("POST", "/api/v1/namespaces/kubeflow/secrets", secret)

@@ -49,6 +49,8 @@ from controlplane.waiting import until
 HERE = Path(__file__).resolve().parent
 BIN = Path(os.environ.get("MLJOB_CONTROLPLANE_BIN", HERE / "bin"))
 STAGES = HERE / "stages"
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser where PyYAML has it: the add-ons' CRDs are megabytes of YAML."""
 SERVICE_CIDR = "10.0.0.0/24"
 FEATURE_GATES = "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true"
 """Kubernetes' own gang scheduling (scheduling.k8s.io/v1beta1 Workload and PodGroup), on every component."""
@@ -310,14 +312,14 @@ class ControlPlane:
         names = []
         for path in files:
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-            names += [doc["metadata"]["name"] for doc in yaml.safe_load_all(path.read_text()) if doc]
+            names += [doc["metadata"]["name"] for doc in yaml.load_all(path.read_text(), Loader=FAST_LOADER) if doc]
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
         return names
 
     def start_kueue(self) -> None:
         """Kueue's controller-manager, out of cluster: its CRDs, then the binary, waiting until it is ready.
 
-        MLJob is an external framework to Kueue: the operator manages each job's Workload (mljob/queueing.py).
+        MLJob is an external framework to Kueue: the operator manages each job's Workload (mljob/core/kueue.py).
         Webhooks are not registered (no admission configuration points at them), leader election, internal
         certificates and the visibility server are off; Kueue insists on a metrics key pair in a fixed path.
         """
@@ -538,7 +540,7 @@ class ControlPlane:
 
     def _create_kwok_crds(self) -> None:
         for name in KWOK_CRDS:
-            crd = yaml.safe_load((self.bin / "crds" / "kwok" / name).read_text())
+            crd = yaml.load((self.bin / "crds" / "kwok" / name).read_text(), Loader=FAST_LOADER)
             self._request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
             self._kwok_crds.append(crd["metadata"]["name"])
 

@@ -5,7 +5,7 @@ These models are the one source of truth: the CRD in ``crds/`` is generated from
 with them. Field names are camelCase on the wire (aliases) and snake_case in Python.
 
 Pod templates stay plain dicts here: they are checked against the real Kubernetes OpenAPI
-schema in :mod:`mljob.k8sschema`, which reports every problem with its path, something a
+schema in :mod:`mljob.core.schema`, which reports every problem with its path, something a
 hand-written pydantic copy of ``PodTemplateSpec`` would do worse and drift from.
 """
 

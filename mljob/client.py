@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from mljob.api import GROUP, PLURAL, VERSION, ConditionType, MLJob, Phase
-from mljob.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE
+from mljob.core.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE
+from mljob.core.validation import check_document, load_documents
 from mljob.plugins import Plugins, load_plugins
-from mljob.validation import check_document, load_documents
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 WAITABLE = {p.value.lower(): p.value for p in Phase} | {c.value.lower(): c.value for c in ConditionType}

@@ -14,8 +14,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from mljob.api import MLJob
+from mljob.core.render import wiring_container
 from mljob.framework import Framework, Problem, Replica, replicas_of
-from mljob.render import wiring_container
 
 GPU_RESOURCE = "nvidia.com/gpu"
 VISIBLE = "CUDA_VISIBLE_DEVICES"

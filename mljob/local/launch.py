@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from mljob.api import MLJob
+from mljob.core.render import wiring_container
 from mljob.framework import Framework, Problem, Replica, replicas_of
 from mljob.local.cluster import LocalCluster
 from mljob.local.gpus import VISIBLE
 from mljob.plugins import PluginError
-from mljob.render import wiring_container
 
 DEFAULT_GRACE_SECONDS = 10.0
 """Seconds between SIGTERM and SIGKILL when the template sets no terminationGracePeriodSeconds."""

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TextIO
 
 from mljob.api import MLJob
-from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs
 from mljob.framework import Framework, Replica, replicas_of
 from mljob.local.cluster import LocalCluster
 from mljob.local.display import Display, LogFiles, format_duration
 from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests
+from mljob.local.jobfiles import STDIN, JobFileError, job_and_framework, load_jobs
 from mljob.local.launch import Plan, plan
 from mljob.local.supervisor import RunResult, Supervisor
 from mljob.plugins import PluginError, Plugins

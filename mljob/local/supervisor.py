@@ -20,15 +20,16 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from mljob.api import MLJob
+from mljob.core.render import restart_policy
 from mljob.framework import Framework, Replica
 from mljob.local.display import Counts, Display, LogFiles, SummaryRow
 from mljob.local.keeper import Keeper
 from mljob.local.launch import Launch
 from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State, Stop, decide, describe_exit
 from mljob.local.procs import kill_session, signal_group
-from mljob.render import restart_policy
 
 INTERRUPTED = "Interrupted"
 CANNOT_START = 127
@@ -154,6 +155,8 @@ class Supervisor:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.restarts = 0
         self.started = 0.0
+        self.wall_start = datetime.now(UTC)
+        """The run's start on the wall clock: the deadline's startTime; elapsed time is the run's own clock's."""
         self.stopping = False
         self.interrupted: int | None = None
         self.keeper = Keeper()
@@ -178,6 +181,7 @@ class Supervisor:
         """Start the replicas, apply the policy until the job finishes, stop what still runs."""
         loop = asyncio.get_running_loop()
         self.started = self.clock()
+        self.wall_start = datetime.now(UTC)
         handled = _install_signals(loop, self._on_signal)
         self.display.start(self.counts)
         if self.display.closed:  # the reader left before the run began
@@ -200,9 +204,9 @@ class Supervisor:
 
     async def _drive(self) -> Decision:
         while True:
-            now = self.clock()
+            now = self.wall_start + timedelta(seconds=self.clock() - self.started)
             observed = {r: record.observed for r, record in self.records.items()}
-            decision = decide(self.job, self.framework, observed, self.restarts, self.started, now)
+            decision = decide(self.job, self.framework, observed, self.restarts, self.wall_start, now)
             if decision.finish is not None:
                 return decision
             for action in decision.actions:
@@ -211,7 +215,9 @@ class Supervisor:
                 elif isinstance(action, Restart):
                     self._note_restart(action)
                     await self._spawn(action.replica)
-            timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
+            timeout = None
+            if decision.wake_at is not None:
+                timeout = max(0.0, (decision.wake_at - self.wall_start).total_seconds() - (self.clock() - self.started))
             try:
                 event = await asyncio.wait_for(self.events.get(), timeout)
             except TimeoutError:

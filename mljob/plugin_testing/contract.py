@@ -20,9 +20,11 @@ import pytest
 from pydantic import ValidationError
 
 from mljob.api import MLJob, RestartPolicy
+from mljob.core.names import LABEL_LEADER, dns1123_problem, pod_name
+from mljob.core.render import ServiceCluster, render, wiring_container
+from mljob.core.schema import object_problems
+from mljob.core.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
 from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
-from mljob.k8sschema import object_problems
-from mljob.names import LABEL_LEADER, dns1123_problem, pod_name
 from mljob.plugin_testing.jobs import (
     FAKE_DOMAIN,
     FakeCluster,
@@ -33,8 +35,6 @@ from mljob.plugin_testing.jobs import (
     wire,
 )
 from mljob.plugin_testing.local import run_locally
-from mljob.render import ServiceCluster, render, wiring_container
-from mljob.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
 
 __all__ = ["FrameworkContract", "shape_of"]
 

@@ -29,14 +29,14 @@ from typing import Any, ClassVar
 import pytest
 
 from mljob.api import MLJob
+from mljob.core.names import RESERVED_LABEL_PREFIX, dns1123_problem
+from mljob.core.render import render, wiring_container
+from mljob.core.schema import object_problems
+from mljob.core.validation import INVALID_SPEC, check_job
 from mljob.framework import Cluster, Framework, Replica, Role
-from mljob.k8sschema import object_problems
-from mljob.names import RESERVED_LABEL_PREFIX, dns1123_problem
 from mljob.plugin_testing.contract import shape_of
 from mljob.plugin_testing.jobs import make_job, plugins_for, problems_outside_fields, wire
 from mljob.plugins import PluginError, Plugins
-from mljob.render import render, wiring_container
-from mljob.validation import INVALID_SPEC, check_job
 
 __all__ = ["Coordinated", "HookContract", "Peers", "pod_rule_problems", "with_annotations", "with_labels"]
 

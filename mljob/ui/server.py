@@ -26,8 +26,8 @@ from markupsafe import Markup
 
 from mljob import kube
 from mljob.api import GROUP, PLURAL, VERSION
+from mljob.core.names import LABEL_JOB, Key
 from mljob.kube import Credentials
-from mljob.names import LABEL_JOB
 from mljob.plugins import Plugins, load_plugins
 from mljob.ui import view
 
@@ -109,8 +109,8 @@ class Store:
 
     namespace: str | None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
-    jobs: dict[view.Key, dict[str, Any]] = field(default_factory=dict)
-    pods: dict[view.Key, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
     listeners: set[asyncio.Queue[str | None]] = field(default_factory=set)

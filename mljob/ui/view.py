@@ -14,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mljob.api import parse_time
-from mljob.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE
+from mljob.core import text
+from mljob.core.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, Key
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 """The phases in the order the plot stacks them: live work at the bottom, finished work on top."""
@@ -31,9 +32,6 @@ COLORS = {
 # A condition that is True puts the job in the phase of the same name; Created means Pending.
 _CONDITION_PHASE = {"Created": "Pending", **{p: p for p in PHASES if p != "Pending"}}
 
-Key = tuple[str, str]
-"""(namespace, name)"""
-
 
 def key_of(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
@@ -46,18 +44,8 @@ def phase_of(job: Mapping[str, Any]) -> str:
 
 
 def age(created: str | None, now: datetime) -> str:
-    """kubectl's AGE: 45s, 3m, 2h, 5d."""
-    when = parse_time(created)
-    if when is None:
-        return "?"
-    seconds = max(0, int((now - when).total_seconds()))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60}m"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
+    """kubectl's AGE, or ``?`` where the time is missing (a narrow table cell)."""
+    return text.age(created, now, unknown="?")
 
 
 def replica_name(pod: Mapping[str, Any]) -> str:

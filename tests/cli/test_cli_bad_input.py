@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cli_helpers import job_doc, template, write_yaml
 
-from mljob.cli import app
+from mljob.cli.app import app
 from mljob.plugins import load_plugins
 
 Doc = dict[str, Any]

@@ -10,11 +10,11 @@ from pathlib import Path
 import yaml
 from cli_helpers import job_doc, write_yaml
 
-from mljob.cli import app
-from mljob.crd import crd_yaml
+from mljob.cli.app import app
+from mljob.core.crd import crd_yaml
+from mljob.core.render import PLACEHOLDER_UID, render
+from mljob.core.validation import check_document
 from mljob.plugins import load_plugins
-from mljob.render import PLACEHOLDER_UID, render
-from mljob.validation import check_document
 
 REPO = Path(__file__).resolve().parents[2]
 

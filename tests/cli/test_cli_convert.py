@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mljob.cli import app
+from mljob.cli.app import app
+from mljob.core.render import render
+from mljob.core.validation import check_document
 from mljob.plugins import load_plugins
-from mljob.render import render
-from mljob.validation import check_document
 
 KUBEFLOW = Path(__file__).resolve().parents[1] / "convert" / "kubeflow"
 

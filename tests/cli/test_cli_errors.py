@@ -8,10 +8,10 @@ import pluggy
 import pytest
 from cli_helpers import job_doc, write_yaml
 
-import mljob.cli_common
+import mljob.local.jobfiles
 from mljob import hookimpl
-from mljob.cli import main
-from mljob.cli_common import JobFileError, load_jobs, read_text
+from mljob.cli.app import main
+from mljob.local.jobfiles import JobFileError, load_jobs, read_text
 from mljob.plugins import load_plugins
 
 
@@ -39,9 +39,9 @@ class Exploding:
 
 
 def test_a_plugin_that_raises_during_render_is_reported(runner, fake_plugin, tmp_path, monkeypatch):
-    from mljob.cli import app
+    from mljob.cli.app import app
 
-    monkeypatch.setattr(mljob.cli_common, "load_plugins", lambda: load_plugins(extra=[Exploding()]))
+    monkeypatch.setattr(mljob.local.jobfiles, "load_plugins", lambda: load_plugins(extra=[Exploding()]))
     result = runner.invoke(app, ["render", str(write_yaml(tmp_path / "job.yaml", job_doc()))])
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -50,12 +50,12 @@ def test_a_plugin_that_raises_during_render_is_reported(runner, fake_plugin, tmp
 
 
 def test_an_invalid_plugin_is_reported(runner, fake_plugin, tmp_path, monkeypatch):
-    from mljob.cli import app
+    from mljob.cli.app import app
 
     def invalid() -> None:
         raise pluggy.PluginValidationError(object(), "unknown hook 'mljob_validat' in plugin 'typo'")
 
-    monkeypatch.setattr(mljob.cli_common, "load_plugins", invalid)
+    monkeypatch.setattr(mljob.local.jobfiles, "load_plugins", invalid)
     result = runner.invoke(app, ["validate", str(write_yaml(tmp_path / "job.yaml", job_doc()))])
     assert result.exit_code == 1
     assert result.stderr == "a plugin is invalid: unknown hook 'mljob_validat' in plugin 'typo'\n"
@@ -65,7 +65,7 @@ def test_a_bug_is_one_line_with_a_way_to_see_more(monkeypatch, capsys, tmp_path)
     def bug(path: str) -> tuple[str, str]:
         raise KeyError("oops")
 
-    monkeypatch.setattr(mljob.cli_common, "read_text", bug)
+    monkeypatch.setattr(mljob.local.jobfiles, "read_text", bug)
     monkeypatch.delenv("MLJOB_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exited:
         main(["validate", str(tmp_path / "job.yaml")])
@@ -80,7 +80,7 @@ def test_debug_shows_the_traceback(monkeypatch, tmp_path):
     def bug(path: str) -> tuple[str, str]:
         raise KeyError("oops")
 
-    monkeypatch.setattr(mljob.cli_common, "read_text", bug)
+    monkeypatch.setattr(mljob.local.jobfiles, "read_text", bug)
     monkeypatch.setenv("MLJOB_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["validate", str(tmp_path / "job.yaml")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from mljob.cli import app
+from mljob.cli.app import app
 
 JOB = """
 apiVersion: mljob.io/v1alpha1

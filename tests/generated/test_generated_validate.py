@@ -6,9 +6,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
+from mljob.core.render import render
+from mljob.core.validation import check_document
 from mljob.framework import replicas_of
-from mljob.render import render
-from mljob.validation import check_document
 
 from .strategies import PLUGINS, invalid_jobs, valid_jobs
 

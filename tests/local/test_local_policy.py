@@ -1,14 +1,25 @@
-"""The decision core of a local run, table by table: no process, no clock, no plugin package."""
+"""The decision core of a local run, table by table: no process, no clock, no plugin package.
+
+The rules themselves are the rulebook's (mljob.core.rules, shared with the operator); these tables check
+that a local run asks it and turns its answer into the right processes.
+"""
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from localfw import Tiny
 
 from mljob import MLJob, Replica, RestartPolicy
-from mljob.local.policy import (
+from mljob.core import rules
+from mljob.core.rules import (
     BACKOFF_LIMIT_EXCEEDED,
     DEADLINE_EXCEEDED,
     REPLICA_FAILED,
     SUCCEEDED,
+    Verdict,
+    verdict,
+)
+from mljob.local.policy import (
     SUCCESS_LINGER_SECONDS,
     Decision,
     Finish,
@@ -17,11 +28,11 @@ from mljob.local.policy import (
     Start,
     State,
     Stop,
-    Verdict,
     decide,
     describe_exit,
-    verdict,
 )
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 LEAD, W0, W1, SERVER = Replica("Lead", 0), Replica("Worker", 0), Replica("Worker", 1), Replica("Server", 0)
 PENDING = Observed()
@@ -55,11 +66,15 @@ def job(policy: str | None = None, backoff: int = 3, deadline: int | None = None
     )
 
 
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
 def run(job_: MLJob, observed: dict, restarts: int = 0, now: float = 10.0) -> Decision:
     every = {LEAD: PENDING, W0: PENDING, W1: PENDING, SERVER: PENDING}
     if "Server" not in job_.spec.replica_specs:
         del every[SERVER]
-    return decide(job_, Tiny(), {**every, **observed}, restarts, started_at=0.0, now=now)
+    return decide(job_, Tiny(), {**every, **observed}, restarts, started=T0, now=at(now))
 
 
 @pytest.mark.parametrize(
@@ -84,7 +99,7 @@ def run(job_: MLJob, observed: dict, restarts: int = 0, now: float = 10.0) -> De
     ],
 )
 def test_verdict_per_restart_policy(policy, code, expected):
-    assert verdict(policy, code) is expected
+    assert verdict(policy, rules.Stop.of_returncode(code)) is expected
 
 
 @pytest.mark.parametrize(
@@ -92,7 +107,7 @@ def test_verdict_per_restart_policy(policy, code, expected):
     [
         (0, "worker-1 exited with code 0"),
         (137, "worker-1 exited with code 137"),
-        (-9, "worker-1 was killed by SIGKILL"),
+        (-9, "worker-1 exited with code 137 (SIGKILL)"),
     ],
 )
 def test_describe_exit(code, text):
@@ -107,7 +122,7 @@ def test_first_decision_starts_every_replica():
 
 def test_nothing_to_do_while_running_but_wake_for_the_deadline():
     decision = run(job(deadline=30), {LEAD: RUNNING, W0: RUNNING, W1: RUNNING, SERVER: RUNNING}, now=5)
-    assert decision == Decision((), wake_at=30.0)
+    assert decision == Decision((), wake_at=at(30))
 
 
 def test_success_stops_what_runs_server_at_once_finishing_roles_after_a_linger():
@@ -115,23 +130,23 @@ def test_success_stops_what_runs_server_at_once_finishing_roles_after_a_linger()
     assert decision.actions == (
         Stop(W1, SUCCESS_LINGER_SECONDS),
         Stop(SERVER, 0.0),
-        Finish(True, SUCCEEDED, "job succeeded"),
+        Finish(True, SUCCEEDED, "the job succeeded"),
     )
 
 
 def test_the_frameworks_success_rule_decides():
     assert run(job(), {LEAD: RUNNING, W0: exited(0), W1: exited(0), SERVER: RUNNING}).actions == ()
     observed = {W0: exited(0), W1: RUNNING, SERVER: RUNNING}
-    assert decide(job(), Tiny(), {LEAD: RUNNING, **observed}, 0, 0.0, 1.0).finish is None
+    assert decide(job(), Tiny(), {LEAD: RUNNING, **observed}, 0, T0, at(1)).finish is None
 
 
 @pytest.mark.parametrize(
     ("policy", "code", "message"),
     [
-        ("Never", 1, "worker-1 exited with code 1 (restartPolicy Never)"),
-        ("Never", 137, "worker-1 exited with code 137 (restartPolicy Never)"),
-        ("ExitCode", 1, "worker-1 exited with code 1 (restartPolicy ExitCode)"),
-        ("ExitCode", 127, "worker-1 exited with code 127 (restartPolicy ExitCode)"),
+        ("Never", 1, "worker-1 exited with code 1"),
+        ("Never", 137, "worker-1 exited with code 137"),
+        ("ExitCode", 1, "worker-1 exited with code 1"),
+        ("ExitCode", 127, "worker-1 exited with code 127"),
     ],
 )
 def test_permanent_failure_fails_the_job_and_stops_everything_at_once(policy, code, message):
@@ -159,8 +174,7 @@ def test_backoff_limit_counts_every_restart_across_the_job(restarts, backoff):
     finish = decision.finish
     assert finish is not None
     assert finish.reason == BACKOFF_LIMIT_EXCEEDED
-    assert finish.message.startswith(f"backoff limit reached ({restarts} restart")
-    assert "last: worker-0 exited with code 1 (restartPolicy OnFailure)" in finish.message
+    assert finish.message == f"worker-0 exited with code 1; backoffLimit {backoff} reached"
 
 
 def test_two_exits_at_once_need_room_for_both_restarts():
@@ -169,19 +183,21 @@ def test_two_exits_at_once_need_room_for_both_restarts():
     assert run(job("OnFailure", backoff=2), observed, restarts=1).finish is not None
 
 
-def test_deadline_beats_everything_else():
+def test_the_deadline_stops_a_job_that_would_restart_a_replica():
+    decision = run(job(deadline=30), {LEAD: RUNNING, W0: RUNNING, W1: exited(1), SERVER: RUNNING}, now=30)
+    message = "activeDeadlineSeconds (30s) passed since startTime 2026-01-01T12:00:00Z"
+    assert decision.actions == (Stop(LEAD), Stop(W0), Stop(SERVER), Finish(False, DEADLINE_EXCEEDED, message))
+
+
+def test_success_beats_the_deadline():
     decision = run(job(deadline=30), {LEAD: exited(0), W0: RUNNING, W1: exited(1), SERVER: RUNNING}, now=30)
-    assert decision.actions == (
-        Stop(W0),
-        Stop(SERVER),
-        Finish(False, DEADLINE_EXCEEDED, "deadline exceeded (activeDeadlineSeconds 30)"),
-    )
+    assert decision.finish == Finish(True, SUCCEEDED, "the job succeeded")
 
 
 def test_success_wins_over_restarting_a_server_that_exited():
     observed = {LEAD: exited(0), W0: exited(0), W1: exited(0), SERVER: exited(1)}
     decision = run(job("OnFailure", backoff=0), observed)
-    assert decision.actions == (Finish(True, SUCCEEDED, "job succeeded"),)
+    assert decision.actions == (Finish(True, SUCCEEDED, "the job succeeded"),)
 
 
 def test_without_a_lead_every_worker_must_succeed():
@@ -189,11 +205,11 @@ def test_without_a_lead_every_worker_must_succeed():
     specs = {k: v for k, v in no_lead.spec.replica_specs.items() if k != "Lead"}
     no_lead = no_lead.model_copy(update={"spec": no_lead.spec.model_copy(update={"replica_specs": specs})})
     observed = {W0: exited(0), W1: RUNNING, SERVER: RUNNING}
-    assert decide(no_lead, Tiny(), observed, 0, 0.0, 1.0).finish is None
+    assert decide(no_lead, Tiny(), observed, 0, T0, at(1)).finish is None
     observed = {W0: exited(0), W1: exited(0), SERVER: RUNNING}
-    assert decide(no_lead, Tiny(), observed, 0, 0.0, 1.0).actions == (
+    assert decide(no_lead, Tiny(), observed, 0, T0, at(1)).actions == (
         Stop(SERVER),
-        Finish(True, SUCCEEDED, "job succeeded"),
+        Finish(True, SUCCEEDED, "the job succeeded"),
     )
 
 
@@ -213,7 +229,7 @@ def test_everything_exited_without_meeting_the_success_rule_fails():
             return False
 
     observed = {LEAD: exited(0), W0: exited(0), W1: exited(0)}
-    decision = decide(job(server=False), Picky(), observed, 0, 0.0, 1.0)
+    decision = decide(job(server=False), Picky(), observed, 0, T0, at(1))
     assert decision.finish == Finish(
-        False, REPLICA_FAILED, "every replica has exited but the tiny success rule is not met"
+        False, REPLICA_FAILED, "every replica has finished but the tiny success rule is not met"
     )

@@ -80,7 +80,7 @@ def test_exit_1_fails_the_job_and_names_the_replica(folder, policy):
     roles = {"Lead": (1, policy, replica("sleep", "30")), "Worker": (2, policy, replica("exit", "0"))}
     code, out, _ = run(folder, {**roles, "Server": (1, policy, replica("exit", "1"))})
     assert code == 1
-    assert f"[mljob] job failed: server-0 exited with code 1 (restartPolicy {policy})" in out
+    assert out.rstrip().endswith("[mljob] job failed: server-0 exited with code 1")
     assert summary_row(out, "server-0")[1:3] == ["failed", "1"]
     assert summary_row(out, "lead-0")[1:3] == ["stopped", "SIGTERM"]
     assert not any(alive(pid) for pid in pids(folder))
@@ -107,8 +107,8 @@ def test_backoff_limit_counts_restarts_across_the_job(folder):
     roles = {"Lead": (1, "OnFailure", replica("sleep", "30")), "Worker": (2, "OnFailure", replica("exit", "3"))}
     code, out, _ = run(folder, roles, {"backoffLimit": 3})
     assert code == 1
-    assert "[mljob] job failed: backoff limit reached (3 restarts, backoffLimit 3); last: worker-" in out
-    assert "exited with code 3 (restartPolicy OnFailure)" in out
+    assert "[mljob] job failed: worker-" in out
+    assert out.rstrip().endswith(" exited with code 3; backoffLimit 3 reached")
     assert not any(alive(pid) for pid in pids(folder))
 
 
@@ -116,7 +116,7 @@ def test_deadline_stops_the_job(folder):
     code, out, _ = run(folder, {"Lead": (1, "Never", replica("sleep", "60"))}, {"activeDeadlineSeconds": 1})
     assert code == 1
     assert summary_row(out, "lead-0")[1:3] == ["stopped", "SIGTERM"]
-    assert "[mljob] job failed: deadline exceeded (activeDeadlineSeconds 1)" in out
+    assert "[mljob] job failed: activeDeadlineSeconds (1s) passed since startTime " in out
     assert "[mljob] tiny: 1 replica of tiny: lead-0=127.0.0.1:" in out
     assert not any(alive(pid) for pid in pids(folder))
 

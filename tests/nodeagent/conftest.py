@@ -21,7 +21,7 @@ from agentkit import TIMEOUT, AgentProcess, Env, core, crd_established, extensio
 
 from controlplane import ControlPlane, Node
 from controlplane.waiting import until
-from mljob.crd import crd
+from mljob.core.crd import crd
 
 MOUNT_POINTS = ("/data", "/shared", "/out", "/flag", "/work-in", "/runs")
 """The mountPaths the tests use: a bind needs its mount point on the host, so the agent makes missing ones there

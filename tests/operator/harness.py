@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from controlplane.process import LoggedProcess
 from controlplane.waiting import until
-from mljob.crd import crd
+from mljob.core.crd import crd
 
 T = TypeVar("T")
 IMAGE = "busybox:1.36"

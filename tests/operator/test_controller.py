@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from mljob.controller import Controller
+from mljob.core.status import LEDGER_ANNOTATION
 from mljob.kube import ApiError
-from mljob.metrics import Metrics
+from mljob.operator.controller import Controller
+from mljob.operator.metrics import Metrics
 from mljob.plugin_testing import plugins_for
-from mljob.status import LEDGER_ANNOTATION
 
 UID = "job-uid"
 
@@ -304,7 +304,7 @@ async def test_a_plugin_that_blows_up_fails_only_its_job():
     def explode(job, plugins, placement=None, limits=None):
         raise RuntimeError("unexpected")
 
-    import mljob.controller as controller_module
+    import mljob.operator.controller as controller_module
 
     original = controller_module.desire
     controller_module.desire = explode  # type: ignore[assignment]
@@ -367,7 +367,7 @@ async def test_a_pod_deleted_by_someone_else_before_the_index_showed_it_is_creat
 
 
 def test_expectations_end_when_the_watch_shows_the_object_and_say_when_they_lapse():
-    from mljob.expectations import Expectations
+    from mljob.operator.expectations import Expectations
 
     now = [100.0]
     e = Expectations(ttl=15.0, clock=lambda: now[0])

@@ -8,8 +8,8 @@ import pytest
 from harness import Backend, E2EJob, Forever, Role, Run, conditions
 
 from mljob.api import MLJob
+from mljob.core.render import render
 from mljob.plugins import load_plugins
-from mljob.render import render
 
 LONG = Run(0, after=1.5)  # long enough to see the job Running with every child in place
 

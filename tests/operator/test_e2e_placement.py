@@ -170,7 +170,7 @@ def test_the_operator_finds_which_gang_apis_this_server_serves(e2e):
 
     from mljob.api import GangScheduler
     from mljob.kube import Api, Credentials
-    from mljob.operator import discover_placement
+    from mljob.operator.discovery import discover_placement
 
     async def ask() -> tuple[bool, bool, object]:
         async with Api(Credentials.load(str(e2e.kubeconfig))) as api:

@@ -1,5 +1,5 @@
 """Kueue admits MLJobs on the real control plane: the real Kueue v0.17 (built from its module), its quota, its
-eviction. The operator creates each job's Workload and plays Kueue's job-framework part (mljob/queueing.py).
+eviction. The operator creates each job's Workload and plays Kueue's job-framework part (mljob/core/kueue.py).
 
 Each test gets a ClusterQueue of its own with 2 CPUs of one ResourceFlavor that steers pods to zone-b (the
 shared control plane's kwok-node-2), a LocalQueue in its namespace, and jobs of one 1-CPU pod each.

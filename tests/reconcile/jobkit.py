@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mljob.api import MLJob, MLJobStatus
+from mljob.core.reconcile import Desired, Plan, desire, plan
+from mljob.core.status import merge_diff
 from mljob.framework import Framework, Outcome, Replica, Role
 from mljob.plugin_testing import plugins_for
 from mljob.plugins import Plugins
-from mljob.reconcile import Desired, Plan, desire, plan
-from mljob.status import merge_diff
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 UID = "11111111-2222-3333-4444-555555555555"

@@ -6,9 +6,9 @@ import pytest
 from jobkit import T0, UID, World, make_job, s
 
 from mljob.api import Phase
-from mljob.names import LABEL_SPEC_HASH
-from mljob.reconcile import Event
-from mljob.render import render
+from mljob.core.names import LABEL_SPEC_HASH
+from mljob.core.reconcile import Event
+from mljob.core.render import render
 
 
 def world(**policy) -> World:

@@ -10,7 +10,7 @@ import pytest
 from jobkit import World, make_job, s
 
 from mljob.api import Phase
-from mljob.status import LEDGER_ANNOTATION
+from mljob.core.status import LEDGER_ANNOTATION
 
 
 def started(policy: str, backoff: int = 6, workers: int = 2) -> World:
@@ -194,7 +194,7 @@ def test_backoff_limit_stops_a_recreation_that_would_exceed_it():
     p = w.step(s(5))
     assert p.finished is Phase.FAILED
     assert w.condition("Failed") == ("True", "BackoffLimitExceeded")
-    assert w.status.message == "worker-0 exited with code 137 (OOMKilled); backoffLimit 1 reached (1 restarts)"
+    assert w.status.message == "worker-0 exited with code 137 (OOMKilled); backoffLimit 1 reached"
     assert w.status.restart_count == 1
     assert p.creates == ()
 

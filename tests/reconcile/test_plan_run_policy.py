@@ -8,13 +8,13 @@ import pytest
 from jobkit import Toy, World, make_job, s
 
 from mljob.api import Phase
+from mljob.core.names import LABEL_SPEC_HASH
+from mljob.core.reconcile import reject
+from mljob.core.status import LEDGER_ANNOTATION
+from mljob.core.validation import parse_job
 from mljob.framework import Replica
 from mljob.hookspecs import hookimpl
-from mljob.names import LABEL_SPEC_HASH
 from mljob.plugin_testing import plugins_for
-from mljob.reconcile import reject
-from mljob.status import LEDGER_ANNOTATION
-from mljob.validation import parse_job
 
 
 def running(**policy) -> World:

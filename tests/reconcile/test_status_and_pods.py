@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from jobkit import T0, s
 
-from mljob import pods
 from mljob.api import Condition, ConditionType, Phase
-from mljob.status import derive_phase, merge_diff, set_condition
+from mljob.core import children as pods
+from mljob.core.status import derive_phase, merge_diff, set_condition
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from typing import Any
 import kubernetes
 import pytest
 
-from mljob.cli_cluster import age, table
+from mljob.cli.verbs import table
 from mljob.client import Client, ClientError
+from mljob.core.text import age
 from mljob.plugins import load_plugins
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mljob.api import MLJob
-from mljob.crd import crd, crd_yaml
+from mljob.core.crd import crd, crd_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "mljob.io_mljobs.yaml"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mljob.kube import Credentials
-from mljob.webhook import key_pair
+from mljob.operator.webhook import key_pair
 
 
 @pytest.fixture(scope="module")

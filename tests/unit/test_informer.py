@@ -1,4 +1,4 @@
-"""mljob.informer: the index of what each job owns, fed by watch events and relists, and the namespaces watched."""
+"""mljob.operator.informer: the index of what each job owns, fed by watch events and relists, the namespaces watched."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mljob.informer import ChildIndex, Informer, namespace_matcher
-from mljob.operator import kopf_pause, track_kopf_pause
+from mljob.operator.informer import ChildIndex, Informer, namespace_matcher
+from mljob.operator.kopfcompat import kopf_pause, track_kopf_pause
 
 
 def child(name: str, job: str | None, rv: int = 1, ns: str = "ns", phase: str = "Running") -> dict[str, Any]:
@@ -200,7 +200,7 @@ def _pods_in_every_state() -> list[dict[str, Any]]:
 
 
 def test_a_slim_pod_answers_every_question_the_planner_asks_as_the_whole_pod_does():
-    from mljob import pods as podlib
+    from mljob.core import children as podlib
 
     questions = [
         podlib.controller_uid, podlib.controller_name, podlib.name, podlib.uid, podlib.fingerprint,

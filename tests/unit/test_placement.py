@@ -8,9 +8,9 @@ import kubernetes_validate
 import pytest
 
 from mljob.api import GangScheduler, MLJob
+from mljob.core.reconcile import Placement, desire
+from mljob.core.render import render
 from mljob.plugins import load_plugins
-from mljob.reconcile import Placement, desire
-from mljob.render import render
 
 
 def job(scheduling: dict[str, Any] | None = None, workers: int = 3) -> MLJob:
@@ -136,7 +136,7 @@ def test_a_backend_the_cluster_does_not_serve_fails_the_job_with_the_field_path_
 def test_the_gang_objects_are_created_before_the_pods_and_only_while_pods_are_missing():
     from datetime import UTC, datetime
 
-    from mljob.reconcile import plan
+    from mljob.core.reconcile import plan
 
     j = job()
     desired = desire(j, load_plugins(), Placement(GangScheduler.KUBERNETES))
@@ -169,7 +169,7 @@ def resourced(scheduling: dict[str, Any] | None = None, workers: int = 3) -> MLJ
 
 
 def test_min_resources_default_to_the_requests_of_the_first_min_available_replicas():
-    from mljob.placement import min_resources
+    from mljob.core.placement import min_resources
 
     # Master (2 CPUs) + 2 workers (max(init 3, 500m) CPUs each, 1Gi from the limit): 8 CPUs, 2Gi.
     assert min_resources(resourced({"minAvailable": 3})) == {"cpu": "8", "memory": str(2 * 2**30)}
@@ -249,7 +249,7 @@ def _observed(obj: dict[str, Any], uid: str, **extra: Any) -> dict[str, Any]:
 def test_volcano_pods_wait_until_the_pod_group_leaves_pending():
     from datetime import UTC, datetime
 
-    from mljob.reconcile import plan
+    from mljob.core.reconcile import plan
 
     j = job({"gangScheduler": "volcano"})
     desired = desire(j, load_plugins(), Placement())
@@ -272,7 +272,7 @@ def test_schedule_timeout_fails_a_job_whose_pods_are_not_all_placed_in_time():
     from datetime import UTC, datetime, timedelta
 
     from mljob.api import MLJobStatus
-    from mljob.reconcile import plan
+    from mljob.core.reconcile import plan
 
     j = job({"scheduleTimeoutSeconds": 30})
     desired = desire(j, load_plugins(), Placement())
@@ -302,7 +302,7 @@ def test_a_finished_job_deletes_its_gang_objects():
     from datetime import UTC, datetime
 
     from mljob.api import MLJobStatus
-    from mljob.reconcile import plan
+    from mljob.core.reconcile import plan
 
     j = job()
     desired = desire(j, load_plugins(), Placement(GangScheduler.KUBERNETES))

@@ -17,10 +17,10 @@ import pytest
 
 import mljob.plugins
 from mljob import Cluster, Framework, MLJob, Replica, Role, hookimpl
+from mljob.core.render import render
+from mljob.core.validation import PLUGIN_ERROR, check_job
 from mljob.plugin_testing import make_job
 from mljob.plugins import load_plugins
-from mljob.render import render
-from mljob.validation import PLUGIN_ERROR, check_job
 
 
 class Good(Framework):

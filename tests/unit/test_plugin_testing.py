@@ -10,9 +10,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from mljob import Cluster, Framework, MLJob, Outcome, Problem, Replica, Role
+from mljob.core.validation import check_job
 from mljob.framework import replicas_of
 from mljob.plugin_testing import FakeCluster, FrameworkContract, field_path_problem, job_shapes, make_job, plugins_for
-from mljob.validation import check_job
 
 
 class Good(Framework):

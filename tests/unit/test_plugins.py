@@ -9,8 +9,8 @@ import pytest
 
 import mljob.plugins
 from mljob import Cluster, Framework, MLJob, Problem, Replica, Role, hookimpl
+from mljob.core.validation import PLUGIN_ERROR, check_job
 from mljob.plugins import PluginError, load_plugins
-from mljob.validation import PLUGIN_ERROR, check_job
 
 
 class Toy(Framework):

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from kubernetes.utils import parse_quantity as official
 
-from mljob.quantity import parse_quantity
+from mljob.core.quantity import parse_quantity
 
 SAMPLES = ["2", "500m", "1.5", "1Gi", "512Mi", "3Ki", "1e3", "2E-2", "100M", "7k", "250u", "9n", "1.5Ti", ".5", 4, 2.5]
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mljob.api import MLJob, MLJobStatus
+from mljob.core.reconcile import QUEUED, Desired, Placement, Plan, desire, plan
 from mljob.plugins import load_plugins
-from mljob.reconcile import QUEUED, Desired, Placement, Plan, desire, plan
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,10 +16,10 @@ import pytest
 
 from mljob import Cluster, Framework, MLJob, Replica, Role, hookimpl
 from mljob.api import RestartPolicy
-from mljob.k8sschema import object_problems
+from mljob.core.render import render
+from mljob.core.schema import object_problems
+from mljob.core.validation import check_job
 from mljob.plugins import Plugins, load_plugins
-from mljob.render import render
-from mljob.validation import check_job
 
 
 class Toy(Framework):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 
+from mljob.core.reconcile import Placement
+from mljob.core.validation import Limits
+from mljob.operator.webhook import WebhookOptions, configuration, key_pair, review
 from mljob.plugins import load_plugins
-from mljob.reconcile import Placement
-from mljob.validation import Limits
-from mljob.webhook import WebhookOptions, configuration, key_pair, review
 
 JOB = {
     "apiVersion": "mljob.io/v1alpha1",

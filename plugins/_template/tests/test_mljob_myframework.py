@@ -6,10 +6,10 @@ import mljob_myframework
 from mljob_myframework import MyFramework
 
 from mljob import MLJob, Replica
+from mljob.core.render import ServiceCluster
+from mljob.core.validation import check_job
 from mljob.plugin_testing import FrameworkContract, make_job
 from mljob.plugins import load_plugins
-from mljob.render import ServiceCluster
-from mljob.validation import check_job
 
 FW = MyFramework()
 

@@ -13,11 +13,11 @@ import pytest
 from mljob_pytorch import PyTorch
 
 from mljob import MLJob, Outcome, Replica
+from mljob.core.render import ServiceCluster, render
+from mljob.core.validation import check_job
 from mljob.framework import replicas_of
 from mljob.plugin_testing import FakeCluster, FrameworkContract, loopback_cluster, make_job
 from mljob.plugins import load_plugins
-from mljob.render import ServiceCluster, render
-from mljob.validation import check_job
 
 PT = PyTorch()
 

@@ -13,10 +13,10 @@ import pytest
 from mljob_tensorboard import CONTAINER, DEFAULT_IMAGE, IMAGE, LOGDIR, PORT, REPLICA, SCRIPT, Settings, sidecar
 
 from mljob import MLJob, hookimpl
+from mljob.core.render import render
+from mljob.core.validation import check_job
 from mljob.plugin_testing import Coordinated, HookContract, Peers, make_job, plugins_for, wire, with_annotations
 from mljob.plugins import DISABLE_ENV, Plugins, load_plugins
-from mljob.render import render
-from mljob.validation import check_job
 
 COORDINATED, PEERS = Coordinated(), Peers()
 LOGS = {LOGDIR: "/logs"}

@@ -18,15 +18,17 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mljob.api import GROUP, PLURAL, VERSION
+from mljob.core.reconcile import Placement, placement_problems
+from mljob.core.validation import DEFAULT_LIMITS, Limits, check_document
 from mljob.kube import Api, ApiError
 from mljob.plugins import Plugins
-from mljob.reconcile import Placement, placement_problems
-from mljob.validation import DEFAULT_LIMITS, Limits, check_document
 
 DEFAULT_SECRET = "mljob-system/mljob-webhook-cert"
 DEFAULT_CONFIG = "mljob.io"
@@ -203,3 +205,12 @@ async def register(api: Api, options: WebhookOptions, ca: bytes, namespaces: lis
         "?fieldManager=mljob-operator&force=true"
     )
     await api.request("PATCH", path, configuration(options, ca, namespaces), "application/apply-patch+yaml")
+
+
+def write_key_pair(cert: bytes, key: bytes) -> tuple[Path, Path]:
+    """The webhook server's certificate and key as files (the TLS library reads files), the key private."""
+    folder = Path(tempfile.mkdtemp(prefix="mljob-webhook-"))
+    (folder / "tls.crt").write_bytes(cert)
+    (folder / "tls.key").write_bytes(key)
+    (folder / "tls.key").chmod(0o600)
+    return folder / "tls.crt", folder / "tls.key"

@@ -18,12 +18,19 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mljob.api import API_VERSION, KIND, MLJob
+from mljob.core.names import (
+    DNS_LABEL_MAX,
+    QUEUE_LABEL,
+    RESERVED_LABEL_PREFIX,
+    dns1035_problem,
+    dns1123_problem,
+    pod_name,
+)
+from mljob.core.quantity import parse_quantity
+from mljob.core.render import wiring_container
+from mljob.core.schema import got, json_path, pod_template_problems, suggestion, type_problem
 from mljob.framework import Framework, Problem, Replica, describe
-from mljob.k8sschema import got, json_path, pod_template_problems, suggestion, type_problem
-from mljob.names import DNS_LABEL_MAX, QUEUE_LABEL, RESERVED_LABEL_PREFIX, dns1035_problem, dns1123_problem, pod_name
 from mljob.plugins import PluginError, Plugins
-from mljob.quantity import parse_quantity
-from mljob.render import wiring_container
 
 INVALID_SPEC = "InvalidSpec"
 PLUGIN_ERROR = "PluginError"
@@ -78,7 +85,9 @@ _YAML_HINTS = {
 class _Loader(yaml.SafeLoader):
     """``SafeLoader`` that rejects a key given twice in one mapping.
 
-    PyYAML silently keeps the last value, so a second ``replicas:`` would win without a word.
+    PyYAML silently keeps the last value, so a second ``replicas:`` would win without a word. The
+    pure-Python parser, not libyaml's: a job file is small, and its syntax errors name the problem
+    (tabs, an unclosed quote) where libyaml's only name the character.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

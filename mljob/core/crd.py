@@ -22,7 +22,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 # Pod templates and framework options are opaque to the CRD on purpose. The full PodTemplateSpec
 # schema inlined once per role would make the CRD megabytes (past the 1.5 MB etcd object limit
 # and kubectl's annotation limit for client-side apply); the operator, the CLI and the local
-# runtime validate templates against the real Kubernetes schema (mljob.k8sschema), and the
+# runtime validate templates against the real Kubernetes schema (mljob.core.schema), and the
 # framework plugin validates its options with its own pydantic model.
 OPAQUE = {
     ("spec", "replicaSpecs", "*", "template"),

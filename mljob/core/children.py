@@ -8,24 +8,17 @@ is it ours, is it going away, did it finish, did it restart in place, and may it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from mljob.api import GROUP, KIND
-from mljob.framework import Replica
-from mljob.names import LABEL_INDEX, LABEL_ROLE, LABEL_SPEC_HASH
+from mljob.core.names import LABEL_INDEX, LABEL_ROLE, LABEL_SPEC_HASH
+from mljob.core.rules import LOST_NODE_REASONS, Stop
 
 PENDING = "Pending"
 RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 UNKNOWN = "Unknown"
-
-LOST_NODE_REASONS = frozenset({"NodeLost"})
-"""Pod ``status.reason`` values that mean the node went away while the pod was not terminal."""
-
-SIGNAL_EXIT = 128
-"""Exit codes from here up mean the process was killed by a signal (128 + signal number)."""
 
 
 def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -112,46 +105,19 @@ def running(pod: Mapping[str, Any]) -> bool:
     return all("running" in (c.get("state") or {}) for c in statuses)
 
 
-@dataclass(frozen=True)
-class Stop:
-    """Why a replica's process stopped: an exit code with the kubelet's reason, or a pod-level reason."""
-
-    code: int | None = None
-    reason: str = ""
-    pod_reason: str = ""
-    message: str = ""
-
-    @property
-    def retryable(self) -> bool:
-        """ExitCode semantics: killed by a signal (128+), evicted or lost its node; not a code 1-127."""
-        if self.pod_reason:
-            return True
-        return self.code is None or self.code >= SIGNAL_EXIT
-
-    def describe(self, replica: Replica | str) -> str:
-        """``worker-2 exited with code 137 (OOMKilled)``, ``worker-0 was evicted: <why>``."""
-        if self.pod_reason == "Evicted":
-            return f"{replica} was evicted" + (f": {self.message}" if self.message else "")
-        if self.pod_reason in LOST_NODE_REASONS:
-            return f"{replica} lost its node ({self.pod_reason})"
-        if self.pod_reason:
-            return f"{replica} failed ({self.pod_reason})" + (f": {self.message}" if self.message else "")
-        if self.code is None:
-            return f"{replica} failed" + (f": {self.message}" if self.message else "")
-        return f"{replica} exited with code {self.code}" + (f" ({self.reason})" if self.reason else "")
-
-
 def _pick(statuses: list[Mapping[str, Any]], container: str, key: str) -> Mapping[str, Any] | None:
-    """The ``key`` state (``state``/``lastState``) that explains a stop: the wiring container's, else a non-zero one."""
+    """The ``key`` state (``state``/``lastState``) that explains a stop.
+
+    The wiring container's if it failed, else any that failed (a sidecar can fail a pod whose program
+    exited 0), else the wiring container's, else the first.
+    """
     terminated: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = [
         (c, t) for c in statuses if (t := (c.get(key) or {}).get("terminated"))
     ]
-    for c, t in terminated:
-        if c.get("name") == container:
-            return t
-    for _, t in terminated:
-        if t.get("exitCode"):
-            return t
+    ours = [t for c, t in terminated if c.get("name") == container]
+    failed = [t for _, t in terminated if t.get("exitCode")]
+    for t in (*(t for t in ours if t.get("exitCode")), *failed, *ours):
+        return t
     return terminated[0][1] if terminated else None
 
 

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mljob import placement
 from mljob.api import API_VERSION, KIND, GangScheduler, MLJob, RestartPolicy
-from mljob.framework import Address, Framework, Replica, replicas_of
-from mljob.names import (
+from mljob.core import placement
+from mljob.core.names import (
     LABEL_FRAMEWORK,
     LABEL_INDEX,
     LABEL_JOB,
@@ -25,7 +24,8 @@ from mljob.names import (
     pod_name,
     service_host,
 )
-from mljob.status import spec_hash
+from mljob.core.status import spec_hash
+from mljob.framework import Address, Framework, Replica, replicas_of
 
 if TYPE_CHECKING:
     from mljob.plugins import Plugins
@@ -128,7 +128,7 @@ def render_pod(
 ) -> dict[str, Any]:
     """The Pod for one replica, with the framework's wiring in its wiring container.
 
-    Its ``mljob.io/spec-hash`` label is :func:`mljob.status.spec_hash` of the job (``fingerprint`` when the
+    Its ``mljob.io/spec-hash`` label is :func:`mljob.core.status.spec_hash` of the job (``fingerprint`` when the
     caller has it already): the operator reads from the pods which spec a running job started with.
     """
     template = job.spec.replica_specs[replica.role].template

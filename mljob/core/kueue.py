@@ -19,14 +19,20 @@ jobframework reconciler does for a batch Job:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mljob.api import MLJob
-from mljob.names import LABEL_JOB, QUEUE_LABEL
+from mljob.api import ConditionType, MLJob
+from mljob.core import children as podlib
+from mljob.core.names import LABEL_JOB, QUEUE_LABEL
+from mljob.core.plan import Draft
+from mljob.core.status import clear_condition
 
+QUEUED = "Queued"
+"""The Suspended reason of a job that waits for Kueue to admit it."""
 KUEUE_API = "kueue.x-k8s.io/v1beta2"
 KUEUE_RESOURCES = ("workloads", "resourceflavors")
 EXTERNAL_FRAMEWORK = "MLJob.v1alpha1.mljob.io"
@@ -190,3 +196,108 @@ def set_conditions(
             conditions.append(new)
         changed = True
     return conditions if changed else None
+
+
+# --- the planner's Kueue steps: a pass of a job labelled with a queue adds these to its draft ---------------
+
+
+def admitted(draft: Draft, queue: str, queued: dict[str, Any] | None) -> bool:
+    """Whether Kueue lets the job run now; otherwise keep it without pods, saying why (Suspended, Queued).
+
+    ``queued`` is the Workload to create when there is none yet.
+    """
+    wl = draft.placed.get("Workload")
+    granted = admission(wl, queue)
+    if wl is None and queued is not None:
+        draft.creates.append(queued)
+    if granted.admitted:
+        found = draft.was(ConditionType.SUSPENDED)
+        if found is not None and found.status == "True" and found.reason == QUEUED:
+            message = f"admitted by Kueue to ClusterQueue {granted.cluster_queue}"
+            draft.condition(ConditionType.SUSPENDED, False, "Admitted", message)
+            draft.message = message
+            draft.event("Normal", "Admitted", f"{message}: creating its pods")
+        return True
+    why = "evicted by Kueue" if granted.evicted is not None else "the job is not admitted by Kueue"
+    for pod in draft.pods.values():
+        draft.delete(pod, why)
+    if wl is not None and granted.evicted is not None and granted.holds_quota and not draft.pods:
+        release(draft, wl, granted.evicted)
+    gate(draft, granted.waiting)
+    return False
+
+
+def release(draft: Draft, wl: Mapping[str, Any], evicted: str) -> None:
+    """Every pod of an evicted job is gone: give the quota back and queue again, as Kueue's job controllers do."""
+    requeue = str((condition(wl, "Evicted") or {}).get("reason") or "")
+    conditions = set_conditions(
+        wl,
+        [
+            ("QuotaReserved", False, "Pending", evicted),
+            ("Admitted", False, "NoReservation", "The workload has no reservation"),
+            ("Requeued", requeue in ("Preempted", "NodeFailures"), requeue or "Evicted", evicted),
+        ],
+        draft.now,
+    )
+    draft.patch_status(
+        KUEUE_API, "Workload", wl, {"admission": None, "conditions": conditions}, "the job's pods are gone"
+    )
+
+
+def gate(draft: Draft, message: str) -> None:
+    """Suspended with reason Queued: no pod until Kueue admits the job; the message says why it waits."""
+    found = draft.was(ConditionType.SUSPENDED)
+    if not draft.is_true(ConditionType.CREATED):
+        draft.condition(ConditionType.CREATED, True, "Created", "the job was accepted; it waits in its queue")
+        draft.accepted = True
+    if found is None or found.status != "True" or found.reason != QUEUED:
+        for kind in (ConditionType.RUNNING, ConditionType.RESTARTING):
+            draft.conditions = clear_condition(draft.conditions, kind, QUEUED, message, draft.now)
+        draft.event("Normal", QUEUED, message)
+    draft.condition(ConditionType.SUSPENDED, True, QUEUED, message)
+    draft.start_time = None
+    draft.message = message
+    draft.replica_statuses = draft.count_replicas()
+
+
+def report_pods_ready(draft: Draft) -> None:
+    """PodsReady on the Workload: True once every replica runs, False (why) when one stops running."""
+    wl = draft.placed.get("Workload")
+    if wl is None:
+        return
+    if draft.is_true(ConditionType.RUNNING):
+        change = ("PodsReady", True, "Started", "All pods reached readiness and the workload is running")
+    elif is_true(wl, "PodsReady") or condition(wl, "PodsReady") is None:
+        reason = "WaitForRecovery" if is_true(wl, "PodsReady") else "WaitForStart"
+        change = ("PodsReady", False, reason, "Not all pods are ready or succeeded")
+    else:
+        return
+    conditions = set_conditions(wl, [change], draft.now)
+    if conditions is not None:
+        draft.patch_status(KUEUE_API, "Workload", wl, {"conditions": conditions}, "PodsReady")
+
+
+def report_finished(draft: Draft, succeeded: bool, message: str) -> None:
+    """Finished on the Workload: Kueue releases the job's quota."""
+    wl = draft.placed.get("Workload")
+    if wl is None or is_true(wl, "Finished"):
+        return
+    reason = "Succeeded" if succeeded else "Failed"
+    conditions = set_conditions(wl, [("Finished", True, reason, message or reason)], draft.now)
+    if conditions is not None:
+        draft.patch_status(KUEUE_API, "Workload", wl, {"conditions": conditions}, "the job finished")
+
+
+def steer(
+    draft: Draft, pod: dict[str, Any], queue: str | None, flavors: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A pod about to be created, steered to the flavors Kueue assigned its role."""
+    if queue is None:
+        return pod
+    granted = admission(draft.placed.get("Workload"), queue)
+    which = podlib.replica_of(pod)
+    if which is None or not granted.flavors:
+        return pod
+    steered = copy.deepcopy(pod)
+    admit_pod(steered, which[0], granted, flavors)
+    return steered

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from mljob.api import MLJob, parse_time
+from mljob.api import MLJob
+from mljob.core.text import age
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_CLUSTER = 1, 2, 3, 4, 5
 
@@ -52,21 +52,6 @@ def _client(namespace: str | None) -> Any:
     from mljob.client import Client
 
     return Client(namespace)
-
-
-def age(created: str | None, now: datetime | None = None) -> str:
-    """kubectl's AGE: 45s, 3m, 2h, 5d."""
-    when = parse_time(created)
-    if when is None:
-        return "<unknown>"
-    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 2 * 3600:
-        return f"{seconds // 60}m"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 def table(rows: list[list[str]]) -> str:

@@ -1,12 +1,12 @@
 """The operator's own watches of what its jobs own: pods, services, and the objects a scheduler or queue writes.
 
-kopf watched these before, one handler call per event, and bench/headtohead.py's profile put about 40 % of the
-operator's CPU in that per-event path (cause detection, kwargs, loggers, the index handler and the event handler
-of every pod event) for what is here a dict update and a wake-up. A job's N pods send some 4N events while it
-starts and ends; the job itself a handful, which kopf still handles (:mod:`mljob.operator`).
+kopf watched these before, one handler call per event, and its per-event path (cause detection, kwargs, loggers,
+the index handler and the event handler of every pod event) cost more than the rest of the operator for what is
+here a dict update and a wake-up (bench/README.md has the profile). A job's N pods send some 4N events while it
+starts and ends; the job itself a handful, which kopf still handles (:mod:`mljob.operator.handlers`).
 
-What is kept is what the planner reads (:func:`mljob.pods.slim_pod`, :func:`mljob.pods.slim`), keyed by
-(namespace, job name) from the controller ownerReference, so a pass reads its job's children without a LIST,
+What is kept is what the planner reads (:func:`~mljob.core.children.slim_pod`, :func:`~mljob.core.children.slim`),
+keyed by (namespace, job name) from the controller ownerReference, so a pass reads its job's children without a LIST,
 and nothing else is held: not the pods' specs, images or addresses, not other controllers' pods. The watches
 select ``mljob.io/job-name`` (every child mljob renders carries it), so the API server sends nothing about other
 pods; a child whose label someone removes is no longer seen, as with a ReplicaSet's selector. The
@@ -25,16 +25,18 @@ import fnmatch
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mljob import pods as podlib
+from mljob.core import children as podlib
+from mljob.core.names import LABEL_JOB, Key
 from mljob.kube import SYNC, Api, inform
-from mljob.names import LABEL_JOB
+from mljob.operator.discovery import watched_placement
+
+if TYPE_CHECKING:
+    from mljob.operator.controller import Controller
 
 logger = logging.getLogger("mljob.operator")
 
-Key = tuple[str, str]
-"""(namespace, job name)."""
 Changed = Callable[[str, Key, Mapping[str, Any] | None], None]
 """Told (kind, job, object) for every event of a job's child; the object is None after a relist."""
 
@@ -193,3 +195,32 @@ class Informer:
                 continue
             for key in self.index.apply(event, payload):
                 self.changed(self.kind, key, payload)
+
+
+def informers(controller: Controller, namespaces: Sequence[str] | None) -> list[Informer]:
+    """The watches of every kind a job owns and the planner reads, bound to ``controller``.
+
+    Every event of a job's child wakes the job, and ends the controller's expectation about that child.
+    """
+
+    def changed(kind: str, key: Key, obj: Mapping[str, Any] | None) -> None:
+        if obj is not None and kind in ("Pod", "Service"):
+            controller.expectations.observed(key, kind, obj)
+        controller.trigger(key)
+
+    kinds = [("Pod", "v1", "pods"), ("Service", "v1", "services"), *watched_placement(controller.placement)]
+    watches = {kind: Informer(controller.api, kind, gv, plural, namespaces, changed) for kind, gv, plural in kinds}
+
+    def children(key: Key) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
+        services = watches["Service"].index.get(key)
+        return list(watches["Pod"].index.get(key)), (services[0] if services else None)
+
+    def placed(key: Key) -> dict[str, Mapping[str, Any]]:
+        found: dict[str, Mapping[str, Any]] = {}
+        for kind, *_ in kinds[2:]:
+            for obj in watches[kind].index.get(key):
+                found[kind] = obj
+        return found
+
+    controller.bind(children, placed)
+    return list(watches.values())

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mljob import pods as podlib
+from mljob.core import children as podlib
+from mljob.core.names import Key
 
-Key = tuple[str, str]
 DELETING = "deleting"
 """The deletionTimestamp an expected deletion shows until the real one arrives."""
 

@@ -6,6 +6,9 @@ import re
 
 from mljob.framework import Replica
 
+Key = tuple[str, str]
+"""A job as the operator and the UI index it: (namespace, job name)."""
+
 LABEL_JOB = "mljob.io/job-name"
 LABEL_FRAMEWORK = "mljob.io/framework"
 LABEL_ROLE = "mljob.io/replica-type"

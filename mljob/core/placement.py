@@ -29,9 +29,9 @@ from decimal import Decimal
 from typing import Any
 
 from mljob.api import GangScheduler, MLJob, TopologyMode
+from mljob.core.names import LABEL_JOB
+from mljob.core.quantity import parse_quantity
 from mljob.framework import replicas_of
-from mljob.names import LABEL_JOB
-from mljob.quantity import parse_quantity
 
 SCHEDULING_API = "scheduling.k8s.io/v1beta1"
 COSCHEDULING_API = "scheduling.x-k8s.io/v1alpha1"

@@ -22,8 +22,8 @@ import typer
 import yaml
 
 from mljob.api import GangScheduler
-from mljob.cli_cluster import register as register_cluster_verbs
-from mljob.cli_common import STDIN, JobFileError, job_and_framework, load_jobs, plugins_or_error, summary
+from mljob.cli.verbs import register as register_cluster_verbs
+from mljob.local.jobfiles import STDIN, JobFileError, job_and_framework, load_jobs, plugins_or_error, summary
 
 app = typer.Typer(
     name="mljob",
@@ -58,8 +58,12 @@ def job_errors() -> Iterator[None]:
 
 
 def dump_yaml(objects: list[dict[str, Any]]) -> str:
-    """A ``---``-separated YAML stream in the objects' own key order, never folded, so it diffs well."""
-    return yaml.safe_dump_all(objects, sort_keys=False, width=10_000, explicit_start=True)
+    """A ``---``-separated YAML stream in the objects' own key order, never folded, so it diffs well.
+
+    libyaml's emitter where PyYAML was built with it: the pure-Python one spends seconds on a large job.
+    """
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump_all(objects, Dumper=dumper, sort_keys=False, width=10_000, explicit_start=True)
 
 
 @app.command()
@@ -89,10 +93,10 @@ def render(
     ] = GangScheduler.NONE,
 ) -> None:
     """Print every object the operator would create for FILE (Kueue's Workload, gang objects, pods, the service)."""
-    from mljob import queueing
+    from mljob.core import kueue as queueing
+    from mljob.core.render import owner_reference
+    from mljob.core.render import render as render_job
     from mljob.plugins import PluginError
-    from mljob.render import owner_reference
-    from mljob.render import render as render_job
 
     with job_errors():
         plugins = plugins_or_error()
@@ -115,9 +119,9 @@ def convert(
     ],
 ) -> None:
     """Print the MLJob equivalent of a Kubeflow job file; what cannot be carried over is named on stderr."""
-    from mljob.cli_common import read_text
-    from mljob.convert import convert as convert_doc
-    from mljob.validation import check_document, load_documents
+    from mljob.core.convert import convert as convert_doc
+    from mljob.core.validation import check_document, load_documents
+    from mljob.local.jobfiles import read_text
 
     with job_errors():
         source, text = read_text(file)
@@ -153,7 +157,7 @@ def convert(
 @app.command()
 def crd() -> None:
     """Print the MLJob CustomResourceDefinition generated from the API models (kubectl apply -f -)."""
-    from mljob.crd import crd_yaml
+    from mljob.core.crd import crd_yaml
 
     typer.echo(crd_yaml(), nl=False)
 
@@ -161,7 +165,7 @@ def crd() -> None:
 @app.command()
 def plugins() -> None:
     """List the installed frameworks with their roles, and any plugin that failed to load."""
-    from mljob.plugin_report import print_report
+    from mljob.cli.plugin_report import print_report
 
     with job_errors():
         print_report(plugins_or_error())
@@ -186,7 +190,7 @@ def run(
 )
 def operator(ctx: typer.Context) -> None:
     """Run the MLJob operator against the cluster in KUBECONFIG, or the pod's service account (--help: its flags)."""
-    from mljob.operator import main as operator_main
+    from mljob.operator.main import main as operator_main
 
     try:
         operator_main(list(ctx.args))  # one parser for `mljob operator` and `python -m mljob.operator`
@@ -237,7 +241,7 @@ def ui(
 # `mljob run` (mljob.local) and `mljob operator` (mljob.operator) are added here as one small
 # @app.command() function each, importing their module inside the function.
 
-register_cluster_verbs(app)  # submit, get, describe, wait, logs, delete (mljob.cli_cluster)
+register_cluster_verbs(app)  # submit, get, describe, wait, logs, delete (mljob.cli.verbs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pluggy
 
 from mljob.api import MLJob
+from mljob.core.validation import Checked, check_text, problem_lines
 from mljob.framework import Framework
 from mljob.plugins import Plugins, load_plugins
-from mljob.validation import Checked, check_text, problem_lines
 
 STDIN = "-"
 

@@ -1,10 +1,10 @@
 """Feeding the pure planner and applying its plans: a per-job work queue with wake-up timers.
 
-kopf delivers the jobs' events and :mod:`mljob.informer` their children's (:mod:`mljob.operator`); this
-module turns them into at most one reconcile pass per job at a time, coalesces bursts (a job's N pods start
-within milliseconds of each other), applies each :class:`~mljob.reconcile.Plan` through :mod:`mljob.kube`, and
-schedules the next pass only when the plan asks for one (a deadline, a TTL) or a pass failed (backoff). There
-is no polling: a job with nothing to do has no timer and makes no request.
+kopf delivers the jobs' events (:mod:`~mljob.operator.handlers`), :mod:`~mljob.operator.informer` their
+children's; this module turns them into at most one reconcile pass per job at a time, coalesces bursts (a
+job's N pods start within milliseconds of each other), applies each :class:`~mljob.core.plan.Plan` through
+:mod:`mljob.kube`, and schedules the next pass only when the plan asks for one (a deadline, a TTL) or a pass
+failed (backoff). There is no polling: a job with nothing to do has no timer and makes no request.
 
 It does not import kopf, so it is tested with a fake API and no operator machinery.
 """
@@ -21,20 +21,19 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mljob import pods as podlib
 from mljob.api import MLJob
-from mljob.expectations import Expectations
+from mljob.core import children as podlib
+from mljob.core.kueue import KUEUE_API, flavor_names
+from mljob.core.names import Key
+from mljob.core.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
+from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 from mljob.kube import Api, ApiError
-from mljob.metrics import Metrics
+from mljob.operator.expectations import Expectations
+from mljob.operator.metrics import Metrics
 from mljob.plugins import Plugins
-from mljob.queueing import KUEUE_API, flavor_names
-from mljob.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
-from mljob.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 
 logger = logging.getLogger("mljob.operator")
 
-Key = tuple[str, str]
-"""(namespace, job name)."""
 Children = Callable[[Key], tuple[Sequence[Mapping[str, Any]], Mapping[str, Any] | None]]
 """The pods and the service the watch stream holds for a job."""
 Placed = Callable[[Key], Mapping[str, Mapping[str, Any]]]
@@ -90,7 +89,8 @@ class Controller:
         self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._clashes: set[tuple[Key, str, str]] = set()
-        self._said: set[tuple[Key, str]] = set()
+        self._refusals: dict[Key, str] = {}
+        """Why the API server refused a child of the job in its last pass: the next pass's plan says it."""
         self.expectations = Expectations()
         self.passes = 0
         self.ready: Callable[[], Awaitable[object]] | None = None
@@ -140,7 +140,7 @@ class Controller:
         self._desired.pop(key, None)
         self._failures.pop(key, None)
         self.expectations.forget(key)
-        self._said = {said for said in self._said if said[0] != key}
+        self._refusals.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -198,6 +198,7 @@ class Controller:
         try:
             await self.reconcile(key)
             self._failures.pop(key, None)
+            self._refusals.pop(key, None)
         except NameTaken:
             result = "error"
             self._retry(key)
@@ -244,7 +245,7 @@ class Controller:
             pods, service = self.expectations.view(key, *self._children(key))
             placed = self._placed(key)
             flavors = await self._resource_flavors(placed.get("Workload"))
-            result = plan(job, desired, pods, service, now, placed, flavors)
+            result = plan(job, desired, pods, service, now, placed, flavors, self._refusals.get(key))
             framework = desired.framework.name if desired.framework is not None else "unknown"
         await self.apply(key, body, result, framework)
         if _phase(self.jobs.get(key) or body) in ("Succeeded", "Failed"):
@@ -372,7 +373,7 @@ class Controller:
             made = await self.api.create(obj)
         except ApiError as error:
             if error.status in (400, 403, 404, 422):  # refused as asked (a missing PriorityClass, CRD, quota)
-                await self._refused(key, body, f"could not create {kind.lower()} {child}: {error.message}")
+                self._refused(key, f"could not create {kind.lower()} {child}: {error.message}")
             raise
         if made is not None:
             if kind in ("Pod", "Service"):  # the children the watch shows; a PodGroup is not watched
@@ -399,18 +400,11 @@ class Controller:
             await self._event(body, "Warning", "NameTaken", message)
         raise NameTaken(f"{kind.lower()} {child} is held by another owner")
 
-    async def _refused(self, key: Key, body: Mapping[str, Any], message: str) -> None:
-        """Say once, in the job's message and a FailedCreate event, why a child is refused; the pass retries."""
-        if (key, message) in self._said:
-            return
-        self._said.add((key, message))
-        logger.warning("%s/%s: %s", *key, message)
-        await self._event(body, "Warning", "FailedCreate", message)
-        current = self.jobs.get(key, body)  # this pass may have written the status already: its newest version
-        rv = (current.get("metadata") or {}).get("resourceVersion")
-        with contextlib.suppress(ApiError):  # a stale body: the retried pass says it again
-            fresh = await self.api.patch_job(*key, rv, {"status": {"message": message}}, status=True)
-            self._remember(key, fresh)
+    def _refused(self, key: Key, message: str) -> None:
+        """Keep why a child is refused: the retried pass's plan puts it in the job's message, with one event."""
+        if self._refusals.get(key) != message:
+            logger.warning("%s/%s: %s", *key, message)
+        self._refusals[key] = message
 
     def _log_status(self, key: Key, body: Mapping[str, Any], result: Plan) -> None:
         old = str((body.get("status") or {}).get("phase") or "-")

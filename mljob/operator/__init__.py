@@ -1,0 +1,1 @@
+"""The operator: kopf handlers, the controller, its watches, the webhook, metrics, its command line."""

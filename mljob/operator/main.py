@@ -1,0 +1,205 @@
+"""``mljob operator`` and ``python -m mljob.operator``: its options, and how the pieces are put together.
+
+:func:`serve` loads the plugins, asks the cluster what it serves (:mod:`~mljob.operator.discovery`),
+builds the :class:`~mljob.operator.controller.Controller` and hands kopf its handlers
+(:mod:`~mljob.operator.handlers`). The command line needs nothing of the CLI's dependencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mljob import kube
+from mljob.api import GangScheduler
+from mljob.core.validation import DEFAULT_LIMITS, Limits
+from mljob.kube import Api, Credentials
+from mljob.operator.controller import Controller
+from mljob.operator.discovery import discover_placement
+from mljob.operator.handlers import build_registry, configure_logging, run_kopf, webhook_server
+from mljob.operator.kopfcompat import track_kopf_pause
+from mljob.operator.metrics import Metrics
+from mljob.operator.webhook import DEFAULT_CONFIG, WebhookOptions, register, shared_key_pair
+from mljob.operator.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
+from mljob.plugins import Plugins, load_plugins
+
+logger = logging.getLogger("mljob.operator")
+SCOPE = "give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``mljob operator`` was asked to do."""
+
+    namespaces: Sequence[str] = ()
+    all_namespaces: bool = False
+    gang_scheduler: GangScheduler = GangScheduler.NONE
+    """The gang scheduler for jobs that do not name one (schedulingPolicy.gangScheduler)."""
+    peering: str | None = None
+    """kopf peering name: several replicas run, one acts. None: standalone (no peering objects)."""
+    priority: int | None = None
+    """kopf peering priority; the highest acts. None: :func:`seniority`, so the oldest replica acts."""
+    peering_lifetime: int = 7
+    """Seconds a replica's peering record lives without a keepalive: a killed acting replica is replaced
+    within about this long (kopf's default is 60). Keepalives come every 1-2 s per replica."""
+    metrics_port: int | None = None
+    health_port: int | None = None
+    """Serve kopf's liveness endpoint at ``:PORT/healthz`` (deploy/'s liveness and readiness probes)."""
+    workers: int = 16
+    api_concurrency: int = kube.CONCURRENCY
+    """API requests in flight at once (:data:`mljob.kube.CONCURRENCY`)."""
+    verbose: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    """What one job may ask for (replicas, pods, name length); refused by the webhook and the operator alike."""
+    webhook: WebhookOptions | None = None
+    """Serve the validating admission webhook (None: status-level validation only)."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def seniority() -> int:
+    """A peering priority that makes the replica started first the one that acts.
+
+    kopf pauses *every* operator when two peers share a priority, so replicas of one Deployment
+    (same arguments) must not share the default 0: nothing would act. Minus the start time in
+    microseconds is unique in practice and keeps the acting replica stable: a replica that starts
+    later (a restart, a rolling update) never outranks the one acting; it takes over when that one
+    leaves the peering (at once on a clean shutdown, after kopf's peer lifetime when killed).
+    """
+    return -(time.time_ns() // 1000)
+
+
+async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the operator until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    plugins = plugins or load_plugins()
+    if not track_kopf_pause() and options.peering:
+        logger.warning("kopf's toggle sets are not the ones expected: peering is refused (kopfcompat)")
+    for broken in plugins.broken:
+        logger.warning("plugin %s could not be loaded: %s (its jobs wait until it is fixed)", broken.name, broken.error)
+    logger.info("frameworks: %s", ", ".join(sorted(plugins.frameworks)) or "none installed")
+    metrics = Metrics()
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_port)
+        logger.info("metrics on :%d/metrics", options.metrics_port)
+    credentials = await asyncio.to_thread(Credentials.load)
+    async with Api(credentials, concurrency=options.api_concurrency) as api:
+        api.observe = metrics.api_request
+        placement = await discover_placement(api, options.gang_scheduler)
+        controller = Controller(
+            api, plugins, metrics, workers=options.workers, placement=placement, limits=options.limits
+        )
+        namespaces = None if options.all_namespaces else list(options.namespaces)
+        server = None
+        if options.webhook is not None:
+            cert, key = await shared_key_pair(api, options.webhook.secret, options.webhook.hosts())
+            await register(api, options.webhook, cert, list(namespaces or ()))
+            server = webhook_server(options.webhook, cert, key)
+        registry = build_registry(controller, server, options.peering_lifetime, namespaces, bool(options.peering))
+        scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
+        priority = None
+        if options.peering:
+            priority = options.priority if options.priority is not None else seniority()
+            for problem in await api.ensure_peering(options.peering, list(namespaces or ())):
+                logger.warning("could not create the peering object (kopf will report it): %s", problem)
+        mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
+        logger.info("watching MLJobs in %s (%s)", scope, mode)
+        await run_kopf(
+            registry,
+            options.namespaces,
+            options.all_namespaces,
+            options.peering,
+            priority,
+            stop,
+            options.health_port,
+        )
+
+
+def run(options: Options) -> None:
+    """The ``mljob operator`` command: configure logging, then serve until a signal."""
+    if bool(options.all_namespaces) == bool(options.namespaces):
+        raise ValueError(SCOPE)
+    configure_logging(options.verbose)
+    asyncio.run(serve(options))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mljob.operator``: the same as ``mljob operator``, without the CLI's dependencies."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mljob operator", description="Run the MLJob operator.")
+    parser.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
+    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    parser.add_argument(
+        "--gang-scheduler",
+        choices=[g.value for g in GangScheduler],
+        default=GangScheduler.NONE.value,
+        help="gang scheduler for jobs that do not name one in schedulingPolicy.gangScheduler (default: none)",
+    )
+    parser.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    parser.add_argument("--priority", type=int, help="peering priority, highest acts (default: oldest acts)")
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=7,
+        help="seconds before a silent peer counts as dead and another replica acts (default 7; kopf's: 60)",
+    )
+    parser.add_argument(
+        "--api-concurrency", type=int, default=kube.CONCURRENCY, help="API requests in flight at once (default 16)"
+    )
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--health-port", type=int, help="serve /healthz (liveness and readiness) on this port")
+    add_limit_and_webhook_arguments(parser)
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    if args.peering and args.standalone:
+        raise ValueError(SCOPE)
+    run(
+        Options(
+            namespaces=args.namespace,
+            all_namespaces=args.all_namespaces,
+            peering=None if args.standalone else args.peering,
+            priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
+            metrics_port=args.metrics_port,
+            api_concurrency=args.api_concurrency,
+            health_port=args.health_port,
+            gang_scheduler=GangScheduler(args.gang_scheduler),
+            verbose=args.verbose,
+            limits=Limits(args.max_replicas, args.max_pods, args.max_name_length),
+            webhook=webhook_options(args),
+        )
+    )
+
+
+def add_limit_and_webhook_arguments(parser: Any) -> None:
+    """The flags for limits and the webhook, shared by ``mljob operator`` and ``python -m mljob.operator``."""
+    d = DEFAULT_LIMITS
+    parser.add_argument("--max-replicas", type=int, default=d.max_replicas, help="replicas of one role (limit)")
+    parser.add_argument("--max-pods", type=int, default=d.max_pods, help="pods of one job, all roles (limit)")
+    parser.add_argument("--max-name-length", type=int, default=d.max_name_length, help="characters in a job name")
+    parser.add_argument("--webhook", action="store_true", help="serve the validating admission webhook")
+    parser.add_argument("--webhook-port", type=int, default=9443, help="the webhook's port (default 9443)")
+    parser.add_argument("--webhook-host", help="host the API server calls (url clientConfig; default 127.0.0.1)")
+    parser.add_argument("--webhook-service", help="NAMESPACE/NAME of the Service in front of the operator (in cluster)")
+    parser.add_argument("--webhook-secret", default=DEFAULT_SECRET_NAME, help="NAMESPACE/NAME of its key pair's Secret")
+    parser.add_argument("--webhook-config", default=DEFAULT_CONFIG, help="the ValidatingWebhookConfiguration's name")
+
+
+def webhook_options(args: Any) -> WebhookOptions | None:
+    if not args.webhook:
+        return None
+    return WebhookOptions(
+        port=args.webhook_port,
+        host=args.webhook_host,
+        service=args.webhook_service,
+        secret=args.webhook_secret,
+        config=args.webhook_config,
+    )
+
+
+if __name__ == "__main__":
+    main()
