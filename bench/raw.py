@@ -5,7 +5,7 @@
 Two watches (MLJobs and pods, every namespace) and, per job, exactly what mljob's operator sends on the happy
 path: when the job appears, its rendered pods and its service (mljob's own render, so the bodies are the same)
 and a status write; when every pod runs, a status write; when every pod has finished, a status write and the
-service's delete. All through mljob's client (mljob/kube.py ``Api``) at the operator's concurrency (its default,
+service's delete. All through mljob's client (mljob/kube/api.py ``Api``) at the operator's concurrency (its default,
 mljob.kube.CONCURRENCY: 16 requests in flight). No kopf, no index, no planner, no events: what is left is what
 the API server, the scheduler and kwok take on this machine, plus one event loop's JSON.
 """

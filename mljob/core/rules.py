@@ -207,13 +207,16 @@ def judge(
     outcomes: dict[Replica, Outcome] = {}
     failures: list[str] = []
     wanted: list[Restart] = []
-    last_in_place = ""
+    restarted: list[str] = []
+    """Why each replica restarted just now or must restart, in replica order: the first names a backoff."""
     for replica, now_seen in seen.items():
         if now_seen.restarted is not None:
-            last_in_place = now_seen.restarted.describe(replica)
+            restarted.append(now_seen.restarted.describe(replica))
         outcomes[replica] = _outcome(job, framework, replica, now_seen, failures, wanted)
+        if wanted and wanted[-1].replica == replica and not wanted[-1].counted:
+            restarted.append(wanted[-1].why)
     ends = deadline(job, started)
-    finish = _finish(job, framework, outcomes, failures, wanted, restarts, last_in_place, started, ends, now)
+    finish = _finish(job, framework, outcomes, failures, wanted, restarts, restarted, started, ends, now)
     if finish is None and spec_changes is not None:
         names = [*spec_changes, *(pod_name(job.metadata.name, r.replica) for r in wanted if not r.counted)]
         if names:
@@ -251,7 +254,7 @@ def _finish(
     failures: Sequence[str],
     wanted: Sequence[Restart],
     restarts: int,
-    last_in_place: str,
+    restarted: Sequence[str],
     started: datetime | None,
     ends: datetime | None,
     now: datetime,
@@ -272,8 +275,8 @@ def _finish(
     limit = job.spec.run_policy.backoff_limit
     fresh = [r for r in wanted if not r.counted]
     if restarts + len(fresh) > limit:
-        last = fresh[0].why if fresh else (last_in_place or "too many restarts")
-        return Finish(False, BACKOFF_LIMIT_EXCEEDED, f"{last}; backoffLimit {limit} reached")
+        why = restarted[0] if restarted else "too many restarts"
+        return Finish(False, BACKOFF_LIMIT_EXCEEDED, f"{why}; backoffLimit {limit} reached")
     if ends is not None and now >= ends:
         assert started is not None
         seconds = job.spec.run_policy.active_deadline_seconds

@@ -48,8 +48,8 @@ def _lean(node: Any) -> Any:
 def _definitions(schema: Any) -> dict[str, Any]:
     """What ``schema`` needs of every Kubernetes definition: those it reaches, without descriptions.
 
-    The operator validates every job's templates with it for as long as it runs; all of them, with their
-    descriptions, were about 3.5 MB of its memory, the pod template's closure without them a fraction.
+    The operator validates every job's templates with it for as long as it runs, so it keeps only the definitions
+    ``schema`` reaches, without their descriptions, not all of them (bench/README.md, "Memory").
     """
     everything = _load("_definitions.json")
     defs: dict[str, Any] = everything.get("$defs") or {}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the keeper's own process never imports asyncio (a third of its start-up)
+if TYPE_CHECKING:  # the keeper's own process never imports asyncio: the import would slow its start
     import asyncio
 
 PROC = Path("/proc")

@@ -7,7 +7,7 @@ namespaces (network, mount, UTS) with its hostname, /etc/hosts and resolv.conf. 
 * ``HostNetwork``: no isolation, every pod gets the node's IP (for a machine without root, and for the agent's
   lifecycle tests, which need no network);
 * ``NamespacedNetwork`` (mljob.nodeagent.network): a network namespace per pod on a bridge inside the local
-  cluster's private namespace, as NODEAGENT.md describes.
+  cluster's private namespace, as docs/node-agent.md describes.
 """
 
 from __future__ import annotations

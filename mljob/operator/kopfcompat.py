@@ -13,8 +13,9 @@ import weakref
 from typing import Any, cast
 
 # kopf imports the kubernetes package when it is installed, only to recognise its model objects in what handlers
-# return; this operator returns none, and the package is about a quarter of the operator's memory. It is hidden
-# while kopf is imported; Credentials.load imports it only for a kubeconfig that needs it (an exec plugin).
+# return; this operator returns none, and the package is a large share of the operator's memory (bench/README.md,
+# "Memory"). It is hidden while kopf is imported; Credentials.load imports it only for a kubeconfig that needs it
+# (an exec plugin).
 _HIDDEN = "kubernetes" not in sys.modules
 if _HIDDEN:
     sys.modules["kubernetes"] = None  # type: ignore[assignment]

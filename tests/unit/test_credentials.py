@@ -129,7 +129,7 @@ def test_in_a_pod_the_service_account_token_is_read_again(tmp_path: Path, monkey
     assert creds.authorization() == "Bearer first"
     (tmp_path / "token").write_text("second")
     assert creds.authorization() == "Bearer first"  # within the minute: not read again
-    monkeypatch.setattr("mljob.kube.time.monotonic", lambda: 1e12)
+    monkeypatch.setattr("mljob.kube.credentials.time.monotonic", lambda: 1e12)
     assert creds.authorization() == "Bearer second"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
     v6 = Credentials.in_cluster(tmp_path)
