@@ -32,6 +32,8 @@ from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State
 from mljob.local.procs import kill_session, signal_group
 
 INTERRUPTED = "Interrupted"
+SETTLE_SECONDS = 0.05
+"""How long after an exit (or a wake-up) more exits are gathered into the same decision: the operator's debounce."""
 CANNOT_START = 127
 """The exit code recorded when a replica's program cannot be executed, as a shell reports it."""
 LONGEST_LINE = 1 << 20
@@ -215,30 +217,40 @@ class Supervisor:
                 elif isinstance(action, Restart):
                     self._note_restart(action)
                     await self._spawn(action.replica)
-            timeout = None
-            if decision.wake_at is not None:
-                timeout = max(0.0, (decision.wake_at - self.wall_start).total_seconds() - (self.clock() - self.started))
-            try:
-                event = await asyncio.wait_for(self.events.get(), timeout)
-            except TimeoutError:
-                continue
-            while True:
+            events = await self._next_events(decision)
+            for event in events:
                 if isinstance(event, Interrupted):
-                    self.interrupted = event.signum
-                    name = signal.Signals(event.signum).name
-                    why = (
-                        "the output was closed (SIGPIPE)"
-                        if event.signum == signal.SIGPIPE
-                        else f"interrupted by {name}"
-                    )
-                    finish = Finish(False, INTERRUPTED, f"{why}; stopped every replica")
-                    running = [Stop(r) for r, record in self.records.items() if record.running]
-                    return Decision((*running, finish))
+                    return self._interrupted(event)
+            for event in events:
+                assert isinstance(event, Exited)
                 self._note_exit(event)
-                try:
-                    event = self.events.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
+
+    async def _next_events(self, decision: Decision) -> list[Event]:
+        """What happened since the decision: none when its wake-up time came first.
+
+        Then :data:`SETTLE_SECONDS` more, so that exits a moment apart (a chief's success and a worker's
+        failure, a failure and the deadline) are one observation, judged together as the operator judges a
+        burst of pod events in one pass, not in whichever order the processes happened to be reaped.
+        """
+        timeout = None
+        if decision.wake_at is not None:
+            timeout = max(0.0, (decision.wake_at - self.wall_start).total_seconds() - (self.clock() - self.started))
+        events: list[Event] = []
+        with contextlib.suppress(TimeoutError):  # the wake-up time came: the deadline
+            events.append(await asyncio.wait_for(self.events.get(), timeout))
+        await asyncio.sleep(SETTLE_SECONDS)
+        while not self.events.empty():
+            events.append(self.events.get_nowait())
+        return events
+
+    def _interrupted(self, event: Interrupted) -> Decision:
+        """Ctrl-C, SIGTERM or a closed output: stop every replica, whatever the rulebook would say."""
+        self.interrupted = event.signum
+        name = signal.Signals(event.signum).name
+        why = "the output was closed (SIGPIPE)" if event.signum == signal.SIGPIPE else f"interrupted by {name}"
+        finish = Finish(False, INTERRUPTED, f"{why}; stopped every replica")
+        running = [Stop(r) for r, record in self.records.items() if record.running]
+        return Decision((*running, finish))
 
     def _note_exit(self, event: Exited) -> None:
         record = self.records[event.replica]

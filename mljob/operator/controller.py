@@ -163,7 +163,9 @@ class Controller:
         if when is None:
             return
         delay = max(0.0, (when - self.clock()).total_seconds()) + 0.01
-        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.trigger, key, 0.0)
+        # Debounced like any other trigger: a pod event that comes with the deadline (an operator that was
+        # paused, a busy loop) is in the same pass, so the rulebook weighs both.
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self.trigger, key)
 
     def _retry(self, key: Key) -> None:
         self._failures[key] += 1
