@@ -23,7 +23,7 @@ from typing import Any
 from observe import owner, watch
 
 from mljob.api import format_time
-from mljob.core.reconcile import desire
+from mljob.core.desired import desire
 from mljob.core.validation import parse_job
 from mljob.kube import Api, Credentials, job_path
 from mljob.plugins import load_plugins

@@ -1,4 +1,5 @@
-"""How fast ``render`` turns an MLJob into its pods and service, and how much memory that takes.
+"""How fast ``render`` turns an MLJob into its pods and service, how much memory that takes, and how long
+``mljob render`` then takes to write them as YAML (libyaml's emitter, and PyYAML's pure-Python one beside it).
 
     python bench/render.py            # 10, 200 and 2,000 replicas for every installed framework
     python bench/render.py --smoke    # a tiny run that only proves the benchmark works (CI)
@@ -16,11 +17,14 @@ import argparse
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import yaml
 from benchkit import BenchPlugin, shape
 
 from mljob import Framework, MLJob
+from mljob.cli.app import dump_yaml
 from mljob.core.render import render
 from mljob.core.validation import check_job
 from mljob.plugins import Plugins, load_plugins
@@ -60,6 +64,8 @@ class Row:
     objects: int
     seconds: float
     peak_bytes: int
+    yaml_seconds: float
+    pure_yaml_seconds: float
 
     def cells(self) -> list[str]:
         rate = self.objects / self.seconds if self.seconds > 0 else float("inf")
@@ -70,6 +76,8 @@ class Row:
             f"{self.seconds:.4f}",
             f"{rate:,.0f}",
             f"{self.peak_bytes / 2**20:.1f} MiB",
+            f"{self.yaml_seconds:.3f}",
+            f"{self.pure_yaml_seconds:.3f}",
         ]
 
 
@@ -85,17 +93,26 @@ def measure(plugins: Plugins, framework: Framework, replicas: int, repeats: int)
         start = time.perf_counter()
         objects = len(render(job, framework, plugins))
         best = min(best, time.perf_counter() - start)
+    children = render(job, framework, plugins)
+    written = min(_timed(lambda: dump_yaml(children)) for _ in range(max(1, repeats // 2)))
+    pure = _timed(lambda: yaml.dump_all(children, Dumper=yaml.SafeDumper, sort_keys=False, width=10_000))
     tracemalloc.start()
     try:
         render(job, framework, plugins)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return Row(framework.name, replicas, objects, best, peak)
+    return Row(framework.name, replicas, objects, best, peak, written, pure)
+
+
+def _timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["framework", "replicas", "objects", "seconds", "objects/s", "peak memory"]
+    header = ["framework", "replicas", "objects", "seconds", "objects/s", "peak memory", "YAML s", "pure-Python YAML s"]
     table = [header, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for n, line in enumerate(table):

@@ -35,146 +35,35 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from mljob.api import ConditionType, GangScheduler, MLJob, MLJobStatus, Phase, parse_time
+from mljob.api import ConditionType, MLJob, Phase, parse_time
 from mljob.core import children as podlib
 from mljob.core import kueue as queueing
 from mljob.core import rules
+from mljob.core.desired import Desired, Placement, desire, placement_problems, reject
 from mljob.core.kueue import QUEUED
-from mljob.core.names import QUEUE_LABEL
-from mljob.core.placement import NOT_SERVED, gang_scheduler, waits_for
+from mljob.core.placement import waits_for
 from mljob.core.plan import Delete, Draft, Event, Plan, StatusPatch
-from mljob.core.render import owner_reference, render
 from mljob.core.rules import Seen, State
 from mljob.core.status import (
     PodRecord,
     clear_condition,
-    derive_phase,
-    set_condition,
-    spec_hash,
-    status_patch,
     terminal,
 )
-from mljob.core.validation import DEFAULT_LIMITS, INVALID_SPEC, PLUGIN_ERROR, Limits, check_job
-from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
-from mljob.plugins import PluginError, Plugins
+from mljob.framework import Framework, Outcome, Replica, replicas_of
 
-__all__ = ["QUEUED", "Delete", "Desired", "Event", "Placement", "Plan", "StatusPatch", "desire", "plan", "reject"]
-
-
-@dataclass(frozen=True)
-class Desired:
-    """What the job should consist of: the rendered children, or why there are none."""
-
-    framework: Framework | None
-    pods: tuple[dict[str, Any], ...] = ()
-    service: dict[str, Any] | None = None
-    placement: tuple[dict[str, Any], ...] = ()
-    """What the job's gang scheduler reads (a PodGroup, ...): created, idempotently, before any pod."""
-    backend: GangScheduler = GangScheduler.NONE
-    queued: dict[str, Any] | None = None
-    """The Kueue Workload of a job labelled with a queue: created first; no pod until it is admitted."""
-    problems: tuple[Problem, ...] = ()
-    reason: str = INVALID_SPEC
-    spec_hash: str = ""
-    unknown_framework: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.framework is not None and not self.problems
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The operator's placement setup: its default gang scheduler, and which backends the cluster serves."""
-
-    default: GangScheduler = GangScheduler.NONE
-    unavailable: frozenset[GangScheduler] = frozenset()
-    kueue: bool = True
-    """Whether the cluster serves Kueue's Workload (jobs labelled with a queue need it)."""
-
-
-def placement_problems(job: MLJob, placement: Placement) -> list[Problem]:
-    """What the job asks of placement that this cluster does not serve (a gang scheduler's API, Kueue)."""
-    problems = []
-    backend = gang_scheduler(job, placement.default)
-    if backend in placement.unavailable:
-        policy = job.spec.run_policy.scheduling_policy
-        chosen = (
-            "" if policy is not None and policy.gang_scheduler is not None else " (the operator's --gang-scheduler)"
-        )
-        problems.append(Problem("spec.runPolicy.schedulingPolicy.gangScheduler", NOT_SERVED[backend] + chosen))
-    if queueing.queue_name(job) is not None and not placement.kueue:
-        problems.append(Problem(f"metadata.labels.{QUEUE_LABEL}", queueing.NOT_SERVED))
-    return problems
-
-
-def desire(
-    job: MLJob, plugins: Plugins, placement: Placement | None = None, limits: Limits = DEFAULT_LIMITS
-) -> Desired:
-    """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only."""
-    placement = placement or Placement()
-    checked = check_job(job, plugins, limits)
-    framework = checked.framework
-    problems = list(checked.problems)
-    backend = gang_scheduler(job, placement.default)
-    problems += placement_problems(job, placement)
-    if framework is None or problems:
-        return Desired(
-            framework,
-            problems=tuple(problems),
-            reason=checked.reason,
-            unknown_framework=framework is None,
-        )
-    try:
-        children = render(job, framework, plugins, uid=job.metadata.uid, gang=placement.default)
-    except PluginError as error:
-        return Desired(framework, problems=(Problem("", str(error)),), reason=PLUGIN_ERROR)
-    except Exception as error:  # the framework's own env(): any exception is the plugin's
-        wrapped = PluginError(framework.name, "env", error)
-        return Desired(framework, problems=(Problem("", str(wrapped)),), reason=PLUGIN_ERROR)
-    pods = tuple(c for c in children if c["kind"] == "Pod")
-    (service,) = (c for c in children if c["kind"] == "Service")
-    grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service"))
-    queued = None
-    if queueing.queue_name(job) is not None:
-        queued = queueing.workload(job, owner_reference(job, job.metadata.uid))
-    return Desired(framework, pods, service, grouped, backend, queued, spec_hash=spec_hash(job))
-
-
-def reject(body: Mapping[str, Any], problems: Sequence[Problem], now: datetime) -> Plan:
-    """The plan for a body that does not even parse as an MLJob: Failed, InvalidSpec, with the paths.
-
-    The CRD schema stops most such bodies; this covers what it cannot express (and clusters
-    whose CRD is older than the operator). Nothing else is touched: without a spec there is no
-    cleanPodPolicy to apply, and the children still go with the job when it is deleted.
-    """
-    meta = body.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return Plan()
-    try:
-        old: MLJobStatus | None = MLJobStatus.model_validate(body.get("status") or {})
-    except ValueError:
-        old = None
-    if old is not None and terminal(old):
-        return Plan()
-    message = "; ".join(str(p) for p in problems)
-    base = old or MLJobStatus()
-    conditions = set_condition(list(base.conditions), ConditionType.FAILED, True, INVALID_SPEC, message, now)
-    generation = meta.get("generation")
-    new = base.model_copy(
-        update={
-            "phase": derive_phase(conditions),
-            "conditions": conditions,
-            "completion_time": now,
-            "message": message,
-            "observed_generation": generation if isinstance(generation, int) else None,
-        }
-    )
-    return Plan(
-        status=status_patch(old if body.get("status") else None, new),
-        events=(Event("Warning", INVALID_SPEC, message, closing=True),),
-        finished=Phase.FAILED,
-    )
+__all__ = [
+    "QUEUED",
+    "Delete",
+    "Desired",
+    "Event",
+    "Placement",
+    "Plan",
+    "StatusPatch",
+    "desire",
+    "placement_problems",
+    "plan",
+    "reject",
+]
 
 
 def plan(

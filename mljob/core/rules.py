@@ -5,7 +5,7 @@ Every front end asks this module and keeps no rule of its own: the operator's pl
 sees processes). Each turns what it observed into a :class:`Seen` per replica and applies the
 :class:`Judgement` its own way (delete and create pods; spawn and kill processes).
 
-Order of precedence, first match wins (docs/concepts.md, "How a job ends"):
+Order of precedence, first match wins (docs/job-lifecycle.md):
 
 1. **Success**: the framework's success rule is met. The job's result exists (a chief that saved its
    model and exited 0); a worker failing in the same instant does not undo it.

@@ -23,9 +23,11 @@ from typing import Any
 
 from mljob.api import MLJob
 from mljob.core import children as podlib
+from mljob.core.desired import Desired, Placement, desire, reject
 from mljob.core.kueue import KUEUE_API, flavor_names
 from mljob.core.names import Key
-from mljob.core.reconcile import Delete, Desired, Placement, Plan, desire, plan, reject
+from mljob.core.plan import Delete, Plan
+from mljob.core.reconcile import plan
 from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 from mljob.kube import Api, ApiError
 from mljob.operator.expectations import Expectations

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 
 from mljob.api import GangScheduler
+from mljob.core.desired import Placement
 from mljob.core.kueue import KUEUE_API, KUEUE_RESOURCES
 from mljob.core.placement import NOT_SERVED, SERVED_BY, VOLCANO_API
-from mljob.core.reconcile import Placement
 from mljob.kube import Api
 
 logger = logging.getLogger("mljob.operator")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mljob.api import GROUP, PLURAL, VERSION
-from mljob.core.reconcile import Placement, placement_problems
+from mljob.core.desired import Placement, placement_problems
 from mljob.core.validation import DEFAULT_LIMITS, Limits, check_document
 from mljob.kube import Api, ApiError
 from mljob.plugins import Plugins
