@@ -43,7 +43,7 @@ class Launch:
 
 
 @dataclass
-class Plan:
+class Launches:
     """Every replica's launch, or the problems that stop the run; notices to say once."""
 
     launches: dict[Replica, Launch] = field(default_factory=dict)
@@ -128,13 +128,13 @@ def plan(
     base_dir: Path,
     environ: Mapping[str, str],
     gpus: Mapping[Replica, Sequence[str]] | None = None,
-) -> Plan:
+) -> Launches:
     """Every replica's :class:`Launch`, or every problem, with field paths.
 
     ``base_dir`` is the default working directory (the MLJob file's folder); ``gpus`` the
     devices each replica may see, when the job asks for any (the rest then see none).
     """
-    result = Plan()
+    result = Launches()
     base_env = dict(environ)
     base_env["PATH"] = process_path(environ)
     base_env.setdefault("PYTHONUNBUFFERED", "1")  # lines arrive as they are printed, not at exit

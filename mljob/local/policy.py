@@ -22,7 +22,7 @@ from mljob.framework import Framework, Replica
 SUCCESS_LINGER_SECONDS = 2.0
 """How long a replica that does not run until stopped may take to exit after the job succeeded."""
 
-__all__ = ["Decision", "Finish", "Observed", "Restart", "Start", "State", "Stop", "decide", "describe_exit"]
+__all__ = ["Decision", "Finish", "Observed", "Restart", "Start", "State", "Terminate", "decide", "describe_exit"]
 
 
 class State(StrEnum):
@@ -65,8 +65,8 @@ class Restart:
 
 
 @dataclass(frozen=True)
-class Stop:
-    """Stop a running replica: the job is over.
+class Terminate:
+    """Stop a running replica (SIGTERM, then SIGKILL after its grace): the job is over.
 
     ``linger`` seconds first let a replica that is finishing anyway exit on its own: after the
     success rule is met (a PyTorch master exited 0) the workers are usually a moment from exiting
@@ -78,7 +78,7 @@ class Stop:
     linger: float = 0.0
 
 
-Action = Start | Restart | Stop | Finish
+Action = Start | Restart | Terminate | Finish
 
 
 @dataclass(frozen=True)
@@ -130,5 +130,5 @@ def _finish(observed: Mapping[Replica, Observed], finish: Finish, framework: Fra
         if now.state is State.RUNNING:
             role = framework.role(replica.role) if finish.succeeded else None
             linger = SUCCESS_LINGER_SECONDS if role is not None and not role.runs_until_stopped else 0.0
-            stops.append(Stop(replica, linger))
+            stops.append(Terminate(replica, linger))
     return Decision((*stops, finish))

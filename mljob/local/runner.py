@@ -20,7 +20,7 @@ from mljob.local.cluster import LocalCluster
 from mljob.local.display import Display, LogFiles, format_duration
 from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests
 from mljob.local.jobfiles import STDIN, JobFileError, job_and_framework, load_jobs
-from mljob.local.launch import Plan, plan
+from mljob.local.launch import Launches, plan
 from mljob.local.supervisor import RunResult, Supervisor
 from mljob.plugins import PluginError, Plugins
 
@@ -34,7 +34,7 @@ class CannotRun(Exception):
 
 def prepare(
     job: MLJob, framework: Framework, base_dir: Path, environ: Mapping[str, str] | None = None
-) -> tuple[Plan, LocalCluster]:
+) -> tuple[Launches, LocalCluster]:
     """Ports, GPUs and every replica's process, or :class:`CannotRun` with the reasons."""
     environ = dict(os.environ if environ is None else environ)
     replicas = replicas_of(job)

@@ -28,7 +28,7 @@ from mljob.framework import Framework, Replica
 from mljob.local.display import Counts, Display, LogFiles, SummaryRow
 from mljob.local.keeper import Keeper
 from mljob.local.launch import Launch
-from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State, Stop, decide, describe_exit
+from mljob.local.policy import Decision, Finish, Observed, Restart, Start, State, Terminate, decide, describe_exit
 from mljob.local.procs import kill_session, signal_group
 
 INTERRUPTED = "Interrupted"
@@ -193,7 +193,7 @@ class Supervisor:
             decision = await self._drive()
             finish = decision.finish
             assert finish is not None
-            await self._stop_all([a for a in decision.actions if isinstance(a, Stop)])
+            await self._stop_all([a for a in decision.actions if isinstance(a, Terminate)])
         finally:
             for signum in handled:
                 loop.remove_signal_handler(signum)
@@ -249,7 +249,7 @@ class Supervisor:
         name = signal.Signals(event.signum).name
         why = "the output was closed (SIGPIPE)" if event.signum == signal.SIGPIPE else f"interrupted by {name}"
         finish = Finish(False, INTERRUPTED, f"{why}; stopped every replica")
-        running = [Stop(r) for r, record in self.records.items() if record.running]
+        running = [Terminate(r) for r, record in self.records.items() if record.running]
         return Decision((*running, finish))
 
     def _note_exit(self, event: Exited) -> None:
@@ -347,7 +347,7 @@ class Supervisor:
         if not self.stopping:
             self.events.put_nowait(Interrupted(signal.SIGPIPE))
 
-    async def _stop_all(self, stops: Sequence[Stop]) -> None:
+    async def _stop_all(self, stops: Sequence[Terminate]) -> None:
         """SIGTERM each replica's group after its linger, SIGKILL after the grace period, await every exit."""
         self.stopping = True
         loop = asyncio.get_running_loop()

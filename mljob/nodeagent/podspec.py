@@ -44,7 +44,7 @@ class Mount:
 
 
 @dataclass(frozen=True)
-class Launch:
+class ContainerLaunch:
     """One container's process: argv (before the sandbox's prefix), its whole environment, folder and mounts."""
 
     argv: tuple[str, ...]
@@ -147,7 +147,7 @@ def mounts(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext
     return out
 
 
-def launch(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext) -> Launch:
+def launch(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext) -> ContainerLaunch:
     """The container as a host process, or ConfigError (the image is never run: a command is required)."""
     command = [str(c) for c in container.get("command") or ()]
     if not command:
@@ -158,7 +158,7 @@ def launch(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext
     binds = mounts(pod, container, ctx)
     hostname = str((pod.get("spec") or {}).get("hostname") or (pod.get("metadata") or {}).get("name") or "")
     env = {**ctx.base_env, "HOSTNAME": hostname, **own}
-    return Launch(argv, env, str(container.get("workingDir") or "/"), tuple(binds))
+    return ContainerLaunch(argv, env, str(container.get("workingDir") or "/"), tuple(binds))
 
 
 def containers(pod: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from mljob.local.procs import kill_session, signal_group
 from mljob.nodeagent.logs import LogWriter
-from mljob.nodeagent.podspec import Launch
+from mljob.nodeagent.podspec import ContainerLaunch
 
 MOUNT_SHIM = r"""
 fail() { echo "mljob-node-agent: $*" >&2; exit 128; }
@@ -86,7 +86,7 @@ def detect_isolation() -> tuple[str, ...]:
     )
 
 
-def wrap(launch: Launch, prefix: Sequence[str], isolation: Sequence[str]) -> list[str]:
+def wrap(launch: ContainerLaunch, prefix: Sequence[str], isolation: Sequence[str]) -> list[str]:
     """The full argv of a container's process (see the module docstring)."""
     binds: list[str] = []
     for m in launch.mounts:
@@ -130,7 +130,7 @@ class ContainerProcess:
 
     @classmethod
     async def start(
-        cls, launch: Launch, prefix: Sequence[str], isolation: Sequence[str], log_path: Path
+        cls, launch: ContainerLaunch, prefix: Sequence[str], isolation: Sequence[str], log_path: Path
     ) -> ContainerProcess:
         """Start it in a session of its own (its pid is the group to signal) with its output logged to a file.
 

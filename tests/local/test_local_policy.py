@@ -27,7 +27,7 @@ from mljob.local.policy import (
     Restart,
     Start,
     State,
-    Stop,
+    Terminate,
     decide,
     describe_exit,
 )
@@ -128,8 +128,8 @@ def test_nothing_to_do_while_running_but_wake_for_the_deadline():
 def test_success_stops_what_runs_server_at_once_finishing_roles_after_a_linger():
     decision = run(job(), {LEAD: exited(0), W0: exited(0), W1: RUNNING, SERVER: RUNNING})
     assert decision.actions == (
-        Stop(W1, SUCCESS_LINGER_SECONDS),
-        Stop(SERVER, 0.0),
+        Terminate(W1, SUCCESS_LINGER_SECONDS),
+        Terminate(SERVER, 0.0),
         Finish(True, SUCCEEDED, "the job succeeded"),
     )
 
@@ -151,7 +151,12 @@ def test_the_frameworks_success_rule_decides():
 )
 def test_permanent_failure_fails_the_job_and_stops_everything_at_once(policy, code, message):
     decision = run(job(policy), {LEAD: RUNNING, W0: RUNNING, W1: exited(code), SERVER: RUNNING})
-    assert decision.actions == (Stop(LEAD), Stop(W0), Stop(SERVER), Finish(False, REPLICA_FAILED, message))
+    assert decision.actions == (
+        Terminate(LEAD),
+        Terminate(W0),
+        Terminate(SERVER),
+        Finish(False, REPLICA_FAILED, message),
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,7 +191,12 @@ def test_two_exits_at_once_need_room_for_both_restarts():
 def test_the_deadline_stops_a_job_that_would_restart_a_replica():
     decision = run(job(deadline=30), {LEAD: RUNNING, W0: RUNNING, W1: exited(1), SERVER: RUNNING}, now=30)
     message = "activeDeadlineSeconds (30s) passed since startTime 2026-01-01T12:00:00Z"
-    assert decision.actions == (Stop(LEAD), Stop(W0), Stop(SERVER), Finish(False, DEADLINE_EXCEEDED, message))
+    assert decision.actions == (
+        Terminate(LEAD),
+        Terminate(W0),
+        Terminate(SERVER),
+        Finish(False, DEADLINE_EXCEEDED, message),
+    )
 
 
 def test_success_beats_the_deadline():
@@ -208,7 +218,7 @@ def test_without_a_lead_every_worker_must_succeed():
     assert decide(no_lead, Tiny(), observed, 0, T0, at(1)).finish is None
     observed = {W0: exited(0), W1: exited(0), SERVER: RUNNING}
     assert decide(no_lead, Tiny(), observed, 0, T0, at(1)).actions == (
-        Stop(SERVER),
+        Terminate(SERVER),
         Finish(True, SUCCEEDED, "the job succeeded"),
     )
 
