@@ -112,7 +112,16 @@ def _timed(work: Callable[[], object]) -> float:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["framework", "replicas", "objects", "seconds", "objects/s", "peak memory", "YAML s", "pure-Python YAML s"]
+    header = [
+        "framework",
+        "replicas",
+        "objects",
+        "seconds",
+        "objects/s",
+        "peak memory",
+        "yaml-seconds",
+        "pure-python-yaml-seconds",
+    ]
     table = [header, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for n, line in enumerate(table):

@@ -15,4 +15,7 @@ def test_render_benchmark_smoke_runs():
     )
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[1].split()
-    assert header == ["framework", "replicas", "objects", "seconds", "objects/s", "peak", "memory"]
+    assert header == [
+        "framework", "replicas", "objects", "seconds", "objects/s", "peak", "memory", "yaml-seconds",
+        "pure-python-yaml-seconds",
+    ]  # fmt: skip
