@@ -350,10 +350,14 @@ class NamespacedNetwork:
     # --- the work ---
 
     def _used(self, but: str) -> list[str]:
+        """The IPs other sandboxes hold. The state folder is the cluster's: another agent's Nodes' sandboxes are
+        there too (from CIDRs of their own), one maybe between its folder and its ``ip`` file."""
         used = []
         for path in self.cluster.state.glob("*/ip"):
             if path.parent.name != but:
-                used.append(path.read_text().strip())
+                with contextlib.suppress(FileNotFoundError):
+                    if ip := path.read_text().strip():
+                        used.append(ip)
         return used
 
     def _complete(self, uid: str) -> bool:
@@ -368,7 +372,9 @@ class NamespacedNetwork:
         folder = self.cluster.state / pod.uid
         folder.mkdir(parents=True)
         ip = allocate_ip(self.pod_cidr, self._used(but=pod.uid), reserved=(self.cluster.gateway, self.nameserver))
-        (folder / "ip").write_text(ip + "\n")  # reserved before anything holds it, so no other pod gets it
+        # Reserved before anything holds it, so no other pod gets it; whole or not at all for a reader.
+        (folder / "ip.new").write_text(ip + "\n")
+        (folder / "ip.new").replace(folder / "ip")
         ns, veth = netns_name(self.cluster.name, pod.uid), veth_name(pod.uid)
         _ip("netns", "add", ns)
         _ip(

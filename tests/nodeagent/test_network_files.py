@@ -8,6 +8,8 @@ import pytest
 
 from mljob.nodeagent.network import (
     GATEWAY,
+    ClusterNetwork,
+    NamespacedNetwork,
     NetworkError,
     allocate_ip,
     capabilities_problem,
@@ -53,6 +55,18 @@ def test_allocation_takes_the_lowest_free_address_after_the_ranges_first():
     assert allocate_ip(cidr, []) == "10.244.128.2"
     assert allocate_ip(cidr, ["10.244.128.2", "10.244.128.4"]) == "10.244.128.3"
     assert allocate_ip(cidr, ["10.244.128.3"], reserved=["10.244.128.2"]) == "10.244.128.4"
+
+
+def test_the_ips_held_skip_a_sandbox_another_agent_is_still_writing(tmp_path: Path):
+    """Two agents share the cluster's state folder: one's sandbox can be a folder whose ``ip`` is not written yet."""
+    cluster = ClusterNetwork("test")
+    cluster.state = tmp_path
+    for uid, ip in (("held", "10.244.128.2\n"), ("being-written", ""), ("mine", "10.244.128.3\n")):
+        (tmp_path / uid).mkdir()
+        (tmp_path / uid / "ip").write_text(ip)
+    (tmp_path / "no-ip-yet").mkdir()
+    net = NamespacedNetwork(cluster, node_pod_cidr(0))
+    assert net._used(but="mine") == ["10.244.128.2"]
 
 
 def test_allocation_fails_clearly_when_the_range_is_full():
