@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 from mljob.api import MLJob
 from mljob.core import rules
@@ -25,14 +24,8 @@ SUCCESS_LINGER_SECONDS = 2.0
 __all__ = ["Decision", "Finish", "Observed", "Restart", "Start", "State", "Terminate", "decide", "describe_exit"]
 
 
-class State(StrEnum):
-    """Where one replica's process stands."""
-
-    PENDING = "Pending"
-    """Not started yet."""
-    RUNNING = "Running"
-    EXITED = "Exited"
-    """Exited and not restarted (yet): :attr:`Observed.exit_code` says how."""
+State = rules.State
+"""Where a replica's process stands: the rulebook's states; a local process is never SUCCEEDED without an exit."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +89,8 @@ class Decision:
 def seen(observed: Observed) -> rules.Seen:
     """A process as the rulebook reads it."""
     if observed.state is State.EXITED and observed.exit_code is not None:
-        return rules.Seen(rules.State.EXITED, rules.Stop.of_returncode(observed.exit_code))
-    return rules.Seen(rules.State.RUNNING if observed.state is State.RUNNING else rules.State.PENDING)
+        return rules.Seen(State.EXITED, rules.Stop.of_returncode(observed.exit_code))
+    return rules.Seen(State.RUNNING if observed.state is State.RUNNING else State.PENDING)
 
 
 def decide(
