@@ -175,11 +175,6 @@ class Judgement:
     deadline: datetime | None = None
     """When activeDeadlineSeconds runs out: look again then if nothing else happens."""
 
-    @property
-    def new_restarts(self) -> int:
-        """Restarts this judgement counts against backoffLimit (the ones not counted before)."""
-        return sum(1 for r in self.restarts if not r.counted)
-
 
 def deadline(job: MLJob, started: datetime | None) -> datetime | None:
     """When the job's activeDeadlineSeconds runs out, counted from its start; None without one."""
