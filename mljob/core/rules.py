@@ -202,8 +202,7 @@ def judge(
     outcomes: dict[Replica, Outcome] = {}
     failures: list[str] = []
     wanted: list[Restart] = []
-    restarted: list[str] = []
-    """Why each replica restarted just now or must restart, in replica order: the first names a backoff."""
+    restarted: list[str] = []  # why each replica restarted just now or must restart, in replica order
     for replica, now_seen in seen.items():
         if now_seen.restarted is not None:
             restarted.append(now_seen.restarted.describe(replica))
