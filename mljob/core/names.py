@@ -35,25 +35,19 @@ def service_host(job: str, namespace: str, replica: Replica) -> str:
 
 def dns1035_problem(name: str) -> str | None:
     """Why ``name`` cannot be a DNS-1035 label (a Service name), or None."""
-    if len(name) > DNS_LABEL_MAX:
-        return f"{name!r} is {len(name)} characters; a DNS label has at most {DNS_LABEL_MAX}"
-    if not _DNS1035_LABEL.match(name):
-        return (
-            f"{name!r} is not a DNS-1035 label: lower-case letters, digits and '-', "
-            "starting with a letter and ending with a letter or digit"
-        )
-    return None
+    return _label_problem(name, _DNS1035_LABEL, "DNS-1035", "starting with a letter and ending with a letter or digit")
 
 
 def dns1123_problem(name: str) -> str | None:
     """Why ``name`` cannot be a DNS-1123 label (a pod hostname), or None."""
+    return _label_problem(name, _DNS1123_LABEL, "DNS-1123", "starting and ending with a letter or digit")
+
+
+def _label_problem(name: str, pattern: re.Pattern[str], kind: str, ends: str) -> str | None:
     if len(name) > DNS_LABEL_MAX:
         return f"{name!r} is {len(name)} characters; a DNS label has at most {DNS_LABEL_MAX}"
-    if not _DNS1123_LABEL.match(name):
-        return (
-            f"{name!r} is not a DNS-1123 label: lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
+    if not pattern.match(name):
+        return f"{name!r} is not a {kind} label: lower-case letters, digits and '-', {ends}"
     return None
 
 
