@@ -30,6 +30,7 @@ from mljob.core import children as podlib
 from mljob.core.names import LABEL_JOB, QUEUE_LABEL
 from mljob.core.plan import Draft
 from mljob.core.status import clear_condition
+from mljob.core.status import condition as condition_of
 
 QUEUED = "Queued"
 """The Suspended reason of a job that waits for Kueue to admit it."""
@@ -211,7 +212,7 @@ def admitted(draft: Draft, queue: str, queued: dict[str, Any] | None) -> bool:
     if wl is None and queued is not None:
         draft.creates.append(queued)
     if granted.admitted:
-        found = draft.was(ConditionType.SUSPENDED)
+        found = condition_of(draft.old, ConditionType.SUSPENDED)
         if found is not None and found.status == "True" and found.reason == QUEUED:
             message = f"admitted by Kueue to ClusterQueue {granted.cluster_queue}"
             draft.condition(ConditionType.SUSPENDED, False, "Admitted", message)
@@ -246,7 +247,7 @@ def release(draft: Draft, wl: Mapping[str, Any], evicted: str) -> None:
 
 def gate(draft: Draft, message: str) -> None:
     """Suspended with reason Queued: no pod until Kueue admits the job; the message says why it waits."""
-    found = draft.was(ConditionType.SUSPENDED)
+    found = condition_of(draft.old, ConditionType.SUSPENDED)
     if not draft.is_true(ConditionType.CREATED):
         draft.condition(ConditionType.CREATED, True, "Created", "the job was accepted; it waits in its queue")
         draft.accepted = True
@@ -288,10 +289,9 @@ def report_finished(draft: Draft, succeeded: bool, message: str) -> None:
         draft.patch_status(KUEUE_API, "Workload", wl, {"conditions": conditions}, "the job finished")
 
 
-def steer(
-    draft: Draft, pod: dict[str, Any], queue: str | None, flavors: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
+def steer(draft: Draft, pod: dict[str, Any], flavors: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """A pod about to be created, steered to the flavors Kueue assigned its role."""
+    queue = queue_name(draft.job)
     if queue is None:
         return pod
     granted = admission(draft.placed.get("Workload"), queue)

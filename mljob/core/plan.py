@@ -149,10 +149,6 @@ class Draft:
         """Whether ``kind`` is True in the conditions as this pass leaves them."""
         return any(c.type == kind and c.status == "True" for c in self.conditions)
 
-    def was(self, kind: ConditionType) -> Any | None:
-        """The condition ``kind`` as the pass found it (None if the job never had it)."""
-        return next((c for c in self.old.conditions if c.type == kind), None)
-
     def delete(self, obj: Mapping[str, Any], why: str, kind: Literal["Pod", "Service"] = "Pod") -> None:
         if not podlib.terminating(obj):
             name = podlib.name(obj)

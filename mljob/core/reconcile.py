@@ -44,11 +44,7 @@ from mljob.core.kueue import QUEUED
 from mljob.core.placement import waits_for
 from mljob.core.plan import Delete, Draft, Event, Plan, StatusPatch
 from mljob.core.rules import Seen, State
-from mljob.core.status import (
-    PodRecord,
-    clear_condition,
-    terminal,
-)
+from mljob.core.status import PodRecord, clear_condition, condition, is_true, terminal
 from mljob.framework import Framework, Outcome, Replica, replicas_of
 
 __all__ = [
@@ -149,12 +145,12 @@ def _running(draft: Draft, desired: Desired, flavors: Mapping[str, Mapping[str, 
 
 def _start(draft: Draft, desired: Desired) -> None:
     """Created (once), Resumed after a suspension, and the start time the deadline counts from."""
-    suspended = draft.was(ConditionType.SUSPENDED)
+    suspended = condition(draft.old, ConditionType.SUSPENDED)
     if suspended is not None and suspended.status == "True" and suspended.reason != QUEUED:
         draft.condition(ConditionType.SUSPENDED, False, "Resumed", "the job was resumed")
         draft.message = "the job was resumed"
         draft.event("Normal", "Resumed", "the job was resumed: recreating its pods")
-    if not any(c.type == ConditionType.CREATED and c.status == "True" for c in draft.old.conditions):
+    if not is_true(draft.old, ConditionType.CREATED):
         draft.condition(ConditionType.CREATED, True, "Created", "the job was accepted; creating its pods")
         draft.accepted = True
     if draft.start_time is None:
@@ -257,9 +253,8 @@ def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[st
     if seen.missing and "PodGroup" not in draft.placed:
         # The gang's objects first, so no pod is ever scheduled outside its group.
         draft.creates.extend(desired.placement)
-    queue = queueing.queue_name(draft.job)
     if hold is None:
-        draft.creates.extend(queueing.steer(draft, p, queue, flavors) for p in seen.missing)
+        draft.creates.extend(queueing.steer(draft, p, flavors) for p in seen.missing)
     elif seen.missing:
         seen.waiting = hold
     if draft.service is None and desired.service is not None:
@@ -394,7 +389,7 @@ def _invalid(draft: Draft, desired: Desired) -> None:
 def _suspend(draft: Draft) -> None:
     for pod in draft.pods.values():
         draft.delete(pod, "the job is suspended")
-    if not _was_true(draft, ConditionType.SUSPENDED):
+    if not is_true(draft.old, ConditionType.SUSPENDED):
         message = "the job is suspended: its pods are deleted until spec.runPolicy.suspend is false"
         for kind in (ConditionType.RUNNING, ConditionType.RESTARTING):
             draft.conditions = clear_condition(draft.conditions, kind, "Suspended", message, draft.now)
@@ -403,8 +398,3 @@ def _suspend(draft: Draft) -> None:
         draft.message = message
         draft.event("Normal", "Suspended", message)
     draft.replica_statuses = draft.count_replicas()
-
-
-def _was_true(draft: Draft, kind: ConditionType) -> bool:
-    found = draft.was(kind)
-    return found is not None and found.status == "True"

@@ -1,4 +1,4 @@
-"""The kopf layer: thin handlers that feed the controller (kopf is imported here and in the shims only).
+"""The kopf layer: thin handlers that feed the controller (kopf itself comes from :mod:`~mljob.operator.kopfcompat`).
 
 kopf watches the MLJobs and runs the operator around them (peering, the admission webhook, the health
 endpoint); it never decides anything:

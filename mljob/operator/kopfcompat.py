@@ -1,8 +1,8 @@
 """What mljob needs of kopf beyond its public API, in one place: how kopf is imported, its diff base, its pause.
 
 kopf's internals are private: each shim checks that kopf is as expected (a unit test holds the pinned kopf to
-it) and changes nothing where it is not. :mod:`mljob.operator.handlers` and this module are the only ones that
-import kopf (an import-linter contract).
+it) and changes nothing where it is not. This is the one module that imports kopf (an import-linter contract);
+:mod:`mljob.operator.handlers` takes it from here.
 """
 
 from __future__ import annotations

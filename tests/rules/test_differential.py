@@ -26,7 +26,7 @@ from mljob.core.reconcile import desire, plan
 from mljob.core.status import LEDGER_ANNOTATION
 from mljob.core.validation import check_job
 from mljob.framework import Framework, Replica, replicas_of
-from mljob.local.policy import Observed, State, decide
+from mljob.local.policy import Observed, Restart, State, decide
 from mljob.plugins import Plugins, load_plugins
 
 FRAMEWORKS = ("pytorch", "tensorflow", "mxnet", "jax", "xgboost")
@@ -187,7 +187,7 @@ def local_side(s: Scenario) -> tuple[tuple[str, str, str] | None, set[str], date
             observed[replica] = Observed(State.EXITED, now.returncode)
     decision = decide(s.job, s.framework, observed, s.restarts, T0, T0 + timedelta(seconds=s.elapsed))
     finish = decision.finish
-    retried = {str(a.replica) for a in decision.actions if type(a).__name__ == "Restart"}
+    retried = {str(a.replica) for a in decision.actions if isinstance(a, Restart)}
     if finish is None:
         return None, retried, decision.wake_at
     return ("Succeeded" if finish.succeeded else "Failed", finish.reason, finish.message), set(), None
