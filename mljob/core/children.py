@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mljob.api import GROUP, KIND
-from mljob.core.names import LABEL_INDEX, LABEL_ROLE, LABEL_SPEC_HASH
+from mljob.core.kinds import MLJOB, JobKind
+from mljob.core.names import LABEL_SPEC_HASH
 from mljob.core.rules import LOST_NODE_REASONS, Stop
 
 PENDING = "Pending"
@@ -21,28 +21,27 @@ FAILED = "Failed"
 UNKNOWN = "Unknown"
 
 
-def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The controller ownerReference of kind MLJob, or None.
+def controller_ref(obj: Mapping[str, Any], kind: JobKind | None = MLJOB) -> Mapping[str, Any] | None:
+    """The controller ownerReference to an object of ``kind`` (None: of any kind), or None.
 
     Only a *controller* reference counts: labels can be forged by anyone who can create a pod,
     an ownerReference to a live uid cannot be guessed.
     """
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
-        group = str(ref.get("apiVersion", "")).split("/")[0]
-        if ref.get("controller") and ref.get("kind") == KIND and group == GROUP:
+        if ref.get("controller") and (kind is None or kind.controls(ref)):
             return ref  # type: ignore[no-any-return]
     return None
 
 
-def controller_uid(obj: Mapping[str, Any]) -> str | None:
-    """The uid of the MLJob that controls ``obj``; the reconciler ignores a child whose uid differs."""
-    ref = controller_ref(obj)
+def controller_uid(obj: Mapping[str, Any], kind: JobKind | None = MLJOB) -> str | None:
+    """The uid of the job that controls ``obj``; the reconciler ignores a child whose uid differs."""
+    ref = controller_ref(obj, kind)
     return str(ref["uid"]) if ref and ref.get("uid") else None
 
 
-def controller_name(obj: Mapping[str, Any]) -> str | None:
-    """The name of the MLJob that controls ``obj``: the key children are indexed under."""
-    ref = controller_ref(obj)
+def controller_name(obj: Mapping[str, Any], kind: JobKind | None = MLJOB) -> str | None:
+    """The name of the job of ``kind`` that controls ``obj``: the key children are indexed under."""
+    ref = controller_ref(obj, kind)
     return str(ref["name"]) if ref and ref.get("name") else None
 
 
@@ -78,13 +77,9 @@ def finished(pod: Mapping[str, Any]) -> bool:
     return phase(pod) in (SUCCEEDED, FAILED)
 
 
-def replica_of(pod: Mapping[str, Any]) -> tuple[str, int] | None:
-    """(lower-case role, index) from the pod's labels, for pods the spec no longer names."""
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    role, index = labels.get(LABEL_ROLE), labels.get(LABEL_INDEX)
-    if not role or not str(index or "").isdigit():
-        return None
-    return str(role), int(str(index))
+def replica_of(pod: Mapping[str, Any], kind: JobKind = MLJOB) -> tuple[str, int] | None:
+    """(lower-case role, index) from the pod's labels (``kind``'s keys), for pods the spec no longer names."""
+    return kind.replica_of((pod.get("metadata") or {}).get("labels") or {})
 
 
 def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:

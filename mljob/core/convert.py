@@ -1,11 +1,14 @@
-"""``mljob convert``: a Kubeflow TFJob, PyTorchJob or MXJob becomes the equivalent MLJob. Pure.
+"""``mljob convert``: a Kubeflow TFJob, PyTorchJob, MXJob, XGBoostJob, JAXJob or PaddleJob becomes the equivalent
+MLJob. Pure. The operator's Kubeflow front door (:mod:`mljob.core.kubeflow.door`) maps the objects it serves the
+same way.
 
 Formats, from Kubeflow's training-operator API (``kubeflow.org/v1``) and its oldest TFJob (``v1alpha1``):
 
-* v1: ``spec.{tf,pytorch,mx}ReplicaSpecs`` (role -> replicas, restartPolicy, template) and ``spec.runPolicy``
-  (cleanPodPolicy, ttlSecondsAfterFinished, activeDeadlineSeconds, backoffLimit, schedulingPolicy, suspend);
-  releases before runPolicy kept those four at ``spec`` level, and both are read. TFJob's ``successPolicy`` and
-  PyTorchJob's ``nprocPerNode`` (or ``elasticPolicy.nProcPerNode``) become ``frameworkOptions``.
+* v1: ``spec.{tf,pytorch,mx,xgb,jax,paddle}ReplicaSpecs`` (role -> replicas, restartPolicy, template) and
+  ``spec.runPolicy`` (cleanPodPolicy, ttlSecondsAfterFinished, activeDeadlineSeconds, backoffLimit,
+  schedulingPolicy, suspend); releases before runPolicy kept those four at ``spec`` level, and both are read.
+  TFJob's ``successPolicy`` and PyTorchJob's ``nprocPerNode`` (or ``elasticPolicy.nProcPerNode``) become
+  ``frameworkOptions``.
 * v1alpha1 TFJob: ``spec.replicaSpecs`` is a list of ``{replicas, tfReplicaType: MASTER|PS|WORKER, template}``;
   MASTER is the chief.
 
@@ -28,11 +31,17 @@ KINDS = {
     "TFJob": ("tensorflow", "tfReplicaSpecs"),
     "PyTorchJob": ("pytorch", "pytorchReplicaSpecs"),
     "MXJob": ("mxnet", "mxReplicaSpecs"),
+    "XGBoostJob": ("xgboost", "xgbReplicaSpecs"),
+    "JAXJob": ("jax", "jaxReplicaSpecs"),
+    "PaddleJob": ("paddle", "paddleReplicaSpecs"),
 }
 ROLES = {
     "tensorflow": ("Chief", "Master", "PS", "Worker", "Evaluator"),
     "pytorch": ("Master", "Worker"),
     "mxnet": ("Scheduler", "Server", "Worker"),
+    "xgboost": ("Master", "Worker"),
+    "jax": ("Worker",),
+    "paddle": ("Master", "Worker"),
 }
 V1ALPHA1_TYPES = {"MASTER": "Chief", "PS": "PS", "WORKER": "Worker"}
 RUN_POLICY = ("cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit")

@@ -13,6 +13,7 @@ from typing import Any
 
 from mljob.api import ConditionType, GangScheduler, MLJob, MLJobStatus, Phase
 from mljob.core import kueue as queueing
+from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import QUEUE_LABEL
 from mljob.core.placement import NOT_SERVED, gang_scheduler
 from mljob.core.plan import Event, Plan
@@ -29,7 +30,8 @@ class Desired:
 
     framework: Framework | None
     pods: tuple[dict[str, Any], ...] = ()
-    service: dict[str, Any] | None = None
+    services: tuple[dict[str, Any], ...] = ()
+    """The job's one headless service (MLJob), or a service per replica (Kubeflow's kinds)."""
     placement: tuple[dict[str, Any], ...] = ()
     """What the job's gang scheduler reads (a PodGroup, ...): created, idempotently, before any pod."""
     backend: GangScheduler = GangScheduler.NONE
@@ -39,6 +41,13 @@ class Desired:
     reason: str = INVALID_SPEC
     spec_hash: str = ""
     unknown_framework: bool = False
+    kind: JobKind = MLJOB
+    """The API kind the job came as (its children's labels and owner are that kind's)."""
+
+    @property
+    def service(self) -> dict[str, Any] | None:
+        """The job's one service (an MLJob's); the first of a Kubeflow kind's."""
+        return self.services[0] if self.services else None
 
     @property
     def ok(self) -> bool:
@@ -55,8 +64,11 @@ class Placement:
     """Whether the cluster serves Kueue's Workload (jobs labelled with a queue need it)."""
 
 
-def placement_problems(job: MLJob, placement: Placement) -> list[Problem]:
-    """What the job asks of placement that this cluster does not serve (a gang scheduler's API, Kueue)."""
+def placement_problems(job: MLJob, placement: Placement, kind: JobKind = MLJOB) -> list[Problem]:
+    """What the job asks of placement that this cluster does not serve (a gang scheduler's API, Kueue).
+
+    A queue label on a kind whose Workload Kueue's own integration makes needs nothing of mljob.
+    """
     problems = []
     backend = gang_scheduler(job, placement.default)
     if backend in placement.unavailable:
@@ -65,42 +77,51 @@ def placement_problems(job: MLJob, placement: Placement) -> list[Problem]:
             "" if policy is not None and policy.gang_scheduler is not None else " (the operator's --gang-scheduler)"
         )
         problems.append(Problem("spec.runPolicy.schedulingPolicy.gangScheduler", NOT_SERVED[backend] + chosen))
-    if queueing.queue_name(job) is not None and not placement.kueue:
+    if kind.owns_workload and queueing.queue_name(job) is not None and not placement.kueue:
         problems.append(Problem(f"metadata.labels.{QUEUE_LABEL}", queueing.NOT_SERVED))
     return problems
 
 
 def desire(
-    job: MLJob, plugins: Plugins, placement: Placement | None = None, limits: Limits = DEFAULT_LIMITS
+    job: MLJob,
+    plugins: Plugins,
+    placement: Placement | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    kind: JobKind = MLJOB,
 ) -> Desired:
-    """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only."""
+    """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only.
+
+    ``kind`` is the API kind the job came as: its children are that kind's, and the problems name that kind's
+    fields (``spec.pytorchReplicaSpecs.Worker...`` for a PyTorchJob).
+    """
     placement = placement or Placement()
     checked = check_job(job, plugins, limits)
     framework = checked.framework
     problems = list(checked.problems)
     backend = gang_scheduler(job, placement.default)
-    problems += placement_problems(job, placement)
+    problems += placement_problems(job, placement, kind)
     if framework is None or problems:
         return Desired(
             framework,
-            problems=tuple(problems),
+            problems=tuple(Problem(kind.path_of(p.path), p.message) for p in problems),
             reason=checked.reason,
             unknown_framework=framework is None,
+            kind=kind,
         )
     try:
-        children = render(job, framework, plugins, uid=job.metadata.uid, gang=placement.default)
+        children = render(job, framework, plugins, uid=job.metadata.uid, gang=placement.default, kind=kind)
     except PluginError as error:
-        return Desired(framework, problems=(Problem("", str(error)),), reason=PLUGIN_ERROR)
+        return Desired(framework, problems=(Problem("", str(error)),), reason=PLUGIN_ERROR, kind=kind)
     except Exception as error:  # the framework's own env(): any exception is the plugin's
         wrapped = PluginError(framework.name, "env", error)
-        return Desired(framework, problems=(Problem("", str(wrapped)),), reason=PLUGIN_ERROR)
+        return Desired(framework, problems=(Problem("", str(wrapped)),), reason=PLUGIN_ERROR, kind=kind)
     pods = tuple(c for c in children if c["kind"] == "Pod")
-    (service,) = (c for c in children if c["kind"] == "Service")
+    services = tuple(c for c in children if c["kind"] == "Service")
     grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service"))
     queued = None
-    if queueing.queue_name(job) is not None:
-        queued = queueing.workload(job, owner_reference(job, job.metadata.uid))
-    return Desired(framework, pods, service, grouped, backend, queued, spec_hash=spec_hash(job))
+    if kind.owns_workload and queueing.queue_name(job) is not None:
+        queued = queueing.workload(job, owner_reference(job, job.metadata.uid, kind))
+    return Desired(framework, pods, services, grouped, backend, queued, spec_hash=spec_hash(job), kind=kind)
 
 
 def reject(body: Mapping[str, Any], problems: Sequence[Problem], now: datetime) -> Plan:

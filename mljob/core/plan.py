@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from mljob.api import ConditionType, MLJob, MLJobStatus, Phase, ReplicaStatus
 from mljob.core import children as podlib
+from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.status import LEDGER_ANNOTATION, Ledger, derive_phase, set_condition, status_patch
 
 EventType = Literal["Normal", "Warning"]
@@ -101,7 +102,7 @@ class Plan:
 
 def owned(objects: Sequence[Mapping[str, Any]], owner: str) -> list[Mapping[str, Any]]:
     """The objects whose controller is the job with uid ``owner``: no other child is ever counted or touched."""
-    return [o for o in objects if owner and podlib.controller_uid(o) == owner]
+    return [o for o in objects if owner and podlib.controller_uid(o, None) == owner]
 
 
 class Draft:
@@ -112,15 +113,19 @@ class Draft:
         job: MLJob,
         now: datetime,
         pods: Sequence[Mapping[str, Any]] = (),
-        service: Mapping[str, Any] | None = None,
+        services: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         placed: Mapping[str, Mapping[str, Any]] | None = None,
+        kind: JobKind = MLJOB,
     ) -> None:
-        self.job, self.now = job, now
+        self.job, self.now, self.kind = job, now, kind
         self.old = job.status or MLJobStatus()
         uid = job.metadata.uid or ""
         self.pods = {podlib.name(p): p for p in owned(pods, uid)}
-        found = owned([service], uid) if service is not None else []
-        self.service = found[0] if found else None
+        if services is None:
+            services = ()
+        elif isinstance(services, Mapping):
+            services = (services,)
+        self.services = {podlib.name(s): s for s in owned(services, uid)}
         self.placed = {kind: obj for kind, obj in (placed or {}).items() if owned([obj], uid)}
         self.ledger = Ledger.read(job)
         self.conditions = list(self.old.conditions)
@@ -170,7 +175,7 @@ class Draft:
         for role in self.job.spec.replica_specs:
             active = succeeded = failed = 0
             for name, pod in self.pods.items():
-                which = podlib.replica_of(pod)
+                which = podlib.replica_of(pod, self.kind)
                 if which is None or which[0] != role.lower():
                     continue
                 phase = podlib.phase(pod)

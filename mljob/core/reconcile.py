@@ -40,6 +40,7 @@ from mljob.core import children as podlib
 from mljob.core import kueue as queueing
 from mljob.core import rules
 from mljob.core.desired import Desired, Placement, desire, placement_problems, reject
+from mljob.core.kinds import JobKind
 from mljob.core.kueue import QUEUED
 from mljob.core.placement import waits_for
 from mljob.core.plan import Delete, Draft, Event, Plan, StatusPatch
@@ -66,13 +67,13 @@ def plan(
     job: MLJob,
     desired: Desired,
     pods: Sequence[Mapping[str, Any]],
-    service: Mapping[str, Any] | None,
+    services: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
     now: datetime,
     placed: Mapping[str, Mapping[str, Any]] | None = None,
     flavors: Mapping[str, Mapping[str, Any]] | None = None,
     refused: str | None = None,
 ) -> Plan:
-    """One reconcile pass for ``job``, given every pod and the service the watch stream has seen for it.
+    """One reconcile pass for ``job``, given every pod and the service(s) the watch stream has seen for it.
 
     ``placed`` holds the job's objects that a scheduler or queue writes status on, by kind: its Kueue
     ``Workload`` and its Volcano ``PodGroup``; ``flavors`` the ResourceFlavors its admission names.
@@ -81,7 +82,7 @@ def plan(
     """
     if job.metadata.deletion_timestamp:
         return Plan()  # the garbage collector removes the children with the job
-    draft = Draft(job, now, pods, service, placed)
+    draft = Draft(job, now, pods, services, placed, desired.kind)
     queue = queueing.queue_name(job)
     if terminal(draft.old):
         _after_finish(draft, desired)
@@ -248,7 +249,7 @@ def _restart(draft: Draft, judgement: rules.Judgement, seen: _Observed) -> None:
 
 
 def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[str, Mapping[str, Any]]) -> None:
-    """The missing pods (after the gang's objects, held while its scheduler says so) and the service."""
+    """The missing pods (after the gang's objects, held while its scheduler says so) and services."""
     hold = waits_for(desired.backend, draft.placed.get("PodGroup"))
     if seen.missing and "PodGroup" not in draft.placed:
         # The gang's objects first, so no pod is ever scheduled outside its group.
@@ -257,8 +258,7 @@ def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[st
         draft.creates.extend(queueing.steer(draft, p, flavors) for p in seen.missing)
     elif seen.missing:
         seen.waiting = hold
-    if draft.service is None and desired.service is not None:
-        draft.creates.append(desired.service)
+    draft.creates.extend(s for s in desired.services if podlib.name(s) not in draft.services)
 
 
 def _progress(draft: Draft, seen: _Observed, judgement: rules.Judgement) -> None:
@@ -337,18 +337,19 @@ def _clean_up(draft: Draft, desired: Desired) -> set[str]:
     policy = draft.job.spec.run_policy.clean_pod_policy.value
     stopped: set[str] = set()
     for name, pod in draft.pods.items():
-        if not podlib.finished(pod) and _runs_until_stopped(desired.framework, pod):
+        if not podlib.finished(pod) and _runs_until_stopped(desired.framework, pod, draft.kind):
             draft.delete(pod, "stopping a role that runs until stopped: the job finished")
             stopped.add(name)
         elif policy == "All" or (policy == "Running" and not podlib.finished(pod)):
             draft.delete(pod, f"cleanPodPolicy {policy}: the job finished")
-    if draft.service is not None and policy != "None":
-        draft.delete(draft.service, f"cleanPodPolicy {policy}: the job finished", kind="Service")
+    if policy != "None":
+        for service in draft.services.values():
+            draft.delete(service, f"cleanPodPolicy {policy}: the job finished", kind="Service")
     return stopped
 
 
-def _runs_until_stopped(framework: Framework | None, pod: Mapping[str, Any]) -> bool:
-    which = podlib.replica_of(pod)
+def _runs_until_stopped(framework: Framework | None, pod: Mapping[str, Any], kind: JobKind) -> bool:
+    which = podlib.replica_of(pod, kind)
     if framework is None or which is None:
         return False
     role = next((r for r in framework.roles if r.name.lower() == which[0]), None)

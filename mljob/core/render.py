@@ -12,18 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mljob.api import API_VERSION, KIND, GangScheduler, MLJob, RestartPolicy
+from mljob.api import GangScheduler, MLJob, RestartPolicy
 from mljob.core import placement
-from mljob.core.names import (
-    LABEL_FRAMEWORK,
-    LABEL_INDEX,
-    LABEL_JOB,
-    LABEL_LEADER,
-    LABEL_ROLE,
-    LABEL_SPEC_HASH,
-    pod_name,
-    service_host,
-)
+from mljob.core.kinds import MLJOB, JobKind
+from mljob.core.names import LABEL_SPEC_HASH, pod_name
 from mljob.core.status import spec_hash
 from mljob.framework import Address, Framework, Replica, replicas_of
 
@@ -70,33 +62,34 @@ def restart_policy(job: MLJob, framework: Framework, role: str) -> RestartPolicy
 
 @dataclass(frozen=True)
 class ServiceCluster:
-    """Addresses in a Kubernetes cluster: ``<pod>.<job>.<namespace>.svc:<port>``."""
+    """Addresses in a Kubernetes cluster: the host the job's kind gives a replica (for an MLJob
+    ``<pod>.<job>.<namespace>.svc``), and the role's port."""
 
-    job: str
-    namespace: str
+    job: MLJob
     ports: Mapping[str, int]
     replicas: Mapping[str, int]
+    kind: JobKind = MLJOB
 
     @classmethod
-    def of(cls, job: MLJob, framework: Framework) -> ServiceCluster:
+    def of(cls, job: MLJob, framework: Framework, kind: JobKind = MLJOB) -> ServiceCluster:
         specs = job.spec.replica_specs
         return cls(
-            job=job.name,
-            namespace=job.namespace,
+            job=job,
             ports={role: role_port(job, framework, role) for role in specs},
             replicas={role: spec.replicas for role, spec in specs.items()},
+            kind=kind,
         )
 
     def address(self, replica: Replica) -> Address:
         if not 0 <= replica.index < self.replicas[replica.role]:
-            raise KeyError(f"{replica} is not a replica of job {self.job!r}")
-        return Address(service_host(self.job, self.namespace, replica), self.ports[replica.role])
+            raise KeyError(f"{replica} is not a replica of job {self.job.name!r}")
+        return Address(self.kind.host(self.job, replica), self.ports[replica.role])
 
 
-def owner_reference(job: MLJob, uid: str | None = None) -> dict[str, Any]:
+def owner_reference(job: MLJob, uid: str | None = None, kind: JobKind = MLJOB) -> dict[str, Any]:
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": kind.api_version,
+        "kind": kind.kind,
         "name": job.name,
         "uid": uid or job.metadata.uid or PLACEHOLDER_UID,
         "controller": True,
@@ -104,16 +97,8 @@ def owner_reference(job: MLJob, uid: str | None = None) -> dict[str, Any]:
     }
 
 
-def labels(job: MLJob, framework: Framework, replica: Replica) -> dict[str, str]:
-    result = {
-        LABEL_JOB: job.name,
-        LABEL_FRAMEWORK: framework.name,
-        LABEL_ROLE: replica.role.lower(),
-        LABEL_INDEX: str(replica.index),
-    }
-    if framework.is_leader(job, replica):
-        result[LABEL_LEADER] = "true"
-    return result
+def labels(job: MLJob, framework: Framework, replica: Replica, kind: JobKind = MLJOB) -> dict[str, str]:
+    return kind.pod_labels(job, framework, replica)
 
 
 def render_pod(
@@ -125,6 +110,7 @@ def render_pod(
     uid: str | None = None,
     gang: GangScheduler = GangScheduler.NONE,
     fingerprint: str | None = None,
+    kind: JobKind = MLJOB,
 ) -> dict[str, Any]:
     """The Pod for one replica, with the framework's wiring in its wiring container.
 
@@ -145,8 +131,9 @@ def render_pod(
         ports = container.setdefault("ports", [])
         if not any(p.get("containerPort") == port for p in ports):
             ports.append({"name": framework.port_name or "mljob-port", "containerPort": port, "protocol": "TCP"})
-    spec["hostname"] = name
-    spec["subdomain"] = job.name
+    if not kind.service_per_replica:  # behind the job's one headless service; Kubeflow's have a service each
+        spec["hostname"] = name
+        spec["subdomain"] = job.name
     spec["restartPolicy"] = POD_RESTART_POLICY[restart_policy(job, framework, replica.role)]
     scheduling = job.spec.run_policy.scheduling_policy
     if scheduling is not None and scheduling.priority_class and "priorityClassName" not in spec:
@@ -159,10 +146,10 @@ def render_pod(
             "namespace": job.namespace,
             "labels": {
                 **(meta.get("labels") or {}),
-                **labels(job, framework, replica),
+                **labels(job, framework, replica, kind),
                 LABEL_SPEC_HASH: fingerprint or spec_hash(job),
             },
-            "ownerReferences": [owner_reference(job, uid)],
+            "ownerReferences": [owner_reference(job, uid, kind)],
         },
         "spec": spec,
     }
@@ -177,20 +164,56 @@ def render_pod(
 def render_service(job: MLJob, framework: Framework, cluster: ServiceCluster, uid: str | None = None) -> dict[str, Any]:
     """The ONE headless service that gives every pod a stable DNS name, ready or not."""
     ports = sorted(set(cluster.ports.values()))
+    kind = cluster.kind
+    labels = kind.job_labels(job.name)
+    if kind.labels.framework:
+        labels[kind.labels.framework] = framework.name
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
             "name": job.name,
             "namespace": job.namespace,
-            "labels": {LABEL_JOB: job.name, LABEL_FRAMEWORK: framework.name},
-            "ownerReferences": [owner_reference(job, uid)],
+            "labels": labels,
+            "ownerReferences": [owner_reference(job, uid, kind)],
         },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {LABEL_JOB: job.name},
+            "selector": kind.job_labels(job.name),
             "ports": [{"name": f"port-{port}", "port": port, "targetPort": port, "protocol": "TCP"} for port in ports],
+        },
+    }
+
+
+def render_replica_service(
+    job: MLJob, framework: Framework, replica: Replica, cluster: ServiceCluster, uid: str | None = None
+) -> dict[str, Any]:
+    """Kubeflow's shape: a headless service per replica, named like its pod, selecting it by role and index.
+
+    As training-operator writes it (``CreateNewService``): no ``publishNotReadyAddresses``, the role's port under
+    the framework's port name, the job's labels with the replica's type and index.
+    """
+    kind = cluster.kind
+    labels = {
+        **kind.job_labels(job.name),
+        kind.labels.role: replica.role.lower(),
+        kind.labels.index: str(replica.index),
+    }
+    port = cluster.ports[replica.role]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": pod_name(job.name, replica),
+            "namespace": job.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(job, uid, kind)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": dict(labels),
+            "ports": [{"name": framework.port_name or "mljob-port", "port": port}],
         },
     }
 
@@ -201,14 +224,19 @@ def render(
     plugins: Plugins | None = None,
     uid: str | None = None,
     gang: GangScheduler = GangScheduler.NONE,
+    kind: JobKind = MLJOB,
 ) -> list[dict[str, Any]]:
-    """Every child of the job: what its gang scheduler reads, the pods in replica order, then the service.
+    """Every child of the job: what its gang scheduler reads, the pods in replica order, then the service(s).
 
     ``gang`` is the operator's default gang scheduler; the job's ``schedulingPolicy.gangScheduler`` wins.
+    ``kind`` is the API kind the job came as: its labels, owner and services are that kind's.
     """
-    cluster = ServiceCluster.of(job, framework)
+    cluster = ServiceCluster.of(job, framework, kind)
     backend = placement.gang_scheduler(job, gang)
-    grouped = placement.objects(job, backend, owner_reference(job, uid))
+    grouped = placement.objects(job, backend, owner_reference(job, uid, kind))
     fingerprint = spec_hash(job)
-    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint) for r in replicas_of(job)]
+    replicas = replicas_of(job)
+    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint, kind) for r in replicas]
+    if kind.service_per_replica:
+        return [*grouped, *pods, *(render_replica_service(job, framework, r, cluster, uid) for r in replicas)]
     return [*grouped, *pods, render_service(job, framework, cluster, uid)]

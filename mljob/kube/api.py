@@ -22,7 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from mljob.api import GROUP, KIND, PLURAL, VERSION, format_time
+from mljob.api import GROUP, KIND, VERSION, format_time
+from mljob.core.kinds import MLJOB, JobKind
 from mljob.kube.credentials import Credentials
 
 COMPONENT = "mljob-operator"
@@ -58,9 +59,9 @@ class Gone(Exception):
     """A watch's resourceVersion is too old (410): list again."""
 
 
-def job_path(namespace: str, name: str = "", subresource: str = "") -> str:
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-    return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
+def job_path(namespace: str, name: str = "", subresource: str = "", kind: JobKind = MLJOB) -> str:
+    """The REST path of a job of ``kind`` (an MLJob unless told)."""
+    return kind.path(namespace, name, subresource)
 
 
 def core_path(kind: str, namespace: str, name: str = "") -> str:
@@ -271,16 +272,22 @@ class Api:
     # --- the job ---------------------------------------------------------------------------------
 
     async def patch_job(
-        self, namespace: str, name: str, resource_version: str | None, patch: Mapping[str, Any], status: bool = False
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        patch: Mapping[str, Any],
+        status: bool = False,
+        kind: JobKind = MLJOB,
     ) -> dict[str, Any]:
         """JSON merge patch of the job (or its ``/status``) with the resourceVersion as a precondition."""
         body = dict(patch)
         if resource_version:
             body["metadata"] = {**dict(body.get("metadata") or {}), "resourceVersion": resource_version}
-        path = job_path(namespace, name, "status" if status else "")
+        path = job_path(namespace, name, "status" if status else "", kind)
         return await self.request("PATCH", path, body, "application/merge-patch+json")
 
-    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+    async def delete_job(self, namespace: str, name: str, uid: str, kind: JobKind = MLJOB) -> bool:
         """Delete the job (TTL); its children go with it through their ownerReferences."""
         options = {
             "apiVersion": "v1",
@@ -289,7 +296,7 @@ class Api:
             "preconditions": {"uid": uid},
         }
         try:
-            await self.request("DELETE", job_path(namespace, name), options)
+            await self.request("DELETE", job_path(namespace, name, kind=kind), options)
         except ApiError as error:
             if error.status in (404, 409):
                 return False
@@ -306,8 +313,8 @@ class Api:
             "kind": "Event",
             "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
+                "apiVersion": str(job.get("apiVersion") or f"{GROUP}/{VERSION}"),
+                "kind": str(job.get("kind") or KIND),
                 "name": name,
                 "namespace": namespace,
                 "uid": meta.get("uid"),

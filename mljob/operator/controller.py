@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -24,11 +25,13 @@ from typing import Any
 from mljob.api import MLJob
 from mljob.core import children as podlib
 from mljob.core.desired import Desired, Placement, desire, reject
+from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.kueue import KUEUE_API, flavor_names
 from mljob.core.names import Key
 from mljob.core.plan import Delete, Plan
 from mljob.core.reconcile import plan
 from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
+from mljob.framework import Problem
 from mljob.kube import Api, ApiError
 from mljob.operator.expectations import Expectations
 from mljob.operator.metrics import Metrics
@@ -36,8 +39,8 @@ from mljob.plugins import Plugins
 
 logger = logging.getLogger("mljob.operator")
 
-Children = Callable[[Key], tuple[Sequence[Mapping[str, Any]], Mapping[str, Any] | None]]
-"""The pods and the service the watch stream holds for a job."""
+Children = Callable[[Key], tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]
+"""The pods and the service(s) the watch stream holds for a job."""
 Placed = Callable[[Key], Mapping[str, Mapping[str, Any]]]
 """The job's objects a scheduler or queue writes status on (Kueue's Workload, Volcano's PodGroup), by kind."""
 
@@ -70,15 +73,18 @@ class Controller:
         clock: Callable[[], datetime] = utcnow,
         placement: Placement | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        kind: JobKind = MLJOB,
     ) -> None:
+        """``kind``: the API kind this controller serves (one controller per kind; MLJob unless told)."""
         self.api, self.plugins, self.metrics = api, plugins, metrics or Metrics()
+        self.kind = kind
         self.placement = placement or Placement()
         self.limits = limits
         self.clock = clock
         self.debounce = debounce
         self.jobs: dict[Key, Mapping[str, Any]] = {}
         """The newest body of every job, from the watch stream or from our own writes' responses."""
-        self._children: Children = lambda key: ((), None)
+        self._children: Children = lambda key: ((), ())
         self._placed: Placed = lambda key: {}
         self._flavors: dict[str, Mapping[str, Any]] = {}
         self._n_workers = workers
@@ -124,9 +130,12 @@ class Controller:
     # --- events ------------------------------------------------------------------------------------
 
     def job_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event for an MLJob: remember the newest body and reconcile the job."""
+        """A watch event for a job: remember the newest body and reconcile the job.
+
+        A job whose ``managedBy`` names another controller (MultiKueue's, another operator's) is never touched.
+        """
         key = key_of(body)
-        if event_type == "DELETED":
+        if event_type == "DELETED" or self.kind.managed_elsewhere(body):
             self.forget(key)
             return
         known = self.jobs.get(key)
@@ -226,11 +235,10 @@ class Controller:
         if cached is not None and cached[0] == version:
             return cached[1]
         try:
-            desired = desire(job, self.plugins, self.placement, self.limits)
+            desired = desire(job, self.plugins, self.placement, self.limits, self.kind)
         except Exception as error:  # a plugin bug that escaped the core's own guards
-            from mljob.framework import Problem
-
-            desired = Desired(None, problems=(Problem("", f"{type(error).__name__}: {error}"),), reason=PLUGIN_ERROR)
+            problem = Problem("", f"{type(error).__name__}: {error}")
+            desired = Desired(None, problems=(problem,), reason=PLUGIN_ERROR, kind=self.kind)
         self._desired[key] = (version, desired)
         return desired
 
@@ -240,19 +248,23 @@ class Controller:
             return None
         self.passes += 1
         now = self.clock()
-        job, problems = parse_job(body)
-        if job is None:
-            result = reject(body, problems, now)
+        view, problems = self.kind.view(body)
+        job, unparsed = parse_job(view)
+        problems = [*problems, *(Problem(self.kind.path_of(p.path), p.message) for p in unparsed)]
+        if job is None or problems:
+            result = reject(view, problems, now)
             framework = "unknown"
         else:
             desired = self._desire(key, job)
-            pods, service = self.expectations.view(key, *self._children(key))
+            pods, services = self.expectations.view(key, *self._children(key))
             placed = self._placed(key)
             flavors = await self._resource_flavors(placed.get("Workload"))
-            result = plan(job, desired, pods, service, now, placed, flavors, self._refusals.get(key))
+            result = plan(job, desired, pods, services, now, placed, flavors, self._refusals.get(key))
             framework = desired.framework.name if desired.framework is not None else "unknown"
+        if self.kind is not MLJOB:  # the status in the kind's own shape
+            result = dataclasses.replace(result, status=self.kind.status_patch(body, result.status, now))
         await self.apply(key, body, result, framework)
-        if _phase(self.jobs.get(key) or body) in ("Succeeded", "Failed"):
+        if finished(self.jobs.get(key) or body):
             self._desired.pop(key, None)  # a finished job creates nothing more: no rendering kept for it
         return result
 
@@ -278,11 +290,14 @@ class Controller:
         namespace, name = key
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if result.annotations:
-            fresh = await self.api.patch_job(namespace, name, rv, {"metadata": {"annotations": result.annotations}})
+            patch = {"metadata": {"annotations": result.annotations}}
+            fresh = await self.api.patch_job(namespace, name, rv, patch, kind=self.kind)
             self._remember(key, fresh)
             rv = (fresh.get("metadata") or {}).get("resourceVersion", rv)
         if result.status is not None:
-            fresh = await self.api.patch_job(namespace, name, rv, {"status": result.status}, status=True)
+            fresh = await self.api.patch_job(
+                namespace, name, rv, {"status": result.status}, status=True, kind=self.kind
+            )
             self._remember(key, fresh)
             self._log_status(key, body, result)
         for event in result.events:
@@ -303,7 +318,7 @@ class Controller:
                 await self._event(body, "Normal", reason, message)
         if result.delete_job:
             uid = _uid(body)
-            if await self.api.delete_job(namespace, name, uid):
+            if await self.api.delete_job(namespace, name, uid, self.kind):
                 logger.info("%s/%s: deleted the job: ttlSecondsAfterFinished passed", namespace, name)
         if errors:
             raise errors[0]
@@ -422,9 +437,9 @@ class Controller:
 
     def _phases(self) -> Iterator[tuple[str, str, str]]:
         for (namespace, _), body in list(self.jobs.items()):
-            name = str((body.get("spec") or {}).get("framework") or "")
+            name = self.kind.framework_of(body)
             framework = name if self.plugins.framework(name) is not None else "unknown"
-            yield namespace, framework, str((body.get("status") or {}).get("phase") or "Pending")
+            yield namespace, framework, self.kind.phase_of(body).value
 
 
 class NameTaken(Exception):
@@ -435,8 +450,10 @@ def _uid(body: Mapping[str, Any]) -> str:
     return podlib.uid(body)
 
 
-def _phase(body: Mapping[str, Any]) -> str:
-    return str((body.get("status") or {}).get("phase") or "")
+def finished(body: Mapping[str, Any]) -> bool:
+    """Whether the job (of any kind: the conditions are the same) has Succeeded or Failed."""
+    conditions = (body.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in conditions)
 
 
 def lean(body: Mapping[str, Any]) -> Mapping[str, Any]:

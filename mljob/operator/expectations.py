@@ -68,12 +68,18 @@ class Expectations:
         return sum(map(len, self._created.values())) + sum(map(len, self._deleted.values()))
 
     def view(
-        self, key: Key, pods: Sequence[Mapping[str, Any]], service: Mapping[str, Any] | None
-    ) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
-        """The index's children with this process's unconfirmed writes laid over them."""
+        self,
+        key: Key,
+        pods: Sequence[Mapping[str, Any]],
+        services: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """The index's children (pods; the job's service or services) with this process's unconfirmed writes laid
+        over them."""
         now = self.clock()
         children: dict[tuple[str, str], Mapping[str, Any]] = {("Pod", podlib.name(p)): p for p in pods}
-        if service is not None:
+        if isinstance(services, Mapping):
+            services = [services]
+        for service in services or ():
             children[("Service", podlib.name(service))] = service
         created = self._created.get(key, {})
         for which, (at, obj) in list(created.items()):
@@ -92,5 +98,5 @@ class Expectations:
         for table in (self._created, self._deleted):
             if not table.get(key, True):
                 del table[key]
-        services = [obj for (kind, _), obj in children.items() if kind == "Service"]
-        return [obj for (kind, _), obj in children.items() if kind == "Pod"], (services[0] if services else None)
+        found = [obj for (kind, _), obj in children.items() if kind == "Service"]
+        return [obj for (kind, _), obj in children.items() if kind == "Pod"], found

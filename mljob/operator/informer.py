@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mljob.core import children as podlib
-from mljob.core.names import LABEL_JOB, Key
+from mljob.core.kinds import MLJOB, JobKind
+from mljob.core.names import Key
 from mljob.kube import SYNC, Api, inform
 from mljob.operator.discovery import watched_placement
 
@@ -47,10 +48,13 @@ def _where(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 class ChildIndex:
-    """One kind's objects that an MLJob controls, slimmed, by (namespace, job name)."""
+    """One kind's objects that a job of ``owner`` kind (an MLJob) controls, slimmed, by (namespace, job name)."""
 
-    def __init__(self, slim: Callable[[Mapping[str, Any]], dict[str, Any]] = podlib.slim) -> None:
+    def __init__(
+        self, slim: Callable[[Mapping[str, Any]], dict[str, Any]] = podlib.slim, owner: JobKind = MLJOB
+    ) -> None:
         self.slim = slim
+        self.owner = owner
         self._by_job: dict[Key, dict[str, dict[str, Any]]] = {}
         self._job_of: dict[tuple[str, str], Key] = {}
         """(namespace, name) -> the job it is indexed under: an ownerReference can be edited away."""
@@ -69,7 +73,7 @@ class ChildIndex:
         if before is not None:
             self._remove(before, name)
             touched.append(before)
-        owner = podlib.controller_name(obj)
+        owner = podlib.controller_name(obj, self.owner)
         if owner is None:
             return touched
         key = (namespace, owner)
@@ -90,7 +94,7 @@ class ChildIndex:
         touched: set[Key] = set()
         seen: set[tuple[str, str]] = set()
         for obj in items:
-            owner = podlib.controller_name(obj)
+            owner = podlib.controller_name(obj, self.owner)
             if owner is None:
                 continue
             where = _where(obj)
@@ -145,10 +149,14 @@ class Informer:
         plural: str,
         namespaces: Sequence[str] | None,
         changed: Changed,
+        owner: JobKind = MLJOB,
     ) -> None:
-        """``namespaces`` None: every namespace; names and patterns otherwise (patterns: one cluster-wide watch)."""
-        self.kind, self.api, self.changed = kind, api, changed
-        self.index = ChildIndex(functools.partial(podlib.slim_of, kind))
+        """``namespaces`` None: every namespace; names and patterns otherwise (patterns: one cluster-wide watch).
+
+        ``owner``: the kind of job whose children these are (its label selector, its ownerReferences).
+        """
+        self.kind, self.api, self.changed, self.owner = kind, api, changed, owner
+        self.index = ChildIndex(functools.partial(podlib.slim_of, kind), owner)
         base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
         if namespaces is None or any(is_pattern(ns) for ns in namespaces):
             self._paths: list[tuple[str, str | None]] = [(f"{base}/{plural}", None)]
@@ -174,12 +182,12 @@ class Informer:
 
     def _keep(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """What a list keeps of an object: the slim copy of a child of a job in a namespace watched."""
-        if podlib.controller_name(obj) is None or not self._wanted(_where(obj)[0]):
+        if podlib.controller_name(obj, self.owner) is None or not self._wanted(_where(obj)[0]):
             return None
         return self.index.slim(obj)
 
     async def _follow(self, path: str, namespace: str | None) -> None:
-        params = {"labelSelector": LABEL_JOB}
+        params = {"labelSelector": self.owner.selector()}
         async for event, payload in inform(self.api, path, params, what=f"{self.kind.lower()}s", keep=self._keep):
             if event == SYNC:
                 touched = self.index.replace(payload, namespace)
@@ -209,11 +217,13 @@ def informers(controller: Controller, namespaces: Sequence[str] | None) -> list[
         controller.trigger(key)
 
     kinds = [("Pod", "v1", "pods"), ("Service", "v1", "services"), *watched_placement(controller.placement)]
-    watches = {kind: Informer(controller.api, kind, gv, plural, namespaces, changed) for kind, gv, plural in kinds}
+    owner = controller.kind
+    watches = {
+        kind: Informer(controller.api, kind, gv, plural, namespaces, changed, owner) for kind, gv, plural in kinds
+    }
 
-    def children(key: Key) -> tuple[list[Mapping[str, Any]], Mapping[str, Any] | None]:
-        services = watches["Service"].index.get(key)
-        return list(watches["Pod"].index.get(key)), (services[0] if services else None)
+    def children(key: Key) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        return list(watches["Pod"].index.get(key)), list(watches["Service"].index.get(key))
 
     def placed(key: Key) -> dict[str, Mapping[str, Any]]:
         found: dict[str, Mapping[str, Any]] = {}

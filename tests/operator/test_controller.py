@@ -80,7 +80,7 @@ class FakeApi:
             return existed
         return self.pods.pop(name, None) is not None
 
-    async def patch_job(self, namespace, name, rv, patch, status=False) -> dict[str, Any]:
+    async def patch_job(self, namespace, name, rv, patch, status=False, kind=None) -> dict[str, Any]:
         self.calls.append(("patch-status" if status else "patch", str(rv)))
         self._maybe_fail("patch")
         if rv != self.job["metadata"]["resourceVersion"]:
@@ -93,7 +93,7 @@ class FakeApi:
         self.job["metadata"]["resourceVersion"] = str(int(rv) + 1)
         return copy.deepcopy(self.job)
 
-    async def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+    async def delete_job(self, namespace: str, name: str, uid: str, kind: Any = None) -> bool:
         self.calls.append(("delete-job", name))
         return True
 
@@ -301,7 +301,7 @@ async def test_a_plugin_that_blows_up_fails_only_its_job():
     api = FakeApi(job_body())
     c = await started(api)
 
-    def explode(job, plugins, placement=None, limits=None):
+    def explode(job, plugins, placement=None, limits=None, kind=None):
         raise RuntimeError("unexpected")
 
     import mljob.operator.controller as controller_module
