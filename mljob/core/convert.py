@@ -24,17 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mljob.api import API_VERSION, KIND
+from mljob.core.kubeflow.kinds import KINDS as KUBEFLOW
 from mljob.framework import Problem
 
 KUBEFLOW_GROUP = "kubeflow.org"
-KINDS = {
-    "TFJob": ("tensorflow", "tfReplicaSpecs"),
-    "PyTorchJob": ("pytorch", "pytorchReplicaSpecs"),
-    "MXJob": ("mxnet", "mxReplicaSpecs"),
-    "XGBoostJob": ("xgboost", "xgbReplicaSpecs"),
-    "JAXJob": ("jax", "jaxReplicaSpecs"),
-    "PaddleJob": ("paddle", "paddleReplicaSpecs"),
-}
+KINDS = {k.kind: (k.framework, k.replica_specs_field) for k in KUBEFLOW.values()}
+"""Kind -> (the framework it maps to, its replica-specs field), from the facts of :mod:`mljob.core.kubeflow.kinds`."""
 ROLES = {
     "tensorflow": ("Chief", "Master", "PS", "Worker", "Evaluator"),
     "pytorch": ("Master", "Worker"),

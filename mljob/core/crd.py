@@ -4,11 +4,14 @@ The models are the one source of truth; this module only translates pydantic's J
 a Kubernetes *structural* schema (no ``$ref``, a ``type`` on every node, ``nullable`` instead of
 ``anyOf [X, null]``, no ``additionalProperties: false`` — the API server prunes unknown fields
 and ``kubectl --validate=strict`` reports them). ``crds/mljob.io_mljobs.yaml`` holds the output
-of ``mljob crd``; a test fails when the two drift.
+of ``mljob crd``; a test fails when the two drift. :func:`structural` is the translation, reused for the
+Kubeflow kinds' CRDs (:mod:`mljob.core.kubeflow.crd`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -65,66 +68,95 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return {**_resolve(target, defs), **{k: v for k, v in node.items() if k != "$ref"}}
 
 
-def _structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    """One JSON Schema node as a structural schema node; ``path`` names it for OPAQUE and errors."""
-    node = _resolve(node, defs)
-    nullable = False
-    if "anyOf" in node and sorted(str(o.get("type")) for o in node["anyOf"]) == ["integer", "string"]:
-        # `int | str`: a Kubernetes quantity or port, which the API server types as int-or-string.
-        description = node.get("description") or "An integer or a string, e.g. a quantity: 2, 500m, 4Gi."
-        return {"description": description, "x-kubernetes-int-or-string": True}
-    if "anyOf" in node:
-        options = [_resolve(option, defs) for option in node["anyOf"]]
-        kept = [option for option in options if option.get("type") != "null"]
-        if len(kept) != 1 or len(options) != 2:
-            raise SchemaError(f"{'.'.join(path)}: only `X | None` unions map to a structural schema")
-        nullable = True
-        node = {**{k: v for k, v in node.items() if k != "anyOf"}, **kept[0], "description": node.get("description")}
-    out: dict[str, Any] = {}
-    if node.get("description"):
-        out["description"] = node["description"]
-    if _matches_opaque(path):
-        out.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+def structural(
+    node: dict[str, Any],
+    defs: dict[str, Any],
+    path: tuple[str, ...],
+    *,
+    opaque: Collection[tuple[str, ...]] = OPAQUE,
+    nullable: bool = True,
+) -> dict[str, Any]:
+    """One JSON Schema node (of pydantic's ``model_json_schema``) as a structural schema node.
+
+    ``path`` names the node (``("spec", "replicaSpecs", "*", "template")``: ``*`` for a map value or a list item)
+    for ``opaque`` and for errors; a node whose path matches an ``opaque`` pattern becomes an object that keeps
+    unknown fields. ``nullable`` marks the ``X | None`` fields ``nullable: true`` (MLJob's CRD); without it a
+    null is pruned by the API server like an absent field, as controller-gen's CRDs have it (Kubeflow's kinds).
+    A node that declares ``x-kubernetes-int-or-string`` itself is kept as the model wrote it.
+    """
+    return _Translator(frozenset(opaque), nullable).node(node, defs, path)
+
+
+@dataclass(frozen=True)
+class _Translator:
+    opaque: frozenset[tuple[str, ...]]
+    nullable: bool
+
+    def node(self, node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        node = _resolve(node, defs)
+        nullable = False
+        if node.get("x-kubernetes-int-or-string"):
+            return {k: v for k, v in node.items() if k != "title"}
+        if "anyOf" in node and sorted(str(o.get("type")) for o in node["anyOf"]) == ["integer", "string"]:
+            # `int | str`: a Kubernetes quantity or port, which the API server types as int-or-string.
+            description = node.get("description") or "An integer or a string, e.g. a quantity: 2, 500m, 4Gi."
+            return {"description": description, "x-kubernetes-int-or-string": True}
+        if "anyOf" in node:
+            options = [_resolve(option, defs) for option in node["anyOf"]]
+            kept = [option for option in options if option.get("type") != "null"]
+            if len(kept) != 1 or len(options) != 2:
+                raise SchemaError(f"{'.'.join(path)}: only `X | None` unions map to a structural schema")
+            if kept[0].get("x-kubernetes-int-or-string"):
+                return self.node({**kept[0], "description": node.get("description")}, defs, path)
+            nullable = self.nullable
+            node = {
+                **{k: v for k, v in node.items() if k != "anyOf"},
+                **kept[0],
+                "description": node.get("description"),
+            }
+        out: dict[str, Any] = {}
+        if node.get("description"):
+            out["description"] = node["description"]
+        if self._matches_opaque(path):
+            out.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+            return out
+        if "type" not in node and "const" not in node:
+            raise SchemaError(f"{'.'.join(path)}: no type (an Any field?); a structural schema needs one")
+        out["type"] = node.get("type", "string")
+        if "const" in node:
+            out["enum"] = [node["const"]]
+        for key, value in node.items():
+            if key in _DROPPED or key in ("description", "type", "properties", "items", "required", "default"):
+                continue
+            out[key] = value
+        if nullable:
+            out["nullable"] = True
+        if "default" in node and node["default"] is not None:
+            # Structural defaults are applied by the API server, so `kubectl get -o yaml` shows them.
+            out["default"] = node["default"]
+        if out["type"] == "object":
+            self._object(node, out, defs, path)
+        elif out["type"] == "array":
+            out["items"] = self.node(node["items"], defs, (*path, "*"))
         return out
-    if "type" not in node and "const" not in node:
-        raise SchemaError(f"{'.'.join(path)}: no type (an Any field?); a structural schema needs one")
-    out["type"] = node.get("type", "string")
-    if "const" in node:
-        out["enum"] = [node["const"]]
-    for key, value in node.items():
-        if key in _DROPPED or key in ("description", "type", "properties", "items", "required", "default"):
-            continue
-        out[key] = value
-    if nullable:
-        out["nullable"] = True
-    if "default" in node and node["default"] is not None:
-        # Structural defaults are applied by the API server, so `kubectl get -o yaml` shows them.
-        out["default"] = node["default"]
-    if out["type"] == "object":
-        _object(node, out, defs, path)
-    elif out["type"] == "array":
-        out["items"] = _structural(node["items"], defs, (*path, "*"))
-    return out
 
+    def _object(self, node: dict[str, Any], out: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> None:
+        extra = node.get("additionalProperties")
+        properties = node.get("properties")
+        if properties:
+            out["properties"] = {name: self.node(sub, defs, (*path, name)) for name, sub in properties.items()}
+            if node.get("required"):
+                out["required"] = list(node["required"])
+        elif isinstance(extra, dict) and extra:
+            out["additionalProperties"] = self.node(extra, defs, (*path, "*"))
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
 
-def _object(node: dict[str, Any], out: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> None:
-    extra = node.get("additionalProperties")
-    properties = node.get("properties")
-    if properties:
-        out["properties"] = {name: _structural(sub, defs, (*path, name)) for name, sub in properties.items()}
-        if node.get("required"):
-            out["required"] = list(node["required"])
-    elif isinstance(extra, dict) and extra:
-        out["additionalProperties"] = _structural(extra, defs, (*path, "*"))
-    else:
-        out["x-kubernetes-preserve-unknown-fields"] = True
-
-
-def _matches_opaque(path: tuple[str, ...]) -> bool:
-    return any(
-        len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
-        for pattern in OPAQUE
-    )
+    def _matches_opaque(self, path: tuple[str, ...]) -> bool:
+        return any(
+            len(pattern) == len(path) and all(p in ("*", q) for p, q in zip(pattern, path, strict=True))
+            for pattern in self.opaque
+        )
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -132,10 +164,10 @@ def openapi_schema() -> dict[str, Any]:
     schema = MLJob.model_json_schema(by_alias=True)
     defs: dict[str, Any] = schema.get("$defs", {})
     properties = schema["properties"]
-    spec = _structural(properties["spec"], defs, ("spec",))
+    spec = structural(properties["spec"], defs, ("spec",))
     spec["properties"]["framework"]["x-kubernetes-validations"] = FRAMEWORK_RULES
     spec["x-kubernetes-validations"] = SPEC_RULES
-    status = _structural(properties["status"], defs, ("status",))
+    status = structural(properties["status"], defs, ("status",))
     conditions = status["properties"]["conditions"]
     # One condition per type (Kubernetes convention), merged by type under server-side apply.
     conditions["x-kubernetes-list-type"] = "map"

@@ -167,7 +167,7 @@ def _kubernetes(job: MLJob, owner: dict[str, Any]) -> list[dict[str, Any]]:
         "kind": "Workload",
         "metadata": _meta(job, owner),
         "spec": {
-            "controllerRef": {"apiGroup": "mljob.io", "kind": "MLJob", "name": job.name},
+            "controllerRef": {"apiGroup": owner["apiVersion"].split("/")[0], "kind": owner["kind"], "name": job.name},
             "podGroupTemplates": [{"name": POD_GROUP_TEMPLATE, "schedulingPolicy": gang, **constraints, **priority}],
         },
     }

@@ -82,6 +82,9 @@ class Plan:
     """Succeeded or Failed when the job finished in this pass (for metrics)."""
     patches: tuple[StatusPatch, ...] = ()
     """Status the job reports on objects it owns but does not create pods from (Kueue's Workload)."""
+    updates: tuple[dict[str, Any], ...] = ()
+    """Objects the job owns whose spec follows the job's (a gang's PodGroup after ``minAvailable`` changed):
+    their ``spec`` is merge-patched as rendered; one that does not exist yet is left to be created."""
     accepted: bool = False
     """The job's Created condition turned True in this pass (for metrics: once per job)."""
     running_after: float | None = None
@@ -97,6 +100,7 @@ class Plan:
             or self.events
             or self.delete_job
             or self.patches
+            or self.updates
         )
 
 
@@ -137,6 +141,7 @@ class Draft:
         self.deletes: dict[str, Delete] = {}
         self.events: list[Event] = []
         self.patches: list[StatusPatch] = []
+        self.updates: list[dict[str, Any]] = []
         self.wake: list[datetime] = []
         self.delete_job = False
         self.counted = 0
@@ -217,6 +222,7 @@ class Draft:
             restarts=self.counted,
             finished=self.finished,
             patches=tuple(self.patches),
+            updates=tuple(self.updates),
             accepted=self.accepted,
             running_after=self.running_after,
         )

@@ -254,6 +254,11 @@ def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[st
     if seen.missing and "PodGroup" not in draft.placed:
         # The gang's objects first, so no pod is ever scheduled outside its group.
         draft.creates.extend(desired.placement)
+    generation = draft.job.metadata.generation
+    if draft.old.observed_generation not in (None, generation):
+        # The spec moved since the status was last written (minAvailable lowered to let a gang start): what the
+        # gang's scheduler reads follows it. Its pods, which never change, are not touched.
+        draft.updates.extend(desired.placement)
     if hold is None:
         draft.creates.extend(queueing.steer(draft, p, flavors) for p in seen.missing)
     elif seen.missing:

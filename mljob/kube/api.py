@@ -260,6 +260,18 @@ class Api:
         path = object_path(api_version, kind, namespace, name) + "/status"
         return await self.request("PATCH", path, body, "application/merge-patch+json")
 
+    async def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """JSON merge patch of one object the operator creates; False when it does not exist."""
+        try:
+            await self.request(
+                "PATCH", object_path(api_version, kind, namespace, name), patch, "application/merge-patch+json"
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
     async def get_cluster_object(self, group_version: str, plural: str, name: str) -> dict[str, Any] | None:
         """Read one cluster-scoped object (a Kueue ResourceFlavor); None when there is none."""
         try:

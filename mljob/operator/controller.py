@@ -353,6 +353,9 @@ class Controller:
         outcomes: list[Any] = list(
             await asyncio.gather(*(self._create(key, body, obj, framework) for obj in grouped), return_exceptions=True)
         )
+        for obj in result.updates:  # after their creates: a gang's PodGroup follows the job's spec
+            if not any(isinstance(o, BaseException) for o in outcomes):
+                outcomes += await asyncio.gather(self._update(key, obj), return_exceptions=True)
         if not any(isinstance(o, BaseException) for o in outcomes):
             outcomes += await asyncio.gather(
                 *(self._delete(key, d, framework) for d in result.deletes),
@@ -362,6 +365,13 @@ class Controller:
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         done = [o for o in outcomes if isinstance(o, str)]
         return errors, list(_summaries(done))
+
+    async def _update(self, key: Key, obj: Mapping[str, Any]) -> None:
+        """Merge-patch the spec of an object the job owns; one that is gone is the next pass's to create."""
+        meta = obj["metadata"]
+        patch = {"spec": obj["spec"]}
+        if await self.api.patch(str(obj["apiVersion"]), str(obj["kind"]), key[0], str(meta["name"]), patch):
+            logger.info("%s/%s: updated %s %s: the job's spec changed", *key, str(obj["kind"]).lower(), meta["name"])
 
     def _remember(self, key: Key, fresh: Mapping[str, Any]) -> None:
         if fresh.get("metadata") and key in self.jobs:

@@ -37,11 +37,10 @@ from typing import Any
 import aiohttp
 
 from mljob import kube
-from mljob.api import GROUP, PLURAL, VERSION
 from mljob.operator.controller import Controller
 from mljob.operator.informer import informers
 from mljob.operator.kopfcompat import NoDiffBase, kopf, kopf_pause
-from mljob.operator.webhook import WebhookOptions, review, write_key_pair
+from mljob.operator.webhook import WebhookOptions, handler_id, review, write_key_pair
 
 logger = logging.getLogger("mljob.operator")
 
@@ -52,13 +51,16 @@ def build_registry(
     peering_lifetime: int = 7,
     namespaces: Sequence[str] | None = None,
     peering: bool = False,
+    others: Sequence[Controller] = (),
 ) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to ``controller`` (no import-time registration).
 
     ``namespaces`` None: every namespace. ``peering``: the replica may be paused, and must know when.
+    ``others``: a controller for each further kind served (Kubeflow's: ``--kubeflow``), each with its own watches.
     """
     registry = kopf.OperatorRegistry()
-    watches = informers(controller, namespaces)
+    controllers = [controller, *others]
+    watches = [watch for c in controllers for watch in informers(c, namespaces)]
     tasks: list[asyncio.Task[None]] = []
 
     # Ids are explicit: a nested function's default id is its qualified name. Every handler is a coroutine:
@@ -101,37 +103,55 @@ def build_registry(
             if pause is not None and pause.is_on():
                 await pause.wait_for(False)
 
-        controller.ready = ready
-        tasks[:] = [asyncio.create_task(watch.run(), name=f"mljob {watch.kind} watch") for watch in watches]
-        await controller.start()
+        for c in controllers:
+            c.ready = ready
+        tasks[:] = [
+            asyncio.create_task(watch.run(), name=f"mljob {watch.owner.kind} {watch.kind} watch") for watch in watches
+        ]
+        for c in controllers:
+            await c.start()
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def shutdown(**_: Any) -> None:
-        await controller.stop()
+        for c in controllers:
+            await c.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    if webhook is not None:
-
-        @kopf.on.validate(
-            GROUP, VERSION, PLURAL, id="review", operations=["CREATE", "UPDATE"], ignore_failures=True,
-            registry=registry,
-        )  # fmt: skip
-        async def review_job(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
-            lines = review(body, old, controller.plugins, controller.limits, controller.placement)
-            if lines:
-                controller.metrics.admission("denied")
-                raise kopf.AdmissionError("the MLJob is invalid:\n" + "\n".join(lines), code=422)
-            controller.metrics.admission("allowed")
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="job_event", registry=registry)
-    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.job_event(event.get("type"), event["object"])
+    for c in controllers:
+        if webhook is not None:
+            _review(registry, c)
+        _events(registry, c)
 
     if list(registry._changing.get_all_handlers()):  # what NoDiffBase relies on (kopf has no public way to ask)
         raise AssertionError("a change-detecting handler needs kopf's diff base: see NoDiffBase")
     return registry
+
+
+def _review(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """The admission review of the controller's kind (kopf serves it at ``/<handler id>``)."""
+    kind = controller.kind
+
+    @kopf.on.validate(
+        kind.group, kind.version, kind.plural, id=handler_id(kind), operations=["CREATE", "UPDATE"],
+        ignore_failures=True, registry=registry,
+    )  # fmt: skip
+    async def review_job(body: kopf.Body, old: kopf.Body | None = None, **_: Any) -> None:
+        lines = review(body, old, controller.plugins, controller.limits, controller.placement, kind)
+        if lines:
+            controller.metrics.admission("denied")
+            raise kopf.AdmissionError(f"the {kind.kind} is invalid:\n" + "\n".join(lines), code=422)
+        controller.metrics.admission("allowed")
+
+
+def _events(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Every watch event of the controller's kind goes to the controller."""
+    kind = controller.kind
+
+    @kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}_event", registry=registry)
+    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.job_event(event.get("type"), event["object"])
 
 
 async def run_kopf(

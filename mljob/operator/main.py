@@ -16,6 +16,9 @@ from typing import Any
 
 from mljob import kube
 from mljob.api import GangScheduler
+from mljob.core.kinds import MLJOB
+from mljob.core.kubeflow.door import GROUP as KUBEFLOW_GROUP
+from mljob.core.kubeflow.door import KUBEFLOW_KINDS, VERSION, KubeflowJobKind
 from mljob.core.validation import DEFAULT_LIMITS, Limits
 from mljob.kube import Api, Credentials
 from mljob.operator.controller import Controller
@@ -28,6 +31,7 @@ from mljob.operator.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
 from mljob.plugins import Plugins, load_plugins
 
 logger = logging.getLogger("mljob.operator")
+GROUP_VERSION = f"{KUBEFLOW_GROUP}/{VERSION}"
 SCOPE = "give --namespace NS (repeatable) or --all-namespaces, and --peering NAME or --standalone"
 
 
@@ -57,6 +61,8 @@ class Options:
     """What one job may ask for (replicas, pods, name length); refused by the webhook and the operator alike."""
     webhook: WebhookOptions | None = None
     """Serve the validating admission webhook (None: status-level validation only)."""
+    kubeflow: tuple[str, ...] = ()
+    """Kubeflow's ``kubeflow.org/v1`` kinds to serve beside MLJob (``--kubeflow``): TFJob, PyTorchJob, ..."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -88,16 +94,22 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
     async with Api(credentials, concurrency=options.api_concurrency) as api:
         api.observe = metrics.api_request
         placement = await discover_placement(api, options.gang_scheduler)
-        controller = Controller(
-            api, plugins, metrics, workers=options.workers, placement=placement, limits=options.limits
-        )
+        kinds = [KUBEFLOW_KINDS[name] for name in options.kubeflow]
+        await _require_crds(api, kinds)
+        controller, *others = [
+            Controller(
+                api, plugins, metrics, workers=options.workers, placement=placement, limits=options.limits, kind=k
+            )
+            for k in (MLJOB, *kinds)
+        ]
         namespaces = None if options.all_namespaces else list(options.namespaces)
         server = None
         if options.webhook is not None:
             cert, key = await shared_key_pair(api, options.webhook.secret, options.webhook.hosts())
-            await register(api, options.webhook, cert, list(namespaces or ()))
+            await register(api, options.webhook, cert, list(namespaces or ()), [MLJOB, *kinds])
             server = webhook_server(options.webhook, cert, key)
-        registry = build_registry(controller, server, options.peering_lifetime, namespaces, bool(options.peering))
+        peering = bool(options.peering)
+        registry = build_registry(controller, server, options.peering_lifetime, namespaces, peering, others)
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
         priority = None
         if options.peering:
@@ -105,7 +117,8 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             for problem in await api.ensure_peering(options.peering, list(namespaces or ())):
                 logger.warning("could not create the peering object (kopf will report it): %s", problem)
         mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
-        logger.info("watching MLJobs in %s (%s)", scope, mode)
+        served = ", ".join(["MLJobs", *(f"{k.kind}s" for k in kinds)])
+        logger.info("watching %s in %s (%s)", served, scope, mode)
         await run_kopf(
             registry,
             options.namespaces,
@@ -115,6 +128,30 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             stop,
             options.health_port,
         )
+
+
+async def _require_crds(api: Api, kinds: Sequence[KubeflowJobKind]) -> None:
+    """Refuse to start when a kind asked for has no CRD: every event of it would fail, and quietly."""
+    missing = [k.kind for k in kinds if not await api.served(k.api_version, (k.plural,))]
+    if missing:
+        raise SystemExit(
+            f"--kubeflow: the API server does not serve {', '.join(missing)} ({GROUP_VERSION}); install the "
+            "CRDs first: kubectl apply --server-side -f crds/kubeflow/ (or deploy/kubeflow/)"
+        )
+
+
+def kubeflow_kinds(value: str) -> tuple[str, ...]:
+    """``--kubeflow``'s value: ``all`` or kinds separated by commas, any case (``pytorchjob,tfjob``)."""
+    by_lower = {name.lower(): name for name in KUBEFLOW_KINDS}
+    if value.strip().lower() == "all":
+        return tuple(KUBEFLOW_KINDS)
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [n for n in names if n.lower() not in by_lower]
+    if unknown or not names:
+        raise ValueError(
+            f"--kubeflow {value!r}: {', '.join(unknown) or 'no kind'} is not one of all, {', '.join(KUBEFLOW_KINDS)}"
+        )
+    return tuple(dict.fromkeys(by_lower[n.lower()] for n in names))
 
 
 def run(options: Options) -> None:
@@ -153,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--health-port", type=int, help="serve /healthz (liveness and readiness) on this port")
     add_limit_and_webhook_arguments(parser)
+    parser.add_argument(
+        "--kubeflow",
+        type=kubeflow_kinds,
+        default=(),
+        metavar="KINDS",
+        help="also serve Kubeflow's kubeflow.org/v1 kinds: all, or a list such as PyTorchJob,TFJob "
+        f"(of {', '.join(KUBEFLOW_KINDS)}); their CRDs are in crds/kubeflow/",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     if args.peering and args.standalone:
@@ -171,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             verbose=args.verbose,
             limits=Limits(args.max_replicas, args.max_pods, args.max_name_length),
             webhook=webhook_options(args),
+            kubeflow=args.kubeflow,
         )
     )
 

@@ -19,14 +19,16 @@ import base64
 import datetime
 import ipaddress
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mljob.api import GROUP, PLURAL, VERSION
 from mljob.core.desired import Placement, placement_problems
+from mljob.core.kinds import MLJOB, JobKind
+from mljob.core.kubeflow import admission as kubeflow_admission
 from mljob.core.validation import DEFAULT_LIMITS, Limits, check_document
+from mljob.framework import Problem
 from mljob.kube import Api, ApiError
 from mljob.plugins import Plugins
 
@@ -66,15 +68,31 @@ def review(
     plugins: Plugins,
     limits: Limits = DEFAULT_LIMITS,
     placement: Placement | None = None,
+    kind: JobKind = MLJOB,
 ) -> list[str]:
-    """Why the API server must refuse this MLJob, one ``field.path: what is wrong`` line each; [] to admit."""
+    """Why the API server must refuse this job, one ``field.path: what is wrong`` line each; [] to admit.
+
+    A Kubeflow kind gets Kubeflow's own webhook checks (:mod:`mljob.core.kubeflow.admission`: names, replica types,
+    ``managedBy``), then mljob's on what it maps to, with the kind's field paths.
+    """
     if old is not None and old.get("spec") == body.get("spec"):
         return []  # metadata or status only: the operator's own ledger, a label; the spec was reviewed
     document = {key: value for key, value in body.items() if key != "status"}
+    problems: list[Problem] = []
+    if kind is not MLJOB:
+        problems += kubeflow_admission.review(kind.kind, document, old)
+        if problems:
+            return [str(p) for p in problems]
+        view, unmapped = kind.view(document)
+        problems += unmapped
+        document = dict(view)
     checked = check_document(document, plugins, limits)
-    problems = list(checked.problems)
+    problems += [Problem(kind.path_of(p.path), p.message) for p in checked.problems]
     if checked.job is not None and not problems:
-        problems += placement_problems(checked.job, placement or Placement())
+        problems += [
+            Problem(kind.path_of(p.path), p.message)
+            for p in placement_problems(checked.job, placement or Placement(), kind)
+        ]
     return [str(p) for p in problems]
 
 
@@ -151,25 +169,43 @@ async def shared_key_pair(api: Api, secret: str, hosts: list[str]) -> tuple[byte
 
 
 WEBHOOK_PATH = "/review"
-"""kopf serves each handler at /<handler id>; the operator's one handler is ``review``."""
+"""kopf serves each handler at /<handler id>; the MLJob handler is ``review``."""
 
 
-def configuration(options: WebhookOptions, ca: bytes, namespaces: list[str]) -> dict[str, Any]:
-    """The ValidatingWebhookConfiguration that sends MLJob creates and updates in the operator's namespaces to it.
+def handler_id(kind: JobKind) -> str:
+    """The id (and so the path) of the review handler of ``kind``: ``review``, ``review-pytorchjobs``..."""
+    return "review" if kind is MLJOB else f"review-{kind.plural}"
+
+
+def configuration(
+    options: WebhookOptions, ca: bytes, namespaces: list[str], kinds: Sequence[JobKind] = (MLJOB,)
+) -> dict[str, Any]:
+    """The ValidatingWebhookConfiguration that sends creates and updates of the kinds served, in the operator's
+    namespaces, to it: one webhook per kind.
 
     Written by the operator itself (server-side apply), not by kopf: kopf's managed configuration has no
     namespace selector, and an operator that watches some namespaces must not judge jobs in the others.
     """
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": options.config, "labels": {"app.kubernetes.io/managed-by": "mljob-operator"}},
+        "webhooks": [_webhook(options, ca, namespaces, kind) for kind in kinds],
+    }
+
+
+def _webhook(options: WebhookOptions, ca: bytes, namespaces: list[str], kind: JobKind) -> dict[str, Any]:
+    path = "/" + handler_id(kind)
     bundle = base64.b64encode(ca).decode()
     client: dict[str, Any]
     if options.service:
         namespace, name = options.service.split("/", 1)
-        service = {"namespace": namespace, "name": name, "port": options.port, "path": WEBHOOK_PATH}
+        service = {"namespace": namespace, "name": name, "port": options.port, "path": path}
         client = {"service": service, "caBundle": bundle}
     else:
-        client = {"url": f"https://{options.host or '127.0.0.1'}:{options.port}{WEBHOOK_PATH}", "caBundle": bundle}
+        client = {"url": f"https://{options.host or '127.0.0.1'}:{options.port}{path}", "caBundle": bundle}
     hook: dict[str, Any] = {
-        "name": "review.mljob.io",
+        "name": "review.mljob.io" if kind is MLJOB else f"{kind.plural}.{kind.group}.review.mljob.io",
         "admissionReviewVersions": ["v1"],
         "sideEffects": "None",
         "failurePolicy": "Ignore",
@@ -177,9 +213,9 @@ def configuration(options: WebhookOptions, ca: bytes, namespaces: list[str]) -> 
         "timeoutSeconds": 10,
         "rules": [
             {
-                "apiGroups": [GROUP],
-                "apiVersions": [VERSION],
-                "resources": [PLURAL],
+                "apiGroups": [kind.group],
+                "apiVersions": [kind.version],
+                "resources": [kind.plural],
                 "operations": ["CREATE", "UPDATE"],
                 "scope": "Namespaced",
             }
@@ -190,21 +226,19 @@ def configuration(options: WebhookOptions, ca: bytes, namespaces: list[str]) -> 
         hook["namespaceSelector"] = {
             "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(namespaces)}]
         }
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": options.config, "labels": {"app.kubernetes.io/managed-by": "mljob-operator"}},
-        "webhooks": [hook],
-    }
+    return hook
 
 
-async def register(api: Api, options: WebhookOptions, ca: bytes, namespaces: list[str]) -> None:
+async def register(
+    api: Api, options: WebhookOptions, ca: bytes, namespaces: list[str], kinds: Sequence[JobKind] = (MLJOB,)
+) -> None:
     """Apply the configuration (every replica applies the same one: idempotent)."""
     path = (
         f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{options.config}"
         "?fieldManager=mljob-operator&force=true"
     )
-    await api.request("PATCH", path, configuration(options, ca, namespaces), "application/apply-patch+yaml")
+    body = configuration(options, ca, namespaces, kinds)
+    await api.request("PATCH", path, body, "application/apply-patch+yaml")
 
 
 def write_key_pair(cert: bytes, key: bytes) -> tuple[Path, Path]:

@@ -54,7 +54,8 @@ def webhook_world(world: Any) -> Any:
     ns = w.kube.namespace
     w.operator.extra_args = [
         "--webhook", "--webhook-port", str(free_port()), "--webhook-host", "127.0.0.1",
-        "--webhook-secret", f"{ns}/mljob-webhook", "--webhook-config", f"mljob-{ns}"[:63], "--max-replicas", "8",
+        "--webhook-secret", f"{ns}/mljob-webhook", "--webhook-config", f"mljob-{ns}"[:63].rstrip("-"),
+        "--max-replicas", "8",
     ]  # fmt: skip
     w.operator.start()
     return w
@@ -90,7 +91,7 @@ def test_kubectl_apply_of_a_bad_job_fails_at_once_with_every_field_path(world, e
     b.submit(E2EJob("good", "pytorch", {"Master": Role(1), "Worker": Role(2)}))
     b.wait_phase("good", "Succeeded")
     shown = kubectl(
-        e2e, b.namespace, "get", "validatingwebhookconfiguration", f"mljob-{b.namespace}"[:63], "-o", "yaml"
+        e2e, b.namespace, "get", "validatingwebhookconfiguration", f"mljob-{b.namespace}"[:63].rstrip("-"), "-o", "yaml"
     )
     config = yaml.safe_load(shown.stdout)
     (hook,) = config["webhooks"]

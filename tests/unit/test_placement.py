@@ -324,3 +324,26 @@ def test_without_topology_or_gang_placement_is_left_to_the_scheduler():
     for pod in (o for o in children(job()) if o["kind"] == "Pod"):
         assert set(pod["spec"]) & {"affinity", "nodeSelector", "schedulerName", "schedulingGroup"} == set()
         assert not set(pod["metadata"].get("annotations") or {}) & {"scheduling.k8s.io/group-name"}
+
+
+def test_a_gangs_pod_group_follows_min_available_when_the_spec_changes():
+    """Kubeflow's gang e2e test: created with minAvailable 10, lowered to 2 by a merge patch, then it must start."""
+    from datetime import UTC, datetime
+
+    from mljob.api import MLJobStatus
+    from mljob.core.reconcile import plan
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    j = job({"gangScheduler": "coscheduling", "minAvailable": 2})
+    j = j.model_copy(update={"metadata": j.metadata.model_copy(update={"generation": 1})})
+    desired = desire(j, load_plugins(), Placement())
+    pods = [_observed(p, f"p{i}", status={"phase": "Pending"}) for i, p in enumerate(desired.pods)]
+    service = _observed(desired.service or {}, "s")
+    first = plan(j, desired, pods, service, now)
+    seen = j.model_copy(update={"status": MLJobStatus.model_validate(first.status)})
+    assert plan(seen, desired, pods, service, now).updates == ()  # the generation the status saw: nothing to do
+    moved = seen.model_copy(update={"metadata": seen.metadata.model_copy(update={"generation": 2})})
+    result = plan(moved, desired, pods, service, now)
+    assert [(o["kind"], o["spec"]["minMember"]) for o in result.updates] == [("PodGroup", 2)]
+    assert result.creates == ()  # its pods are not touched
+    assert (result.status or {})["observedGeneration"] == 2  # so the next pass does not update again

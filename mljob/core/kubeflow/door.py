@@ -28,8 +28,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mljob.api import API_VERSION, KIND, MLJobStatus, format_time
-from mljob.core.convert import KINDS, convert
+from mljob.core.convert import convert
 from mljob.core.kinds import JobKind, Labels
+from mljob.core.kubeflow.kinds import KINDS
 from mljob.core.names import pod_name
 from mljob.core.status import merge_diff
 from mljob.framework import Framework, Problem, Replica
@@ -79,14 +80,6 @@ LEADS: dict[str, Leads] = {
     "JAXJob": lambda specs, r: r.index == 0,
     "PaddleJob": lambda specs, r: r.role == "Master",
 }
-PLURALS = {
-    "TFJob": "tfjobs",
-    "PyTorchJob": "pytorchjobs",
-    "MXJob": "mxjobs",
-    "XGBoostJob": "xgboostjobs",
-    "JAXJob": "jaxjobs",
-    "PaddleJob": "paddlejobs",
-}
 OPTIONS = {"nprocPerNode": "spec.nprocPerNode", "successPolicy": "spec.successPolicy"}
 """``frameworkOptions`` keys and the Kubeflow field each comes from."""
 
@@ -108,14 +101,14 @@ class KubeflowJobKind(JobKind):
 
     @classmethod
     def of(cls, kind: str) -> KubeflowJobKind:
-        framework, specs_field = KINDS[kind]
-        controller = f"{kind.lower()}-controller"
+        facts = KINDS[kind]
+        controller = f"{kind.lower()}-controller"  # each controller's controllerName
         return cls(
             kind=kind,
-            plural=PLURALS[kind],
+            plural=facts.plural,
             labels=Labels(**LABELS, constant={OPERATOR_LABEL: controller}),  # type: ignore[arg-type]
-            framework=framework,
-            specs_field=specs_field,
+            framework=facts.framework,
+            specs_field=facts.replica_specs_field,
             fqdn=kind == "TFJob",
             leads_rule=LEADS[kind],
         )
