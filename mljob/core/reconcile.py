@@ -83,7 +83,7 @@ def plan(
     if job.metadata.deletion_timestamp:
         return Plan()  # the garbage collector removes the children with the job
     draft = Draft(job, now, pods, services, placed, desired.kind)
-    queue = queueing.queue_name(job)
+    queue = queueing.queue_name(job) if desired.kind.owns_workload else None  # else Kueue's own integration
     if terminal(draft.old):
         _after_finish(draft, desired)
     elif not desired.ok:

@@ -216,7 +216,10 @@ def informers(controller: Controller, namespaces: Sequence[str] | None) -> list[
             controller.expectations.observed(key, kind, obj)
         controller.trigger(key)
 
-    kinds = [("Pod", "v1", "pods"), ("Service", "v1", "services"), *watched_placement(controller.placement)]
+    placement = [
+        w for w in watched_placement(controller.placement) if w[0] != "Workload" or controller.kind.owns_workload
+    ]
+    kinds = [("Pod", "v1", "pods"), ("Service", "v1", "services"), *placement]
     owner = controller.kind
     watches = {
         kind: Informer(controller.api, kind, gv, plural, namespaces, changed, owner) for kind, gv, plural in kinds
