@@ -1,4 +1,4 @@
-# The operator image that deploy/operator.yaml runs: the core and the framework plugins.
+# The operator image that deploy/base/operator.yaml runs: the core and the framework plugins.
 # The operator needs no ML framework (the plugins only compute wiring), so the image stays small;
 # training images are the users' own, named in each MLJob's pod templates.
 FROM python:3.11-slim
@@ -10,10 +10,11 @@ COPY plugins/tensorflow plugins/tensorflow
 COPY plugins/mxnet plugins/mxnet
 COPY plugins/jax plugins/jax
 COPY plugins/xgboost plugins/xgboost
+COPY plugins/paddle plugins/paddle
 # Not a framework: it adds a TensorBoard sidecar only to jobs that ask by annotation (plugins/tensorboard/README.md).
 COPY plugins/tensorboard plugins/tensorboard
 RUN pip install --no-cache-dir . ./plugins/pytorch ./plugins/tensorflow ./plugins/mxnet ./plugins/jax ./plugins/xgboost \
-    ./plugins/tensorboard \
+    ./plugins/paddle ./plugins/tensorboard \
     && rm -rf /src
 WORKDIR /
 # Not root: the operator only talks to the API server.

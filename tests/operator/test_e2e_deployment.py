@@ -7,6 +7,7 @@ so a manifest the API server or kustomize refuses fails here.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ KUBECTL = BIN / "kubectl"
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+    return [d for d in yaml.safe_load_all((DEPLOY / "base" / name).read_text()) if d]
 
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -199,6 +200,59 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_operator_runs_as_its
         kubectl(admin, "delete", f"validatingwebhookconfiguration/{config}", check=False)
         kube.delete_namespace()
         # Not `delete -k`: that would take the session's MLJob CRD, and every job, with it.
+        kubectl(admin, "-n", "mljob-system", "delete", "deployment/mljob-operator", "--wait=false", check=False)
+
+
+def test_deploy_kubeflow_serves_kubeflows_kinds_as_its_service_account(e2e, tmp_path):
+    """`kubectl apply --server-side -k deploy/kubeflow/`: deploy/ plus Kubeflow's CRDs, their RBAC and --kubeflow=all;
+    the operator, as the ServiceAccount and with the Deployment's own flag, runs a PyTorchJob, no request refused."""
+    if e2e.control_plane is None:
+        pytest.skip("applies deploy/kubeflow cluster-wide: only on the local control plane")
+    admin = e2e.kubeconfig
+    applied = kubectl(admin, "apply", "--server-side", "--force-conflicts", "-k", str(DEPLOY / "kubeflow"))
+    for kind in ("customresourcedefinition.apiextensions.k8s.io/pytorchjobs.kubeflow.org",
+                 "clusterrole.rbac.authorization.k8s.io/mljob-operator-kubeflow"):  # fmt: skip
+        assert kind in applied.stdout, applied.stdout
+    kubectl(admin, "wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=60s")
+    deployment = json.loads(
+        kubectl(admin, "-n", "mljob-system", "get", "deployment/mljob-operator", "-o", "json").stdout
+    )
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--kubeflow=all" in command
+    token = kubectl(admin, "-n", "mljob-system", "create", "token", "mljob-operator", "--duration=1h").stdout.strip()
+    user = "system:serviceaccount:mljob-system:mljob-operator"
+    sa = e2e.control_plane.token_kubeconfig(token, user, tmp_path / "sa.kubeconfig")
+    kube = Kube(admin, "e2e-deploy-kubeflow", kwok=e2e.kwok)
+    kube.create_namespace()
+    mark = e2e.audit.mark()
+    operator = OperatorProcess(sa, "", tmp_path / "operator.log", ["--namespace", kube.namespace, "--kubeflow=all"])
+    operator.start()
+    try:
+        template = {
+            "metadata": {"annotations": {"kwok.mljob.io/runs": "0@0.5"}},
+            "spec": {"containers": [{"name": "pytorch", "image": "busybox:1.36"}]},
+        }
+        job = {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "PyTorchJob",
+            "metadata": {"name": "as-sa", "namespace": kube.namespace},
+            "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": template}}},
+        }
+        kube.custom.create_namespaced_custom_object("kubeflow.org", "v1", kube.namespace, "pytorchjobs", job)
+
+        def succeeded() -> bool:
+            found = kube.custom_get("kubeflow.org/v1", "pytorchjobs", "as-sa") or {}
+            conditions = (found.get("status") or {}).get("conditions") or ()
+            return any(c["type"] == "Succeeded" and c["status"] == "True" for c in conditions)
+
+        kube.wait(succeeded, what="the PyTorchJob to succeed under the ServiceAccount")
+        mine = e2e.audit.requests(mark, user=user)
+        refused = [r for r in mine if r.code == 403 and r.namespace in ("", kube.namespace, "mljob-system")]
+        assert refused == [], refused
+        assert {r.key for r in mine} >= {("watch", "pytorchjobs"), ("patch", "pytorchjobs/status"), ("create", "pods")}
+    finally:
+        operator.stop()
+        kube.delete_namespace()
         kubectl(admin, "-n", "mljob-system", "delete", "deployment/mljob-operator", "--wait=false", check=False)
 
 

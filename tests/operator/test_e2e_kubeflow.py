@@ -26,9 +26,9 @@ def kubeflow_crds(e2e: Any) -> None:
     if e2e.control_plane is None:
         pytest.skip("installs CRDs cluster-wide: only on the local control plane")
     cp = e2e.control_plane
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-f", str(CRDS))
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-k", str(CRDS))
     names = [
-        f"crd/{doc['metadata']['name']}" for path in CRDS.glob("*.yaml") for doc in yaml.safe_load_all(path.read_text())
+        f"crd/{doc['metadata']['name']}" for path in CRDS.glob("kubeflow.org_*.yaml") for doc in yaml.safe_load_all(path.read_text())
     ]
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 

@@ -47,7 +47,7 @@ def test_the_six_crds_serve_kubeflows_examples_with_kubeflows_columns(e2e, tmp_p
     admin = e2e.kubeconfig
     if e2e.control_plane is None:
         pytest.skip("installs CRDs cluster-wide: only on the local control plane")
-    kubectl(admin, "apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-f", str(CRDS))
+    kubectl(admin, "apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-k", str(CRDS))
     names = [f"crd/{kind.crd_name}" for kind in KINDS.values()]
     kubectl(admin, "wait", "--for=condition=Established", "--timeout=60s", *names)
     kubectl(admin, "create", "namespace", NAMESPACE)

@@ -7,7 +7,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).parents[2] / "deploy"
+DEPLOY = Path(__file__).parents[2] / "deploy" / "base"
 K8S_VERSION = "1.37"
 BUILT_IN = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1"}
 
