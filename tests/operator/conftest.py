@@ -30,6 +30,7 @@ from harness import History, Kube, OperatorProcess, Watcher
 from controlplane import ControlPlane
 from controlplane.audit import AuditLog, Request
 from controlplane.proxy import FaultProxy
+from controlplane.waiting import until
 
 SHARED = "e2e-s-"
 PRIVATE = "e2e-p-"
@@ -167,6 +168,26 @@ class World:
 
 
 ADDON_CRDS = ("kueue", "scheduler-plugins", "volcano")
+KUBEFLOW_CRDS = Path(__file__).resolve().parents[2] / "crds" / "kubeflow"
+
+
+@pytest.fixture(scope="session")
+def kubeflow_crds(e2e: Session) -> list[str]:
+    """mljob's CRDs of Kubeflow's six kinds (crds/kubeflow/), Established; they stay (a CRD is deleted slowly)."""
+    cp = e2e.control_plane
+    if cp is None:
+        pytest.skip("installs CRDs cluster-wide: only on the local control plane")
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-k", str(KUBEFLOW_CRDS))
+    names = [f"{plural}.kubeflow.org" for plural in ("tfjobs", "pytorchjobs", "mxjobs", "xgboostjobs", "jaxjobs",
+                                                      "paddlejobs")]  # fmt: skip
+
+    def established() -> bool:  # not `kubectl wait`: it fails on a CRD whose status the server has not written yet
+        path = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status} {end}'
+        found = dict(pair.split("=", 1) for pair in cp.kubectl("get", "crd", "-o", f"jsonpath={path}").split())
+        return all(found.get(n) == "True" for n in names)
+
+    until(established, 60, "Kubeflow's CRDs to be Established")
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -7,30 +7,14 @@ asked for are never touched.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from controlplane.cluster import free_port
 from tests.operator.harness import Kube
 
-CRDS = Path(__file__).resolve().parents[2] / "crds" / "kubeflow"
 RUNS = "kwok.mljob.io/runs"
-
-
-@pytest.fixture(scope="module")
-def kubeflow_crds(e2e: Any) -> None:
-    """The six CRDs, from crds/kubeflow/, Established (they stay: deleting a CRD is asynchronous)."""
-    if e2e.control_plane is None:
-        pytest.skip("installs CRDs cluster-wide: only on the local control plane")
-    cp = e2e.control_plane
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-k", str(CRDS))
-    names = [
-        f"crd/{doc['metadata']['name']}" for path in CRDS.glob("kubeflow.org_*.yaml") for doc in yaml.safe_load_all(path.read_text())
-    ]
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
 
 def pytorchjob(name: str, masters: int = 1, workers: int = 2, runs: str = "0@1", **run_policy: Any) -> dict[str, Any]:
@@ -110,14 +94,19 @@ def test_a_pytorchjob_runs_to_succeeded_written_as_training_operator_writes_it(e
     # Kubeflow's webhook rules, with the field: refused at create once the webhook answers.
     bad = pytorchjob("bad", managedBy="kueue.x-k8s.io/other-controller")
     refused = b.wait(
+        # --dry-run=server: until the webhook answers, failurePolicy Ignore would let the bad job in for good.
         lambda: (
-            (r := kubectl(e2e, b.namespace, "create", "-f", "-", stdin=yaml.safe_dump(bad))).returncode != 0
+            (
+                r := kubectl(e2e, b.namespace, "create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(bad))
+            ).returncode
+            != 0
             and r.stderr
         ),
         what="the webhook to refuse a managedBy Kubeflow does not allow",
     )
     assert "spec.runPolicy.managedBy" in refused
     assert "kueue.x-k8s.io/multikueue" in refused  # the allowed values are named
+    assert kubectl(e2e, b.namespace, "create", "-f", "-", stdin=yaml.safe_dump(bad)).returncode != 0
 
     elsewhere = create(b, "pytorchjobs", pytorchjob("remote", managedBy="kueue.x-k8s.io/multikueue"))
     create(b, "pytorchjobs", pytorchjob("mnist"))
