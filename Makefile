@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 MXVENV := .venv-mxnet
 BIN := $(VENV)/bin
-PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/tensorboard
+PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/paddle -e plugins/tensorboard
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
 .PHONY: setup setup-mxnet controlplane browser agent-tools cluster cluster-kwok example test test-fast lint crds bench-smoke bench clean
@@ -22,6 +22,16 @@ $(MXVENV)/bin/mljob: pyproject.toml requirements/mxnet.txt plugins/mxnet/pyproje
 
 setup: $(BIN)/mljob
 setup-mxnet: $(MXVENV)/bin/mljob
+
+# Kubeflow training-operator's own end-to-end suite as each kubeflow-training wheel ships it (test/e2e), in an
+# environment per version (the wheels pin kubernetes<36): tests/kubeflow/suite.py and bench/kubeflow_suite.py run it.
+KUBEFLOW_E2E_VERSIONS := 1.9.4 1.8.1
+.venv-kubeflow-%/bin/pytest: requirements/kubeflow-e2e.txt
+	$(PYTHON) -m venv .venv-kubeflow-$*
+	PIP_DISABLE_PIP_VERSION_CHECK=1 .venv-kubeflow-$*/bin/pip install -q -r requirements/kubeflow-e2e.txt kubeflow-training==$*
+	touch $@
+
+setup-kubeflow-e2e: $(foreach v,$(KUBEFLOW_E2E_VERSIONS),.venv-kubeflow-$(v)/bin/pytest)
 
 # Debian's Chromium for the web UI's browser tests (tests/operator/test_e2e_ui.py): Playwright drives it through
 # executable_path and downloads no browser of its own. Root installs it; anyone else through sudo.
@@ -66,11 +76,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy mljob controlplane plugins/pytorch/mljob_pytorch plugins/tensorflow/mljob_tensorflow plugins/mxnet/mljob_mxnet \
-		plugins/jax/mljob_jax plugins/xgboost/mljob_xgboost plugins/tensorboard/mljob_tensorboard
+		plugins/jax/mljob_jax plugins/xgboost/mljob_xgboost plugins/paddle/mljob_paddle plugins/tensorboard/mljob_tensorboard
 	$(BIN)/lint-imports
 
 crds: setup
 	$(BIN)/mljob crd > crds/mljob.io_mljobs.yaml
+	$(BIN)/python -m mljob.core.kubeflow.crd crds/kubeflow
 
 # bench/headtohead.py: mljob beside Kubeflow's training-operator v1.8.1 and the raw limit (bench/README.md).
 bench-smoke: setup controlplane
@@ -89,7 +100,7 @@ bench: setup controlplane
 # included), a benchmark smoke. The two Python environments and the control plane are set up side by side:
 # pip waits on the network, the Go build on the CPU.
 test:
-	$(MAKE) -j3 setup setup-mxnet controlplane browser agent-tools
+	$(MAKE) -j3 setup setup-mxnet setup-kubeflow-e2e controlplane browser agent-tools
 	$(MAKE) lint
 	$(BIN)/python -m pytest -p tests.no_skip
 	$(MAKE) bench-smoke

@@ -94,6 +94,13 @@ CASES = [
         {"master-0": "succeeded", "worker-0": "succeeded", "worker-1": "succeeded"},
         same_model=True,
     ),
+    Example(
+        "paddle-distributed",  # paddle's launcher on each node prints its trainer's output through the replica
+        ("worker-0", "worker-1", "worker-2"),
+        6.0,
+        {"worker-0": "succeeded", "worker-1": "succeeded", "worker-2": "succeeded"},
+        same_model=True,
+    ),
 ]
 MODEL = re.compile(r" model=(?P<digest>[0-9a-f]+)")
 

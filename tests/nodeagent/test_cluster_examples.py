@@ -1,4 +1,5 @@
-"""The five examples through the whole chain on the local cluster, as a person runs them after ``make cluster``.
+"""The issue's five examples and Paddle's through the whole chain on the local cluster, as a person runs them after
+``make cluster``.
 
 ``kubectl apply -k`` of each example's overlay (controlplane/examples.py: its job.yaml verbatim, plus workingDir and,
 for MXNet, PATH), the real operator (``mljob operator``), the real scheduler, two node agents running every pod in a
@@ -63,7 +64,8 @@ def _local_examples() -> ModuleType:
 
 
 LOCAL = _local_examples()
-CASES = [c for c in LOCAL.CASES if c.folder not in ("jax-distributed", "xgboost-distributed")]  # the issue's five
+# The issue's five, and paddle-distributed: its rendezvous pod names its own IP through the downward API.
+CASES = [c for c in LOCAL.CASES if c.folder not in ("jax-distributed", "xgboost-distributed")]
 TIMES: dict[str, float] = {}
 
 
