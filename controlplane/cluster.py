@@ -9,7 +9,8 @@ Pod logs are real: kwok's kubelet-like HTTPS server (on loopback, with a serving
 answers the API server's pod log endpoint (`GET .../pods/POD/log`, what `kubectl logs` and `mljob logs` read),
 because every Node says it is at 127.0.0.1 with kwok's port as its kubelet endpoint. kwok runs no containers,
 so a pod has a log only when a test gives it one: :meth:`ControlPlane.give_log` writes a file and a kwok ``Logs``
-object naming it; a pod with no ``Logs`` object has none, and the API server relays kwok's error.
+object naming it; a pod with no ``Logs`` object has none, and the API server relays kwok's error. (Every pod in the
+namespaces of Kubeflow's own end-to-end suite has an empty log: stages/kubeflow-e2e.yaml.)
 
 Every process is started with a parent-death signal, so even a SIGKILLed test run leaves none behind; a normal
 stop sends SIGTERM, then SIGKILL after a grace period, and waits for each.
@@ -78,10 +79,15 @@ class Node:
     memory: str = "256Gi"
     pods: str = "1000"
     gpus: str = "0"
+    ephemeral_storage: str = "100Gi"
+    """Every kubelet reports it (the node agent too); a pod that asks for some (training-operator's MPIJob launcher
+    does) is unschedulable on a Node without it."""
     labels: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
-        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
+        capacity = {
+            "cpu": self.cpu, "memory": self.memory, "pods": self.pods, "ephemeral-storage": self.ephemeral_storage,
+        }  # fmt: skip
         if self.gpus != "0":
             capacity["nvidia.com/gpu"] = self.gpus
         labels = {
@@ -352,7 +358,12 @@ class ControlPlane:
                     "internalCertManagement": {"enable": False},
                     "clientConnection": {"qps": 100, "burst": 200},
                     "featureGates": {"VisibilityOnDemand": False},
-                    "integrations": {"frameworks": ["batch/job"], "externalFrameworks": ["MLJob.v1alpha1.mljob.io"]},
+                    # Kueue's own integrations of Kubeflow's kinds, which mljob also serves (--kubeflow): Kueue makes
+                    # their Workloads and flips runPolicy.suspend itself. Their CRDs must exist before Kueue starts.
+                    "integrations": {
+                        "frameworks": ["batch/job", "kubeflow.org/pytorchjob", "kubeflow.org/tfjob"],
+                        "externalFrameworks": ["MLJob.v1alpha1.mljob.io"],
+                    },
                 }
             )
         )

@@ -191,8 +191,9 @@ def kubeflow_crds(e2e: Session) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def kueue(e2e: Session) -> ControlPlane:
-    """The session's control plane with Kueue running (started by the first test that asks)."""
+def kueue(e2e: Session, kubeflow_crds: list[str]) -> ControlPlane:
+    """The session's control plane with Kueue running (started by the first test that asks), Kubeflow's CRDs
+    installed first: Kueue's kubeflow.org/pytorchjob and tfjob integrations need them when it starts."""
     cp = e2e.control_plane
     if cp is None:
         pytest.skip("Kueue is started on the local control plane; install it in your cluster to test it there")
