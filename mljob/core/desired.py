@@ -95,7 +95,7 @@ def desire(
     fields (``spec.pytorchReplicaSpecs.Worker...`` for a PyTorchJob).
     """
     placement = placement or Placement()
-    checked = check_job(job, plugins, limits)
+    checked = check_job(job, plugins, limits, gang_may_wait=kind.gang_may_wait)
     framework = checked.framework
     problems = list(checked.problems)
     backend = gang_scheduler(job, placement.default)

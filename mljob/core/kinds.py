@@ -58,6 +58,9 @@ class JobKind:
     """Kubeflow's shape: a headless Service per replica, named like its pod. Else ONE per job, named like it."""
     owns_workload: bool = True
     """mljob makes the job's Kueue Workload (MLJob); False where Kueue's own integration does (Kubeflow's kinds)."""
+    gang_may_wait: bool = False
+    """A ``minAvailable`` above the job's replicas is accepted, the gang waiting until it is lowered (Kubeflow's
+    kinds: its own gang e2e test creates such a job, then patches it); for an MLJob it is an error."""
 
     @property
     def api_version(self) -> str:

@@ -251,12 +251,14 @@ def parse_job(doc: Any) -> tuple[MLJob | None, list[Problem]]:
         return None, pydantic_problems(error)
 
 
-def check_document(doc: Any, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> Checked:
-    """Parse and fully check one document."""
+def check_document(
+    doc: Any, plugins: Plugins, limits: Limits = DEFAULT_LIMITS, *, gang_may_wait: bool = False
+) -> Checked:
+    """Parse and fully check one document (``gang_may_wait``: see :func:`check_job`)."""
     job, problems = parse_job(doc)
     if job is None:
         return Checked(problems=problems + _raw_template_problems(doc, problems))
-    return check_job(job, plugins, limits)
+    return check_job(job, plugins, limits, gang_may_wait=gang_may_wait)
 
 
 def _raw_template_problems(doc: Any, found: list[Problem]) -> list[Problem]:
@@ -278,8 +280,12 @@ def _raw_template_problems(doc: Any, found: list[Problem]) -> list[Problem]:
     return problems
 
 
-def check_job(job: MLJob, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> Checked:
-    """Every problem with an already-parsed job: limits, names, roles, templates, wiring, options, plugins."""
+def check_job(job: MLJob, plugins: Plugins, limits: Limits = DEFAULT_LIMITS, *, gang_may_wait: bool = False) -> Checked:
+    """Every problem with an already-parsed job: limits, names, roles, templates, wiring, options, plugins.
+
+    ``gang_may_wait``: a ``minAvailable`` above the job's replicas is accepted (the gang waits until it is lowered),
+    as Kubeflow accepts it for its kinds; for an MLJob it is an error.
+    """
     too_big = list(limit_problems(job, limits))
     if too_big:  # nothing else is checked (or rendered) for a job over the platform's limits
         return Checked(job, plugins.framework(job.spec.framework), too_big)
@@ -293,7 +299,7 @@ def check_job(job: MLJob, plugins: Plugins, limits: Limits = DEFAULT_LIMITS) -> 
                 Problem("spec.framework", f"unknown framework {job.spec.framework!r}{hint}; installed: {installed}")
             ],
         )
-    problems = list(_core_problems(job, framework))
+    problems = list(_core_problems(job, framework, gang_may_wait))
     if problems:
         return Checked(job, framework, problems)
     try:
@@ -332,7 +338,7 @@ def _plugin_call(framework: Framework, hook: str, call: Any) -> list[Problem]:
         raise PluginError(framework.name, hook, error) from error
 
 
-def _core_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
+def _core_problems(job: MLJob, framework: Framework, gang_may_wait: bool = False) -> Iterator[Problem]:
     meta = job.metadata
     if meta.generate_name:
         yield Problem("metadata.generateName", "not supported: an MLJob needs a stable metadata.name")
@@ -346,7 +352,7 @@ def _core_problems(job: MLJob, framework: Framework) -> Iterator[Problem]:
     yield from _options_problems(job, framework)
     policy = job.spec.run_policy.scheduling_policy
     total = sum(spec.replicas for spec in job.spec.replica_specs.values())
-    if policy is not None and policy.min_available is not None and policy.min_available > total:
+    if policy is not None and policy.min_available is not None and policy.min_available > total and not gang_may_wait:
         yield Problem(
             "spec.runPolicy.schedulingPolicy.minAvailable",
             f"{policy.min_available} is more than the job's {total} replicas",

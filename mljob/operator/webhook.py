@@ -86,7 +86,7 @@ def review(
         view, unmapped = kind.view(document)
         problems += unmapped
         document = dict(view)
-    checked = check_document(document, plugins, limits)
+    checked = check_document(document, plugins, limits, gang_may_wait=kind.gang_may_wait)
     problems += [Problem(kind.path_of(p.path), p.message) for p in checked.problems]
     if checked.job is not None and not problems:
         problems += [

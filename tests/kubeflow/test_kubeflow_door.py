@@ -247,3 +247,19 @@ def test_a_status_training_operator_wrote_is_read_and_continued() -> None:
     new = _apply(body, patch)["status"]
     assert merge_diff(body["status"]["conditions"][0], new["conditions"][0]) == {}  # Created kept as written
     assert new["startTime"] == "2025-12-31T23:59:00Z"
+
+
+def test_a_gang_larger_than_the_job_waits_instead_of_failing() -> None:
+    """Kubeflow's gang e2e test creates a job with minAvailable 10 of 2 replicas, then lowers it with a patch."""
+    body = pytorchjob()
+    body["spec"]["runPolicy"]["schedulingPolicy"] = {"minAvailable": 10}
+    door = KUBEFLOW_KINDS["PyTorchJob"]
+    view, _ = door.view(body)
+    job, _ = parse_job(dict(view))
+    assert job is not None
+    from mljob.api import GangScheduler
+    from mljob.core.desired import Placement
+
+    desired = desire(job, PLUGINS, Placement(default=GangScheduler.COSCHEDULING), kind=door)
+    assert desired.problems == ()
+    assert [(o["kind"], o["spec"]["minMember"]) for o in desired.placement] == [("PodGroup", 10)]

@@ -92,6 +92,7 @@ class KubeflowJobKind(JobKind):
     version: str = VERSION
     service_per_replica: bool = True
     owns_workload: bool = False
+    gang_may_wait: bool = True
     framework: str = ""
     """The mljob framework plugin that wires the kind's replicas."""
     specs_field: str = ""
