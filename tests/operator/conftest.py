@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from harness import History, Kube, OperatorProcess, Watcher
 
-from controlplane import ControlPlane
+from controlplane import ControlPlane, StartError
 from controlplane.audit import AuditLog, Request
 from controlplane.proxy import FaultProxy
 from controlplane.waiting import until
@@ -183,7 +183,11 @@ def kubeflow_crds(e2e: Session) -> list[str]:
 
     def established() -> bool:  # not `kubectl wait`: it fails on a CRD whose status the server has not written yet
         path = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status} {end}'
-        found = dict(pair.split("=", 1) for pair in cp.kubectl("get", "crd", "-o", f"jsonpath={path}").split())
+        try:
+            listed = cp.kubectl("get", "crd", "-o", f"jsonpath={path}")
+        except StartError:  # so does this filter while any CRD's status.conditions is still null: not yet
+            return False
+        found = dict(pair.split("=", 1) for pair in listed.split())
         return all(found.get(n) == "True" for n in names)
 
     until(established, 60, "Kubeflow's CRDs to be Established")
