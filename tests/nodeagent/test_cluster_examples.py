@@ -11,6 +11,13 @@ One LocalCluster (controlplane/localcluster.py) for the module. The issue's thre
 test_operator.py (a replica killed with 137 under ExitCode, OnFailure restarts against backoffLimit, deletion
 stopping every process) run here again, unchanged, on this cluster's namespaced network: the module overrides
 conftest's ``cluster`` and ``agent`` fixtures with it.
+
+The PyTorch DDP and TF ParameterServer examples run again as the PyTorchJob and TFJob a user of Kubeflow's
+training-operator writes (:func:`kubeflow_job`: job.yaml with ``replicaSpecs`` renamed and ``framework`` dropped),
+served by the same operator (``--kubeflow PyTorchJob,TFJob``, crds/kubeflow installed), and driven by Kubeflow's own
+``kubeflow-training`` SDK alone (tests/nodeagent/kubeflow_sdk_driver.py, in ``.venv-kubeflow-1.9.4``):
+``create_job``, ``wait_for_job_conditions``, ``is_job_succeeded`` and ``get_job_logs``, whose RESULT lines are checked
+as ``mljob run``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import ipaddress
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,10 +39,11 @@ from typing import Any
 
 import pytest
 import test_operator as on_host
+import yaml
 from agentkit import core
 
 from controlplane.cluster import BIN, ControlPlane
-from controlplane.examples import EXAMPLES, write_overlay
+from controlplane.examples import EXAMPLES, patches, write_overlay
 from controlplane.localcluster import LocalCluster
 from controlplane.waiting import until
 from mljob.nodeagent.network import missing_privileges
@@ -41,6 +51,12 @@ from mljob.nodeagent.network import missing_privileges
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = str(BIN / "kubectl")
 NAMESPACE = "examples"
+KUBEFLOW_NAMESPACE = "kubeflow-examples"
+"""Where the examples run as Kubeflow jobs, under the examples' names (the MLJobs' finished pods keep the same pod
+names in ``examples``)."""
+KUBEFLOW_KINDS = ("PyTorchJob", "TFJob")
+SDK_PYTHON = ROOT / ".venv-kubeflow-1.9.4" / "bin" / "python"
+SDK_DRIVER = Path(__file__).with_name("kubeflow_sdk_driver.py")
 DEADLINE = 300.0
 """Seconds a job may take from apply to Succeeded: generous for 2 shared cores (they take 2-11 s here)."""
 
@@ -67,6 +83,14 @@ LOCAL = _local_examples()
 # The issue's five, and paddle-distributed: its rendezvous pod names its own IP through the downward API.
 CASES = [c for c in LOCAL.CASES if c.folder not in ("jax-distributed", "xgboost-distributed")]
 TIMES: dict[str, float] = {}
+KUBEFLOW = {"pytorch": ("PyTorchJob", "pytorchReplicaSpecs"), "tensorflow": ("TFJob", "tfReplicaSpecs")}
+"""An MLJob's framework -> the Kubeflow v1 kind and its replica specs' field."""
+SDK_MODELS = {"PyTorchJob": "KubeflowOrgV1PyTorchJob", "TFJob": "KubeflowOrgV1TFJob"}
+"""Each kind's model class in the SDK (its ``constants.JOB_PARAMETERS[kind]["model"]``)."""
+MASTERS = {"pytorch-ddp": "master-0", "tensorflow-ps": "chief-0"}
+"""The replica Kubeflow labels ``job-role=master`` (its IsMasterRole), whose log ``get_job_logs`` reads by default."""
+KUBEFLOW_CASES = [c for c in CASES if c.folder in MASTERS]
+SDK_TIMES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +113,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         print(f"local cluster start-up: {cluster.startup_seconds:.1f} s")
         for name, seconds in TIMES.items():
             print(f"{name}: kubectl apply -> Succeeded in {seconds:.1f} s")
+        for name, seconds in SDK_TIMES.items():
+            print(f"{name}: TrainingClient.create_job -> wait_for_job_conditions (1 s polls) in {seconds:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +130,27 @@ def agent(local: LocalCluster) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def operator(local: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """``mljob operator`` for the examples' namespace, for the module."""
+def kubeflow_crds(local: LocalCluster) -> None:
+    """Kubeflow's ``kubeflow.org/v1`` CRDs (crds/kubeflow, as the migration guide installs them), Established."""
+    cp = local.control_plane
+    cp.kubectl("apply", "--server-side", "-k", str(ROOT / "crds" / "kubeflow"))
+    crds = (f"crd/{kind.lower()}s.kubeflow.org" for kind in KUBEFLOW_KINDS)
+    cp.kubectl("wait", "--for=condition=Established", *crds, "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def operator(local: LocalCluster, kubeflow_crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``mljob operator`` for the examples' namespaces, for the module: MLJobs, and PyTorchJobs and TFJobs."""
     cp = local.control_plane
     cp.kubectl("create", "namespace", NAMESPACE)
+    cp.kubectl("create", "namespace", KUBEFLOW_NAMESPACE)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     environ = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "PYTHONUNBUFFERED": "1"}
+    namespaces = ("--namespace", NAMESPACE, "--namespace", KUBEFLOW_NAMESPACE)
+    kubeflow = ("--kubeflow", ",".join(KUBEFLOW_KINDS))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*on_host.MLJOB, "operator", "--namespace", NAMESPACE, "--standalone"],
+            [*on_host.MLJOB, "operator", *namespaces, *kubeflow, "--standalone"],
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -234,6 +272,109 @@ def test_example_trains_through_the_operator(local: LocalCluster, operator: None
 def pod_replicas(cp: ControlPlane, job: str) -> set[str]:
     names = cp.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"mljob.io/job-name={job}", "-o", "name").split()
     return {n.removeprefix(f"pod/{job}-") for n in names}
+
+
+def kubeflow_job(folder: Path) -> dict[str, Any]:
+    """``folder``/job.yaml (an MLJob) as the Kubeflow v1 job a training-operator user writes, for the node agent.
+
+    Generated, not committed beside the example, so it cannot drift from job.yaml: ``replicaSpecs`` becomes the
+    kind's field (``pytorchReplicaSpecs``), ``framework`` goes, ``runPolicy`` stays, the containers keep their names
+    (``pytorch``, ``tensorflow``: the SDK's and Kubeflow's defaults). The node agent's additions are
+    controlplane/examples.py's own patches (workingDir, an image's environment), applied before the rename.
+    """
+    # Through JSON: a YAML alias (tensorflow-ps's ``*pod``) would otherwise be one dict shared by every role.
+    job = json.loads(json.dumps(yaml.safe_load((folder / "job.yaml").read_text())))
+    for patch in patches(job, folder.resolve()):
+        assert patch["op"] == "add", patch
+        *parents, last = patch["path"].split("/")[1:]
+        target = job
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), patch["value"])
+        else:
+            target[last] = patch["value"]
+    spec = job["spec"]
+    kind, specs_field = KUBEFLOW[spec.pop("framework")]
+    replica_specs = spec.pop("replicaSpecs")
+    assert set(spec) <= {"runPolicy"}, f"{folder}/job.yaml: no Kubeflow field for {sorted(set(spec) - {'runPolicy'})}"
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": kind,
+        "metadata": {"name": job["metadata"]["name"]},
+        "spec": {specs_field: replica_specs, **spec},
+    }
+
+
+def sdk_results(out: dict[str, Any]) -> dict[str, re.Match[str]]:
+    """The RESULT lines in the logs the SDK read, by replica (the pod name less the job's), as ``mljob run`` prints
+    them (``[master-0] RESULT ok ...``), so tests/local/test_examples.py's pattern reads them."""
+    logs = dict(out["master_logs"])
+    for by_pod in out["replica_logs"].values():
+        logs.update(by_pod)
+    lines = [
+        f"[{pod.removeprefix(out['name'] + '-')}] {line}" for pod, log in logs.items() for line in log.splitlines()
+    ]
+    return {m["replica"]: m for m in map(LOCAL.RESULT.match, lines) if m}
+
+
+@pytest.mark.parametrize("example", KUBEFLOW_CASES, ids=[c.folder for c in KUBEFLOW_CASES])
+def test_example_trains_as_a_kubeflow_job_through_the_sdk(
+    local: LocalCluster, operator: None, example: Any, tmp_path: Path
+) -> None:
+    """The example as a PyTorchJob / TFJob, created, awaited and read back through Kubeflow's SDK only."""
+    assert SDK_PYTHON.exists(), f"no {SDK_PYTHON.parents[1].name} (Kubeflow's SDK): run `make setup-kubeflow-e2e`"
+    cp = local.control_plane
+    job = kubeflow_job(EXAMPLES / example.folder)
+    (tmp_path / "job.json").write_text(json.dumps(job, indent=1))
+    master = MASTERS[example.folder]
+    others = [r for r in example.checkers if r != master]
+    command = [
+        str(SDK_PYTHON), str(SDK_DRIVER),
+        f"--kubeconfig={cp.kubeconfig}",
+        f"--namespace={KUBEFLOW_NAMESPACE}",
+        f"--job={tmp_path / 'job.json'}",
+        f"--wait-timeout={DEADLINE:.0f}",
+        *(f"--replica={r}" for r in others),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE + 120, check=False)
+    pods = cp.kubectl("get", "pods", "-n", KUBEFLOW_NAMESPACE, "-o", "wide", "--show-labels")
+    assert done.returncode == 0, f"the SDK driver exited {done.returncode}:\n{done.stdout}\n{done.stderr}\n{pods}"
+    (tmp_path / "sdk.json").write_text(done.stdout)  # what the SDK got, kept with the test's files
+    out = json.loads(done.stdout)
+    SDK_TIMES[f"{job['kind']} {example.folder}"] = out["seconds"]
+
+    # What the SDK made of it: its model, Succeeded (the condition it waits for, newest last: its status line reads
+    # conditions[-1]), no restart ever, and the primary replica among the succeeded.
+    assert out["model"] == SDK_MODELS[job["kind"]], out["model"]
+    assert out["succeeded"] is True, out["job"]
+    status = out["job"]["status"]
+    conditions = [c["type"] for c in status["conditions"]]
+    assert conditions[-1] == "Succeeded", status
+    assert "Restarting" not in conditions, status
+    assert "Failed" not in conditions, status
+    role = master.split("-")[0].capitalize()
+    assert status["replicaStatuses"][role].get("succeeded") == 1, status
+    # get_job_logs(is_master=True) read the one master pod, and RESULT lines from every rank that checks.
+    assert out["master_pods"] == [f"{job['metadata']['name']}-{master}"], out["master_pods"]
+    assert list(out["master_logs"]) == out["master_pods"], out["master_logs"]
+    assert all(phase == "Succeeded" for phase in out["replica_phases"].values()), out["replica_phases"]
+    results = sdk_results(out)
+    everything = json.dumps({"master": out["master_logs"], **out["replica_logs"]}, indent=1)
+    assert sorted(results) == sorted(example.checkers), everything
+    for replica, match in results.items():
+        assert match["status"] == "ok", f"{replica}: {match.group(0)}"
+        assert float(match["last"]) < float(match["first"]), f"{replica}: the loss did not fall"
+        assert float(match["allreduce"]) == example.allreduce, f"{replica}: {match.group(0)}"
+    # Then the driver's delete_job: the pods go with the job (a TF job's workers serve until then, as under
+    # training-operator's default cleanPodPolicy None), so no process outlives the test.
+    print(f"{job['kind']} {example.folder}: pods before delete_job: {out['pods_at_end']}")
+    selector = f"training.kubeflow.org/job-name={job['metadata']['name']}"
+    until(
+        lambda: not cp.kubectl("get", "pods", "-n", KUBEFLOW_NAMESPACE, "-l", selector, "-o", "name").strip(),
+        90,
+        f"{example.folder}'s pods to go after delete_job",
+    )
 
 
 # test_operator.py's scenarios, collected again here with the fixtures above, after the examples: the garbage
