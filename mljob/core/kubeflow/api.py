@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
+from mljob import api
 from mljob.api import Model, Time
 
 GROUP = "kubeflow.org"
@@ -112,32 +113,11 @@ class KubeflowModel(Model):
 # --- enums: Kubeflow's constants (plain strings in its CRDs) ------------------------------------------------------
 
 
-class RestartPolicy(StrEnum):
-    """How a replica's pods restart. ExitCode: exit codes 1-127 are permanent, 128-255 retried."""
-
-    ALWAYS = "Always"
-    ON_FAILURE = "OnFailure"
-    NEVER = "Never"
-    EXIT_CODE = "ExitCode"
-
-
-class CleanPodPolicy(StrEnum):
-    """Which pods are deleted when the job finishes."""
-
-    ALL = "All"
-    RUNNING = "Running"
-    NONE = "None"
-
-
-class JobConditionType(StrEnum):
-    """The type of a job condition."""
-
-    CREATED = "Created"
-    RUNNING = "Running"
-    RESTARTING = "Restarting"
-    SUCCEEDED = "Succeeded"
-    SUSPENDED = "Suspended"
-    FAILED = "Failed"
+# Kubeflow's restart and clean-pod policies and condition types are mljob's own, value for value (ExitCode: exit
+# codes 1-127 are permanent, 128-255 retried).
+RestartPolicy = api.RestartPolicy
+CleanPodPolicy = api.CleanPodPolicy
+JobConditionType = api.ConditionType
 
 
 class SuccessPolicy(StrEnum):
