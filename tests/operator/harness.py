@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -528,3 +528,35 @@ class Watcher:
             return have == want
 
         kube.wait(current, timeout, f"the watch history to catch up with {kube.namespace}")
+
+
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
+
+
+@contextlib.contextmanager
+def queue(b: Kube, local: str, cpus: int = 2, node_labels: dict[str, str] | None = None) -> Iterator[str]:
+    """A ResourceFlavor and a ClusterQueue of ``cpus`` CPUs (both named after the namespace) behind LocalQueue
+    ``local`` in ``b``'s namespace; the cluster-scoped two are deleted on the way out."""
+    name = b.namespace[:63]
+    group, version = KUEUE
+    flavor: dict[str, Any] = {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name}}
+    if node_labels:
+        flavor["spec"] = {"nodeLabels": node_labels}
+    b.custom.create_cluster_custom_object(group, version, "resourceflavors", flavor)
+    flavors = [{"name": name, "resources": [{"name": "cpu", "nominalQuota": cpus}]}]
+    b.custom.create_cluster_custom_object(
+        group, version, "clusterqueues",
+        {"apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": name},
+         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": b.namespace}},
+                  "resourceGroups": [{"coveredResources": ["cpu"], "flavors": flavors}]}},
+    )  # fmt: skip
+    b.custom.create_namespaced_custom_object(
+        group, version, b.namespace, "localqueues",
+        {"apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": local, "namespace": b.namespace},
+         "spec": {"clusterQueue": name}},
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        for plural in ("clusterqueues", "resourceflavors"):
+            b.custom.delete_cluster_custom_object(group, version, plural, name)

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import Kube
+from tests.operator.harness import KUEUE, Kube, queue
 
 QUEUE = "research"
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
 
 
 @pytest.fixture
@@ -25,28 +24,8 @@ def queued(kueue, world) -> Iterator[Any]:
     w = world(operator=False)
     w.operator.extra_args = ["--kubeflow", "PyTorchJob"]
     w.operator.start()
-    b = w.kube
-    name = b.namespace[:63]
-    group, version = KUEUE
-    b.custom.create_cluster_custom_object(
-        group, version, "resourceflavors",
-        {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name}},
-    )  # fmt: skip
-    flavors = [{"name": name, "resources": [{"name": "cpu", "nominalQuota": 2}]}]
-    b.custom.create_cluster_custom_object(
-        group, version, "clusterqueues",
-        {"apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": name},
-         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": b.namespace}},
-                  "resourceGroups": [{"coveredResources": ["cpu"], "flavors": flavors}]}},
-    )  # fmt: skip
-    b.custom.create_namespaced_custom_object(
-        group, version, b.namespace, "localqueues",
-        {"apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": b.namespace},
-         "spec": {"clusterQueue": name}},
-    )  # fmt: skip
-    yield w
-    for plural in ("clusterqueues", "resourceflavors"):
-        b.custom.delete_cluster_custom_object(group, version, plural, name)
+    with queue(w.kube, QUEUE):
+        yield w
 
 
 def one_cpu(name: str) -> dict[str, Any]:

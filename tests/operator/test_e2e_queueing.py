@@ -11,39 +11,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import E2EJob, Forever, Kube, Role
+from harness import KUEUE, E2EJob, Forever, Kube, Role, queue
 
 QUEUE = "research"
-KUEUE = ("kueue.x-k8s.io", "v1beta2")
 
 
 @pytest.fixture
 def queued(kueue, world) -> Iterator[Any]:
     """A world whose operator starts after Kueue is installed, with a 2-CPU ClusterQueue behind LocalQueue research."""
     w = world(operator=True)
-    b = w.kube
-    name = b.namespace[:63]
-    group, version = KUEUE
-    b.custom.create_cluster_custom_object(
-        group, version, "resourceflavors",
-        {"apiVersion": "/".join(KUEUE), "kind": "ResourceFlavor", "metadata": {"name": name},
-         "spec": {"nodeLabels": {"topology.kubernetes.io/zone": "zone-b"}}},
-    )  # fmt: skip
-    flavors = [{"name": name, "resources": [{"name": "cpu", "nominalQuota": 2}]}]
-    b.custom.create_cluster_custom_object(
-        group, version, "clusterqueues",
-        {"apiVersion": "/".join(KUEUE), "kind": "ClusterQueue", "metadata": {"name": name},
-         "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": b.namespace}},
-                  "resourceGroups": [{"coveredResources": ["cpu"], "flavors": flavors}]}},
-    )  # fmt: skip
-    b.custom.create_namespaced_custom_object(
-        group, version, b.namespace, "localqueues",
-        {"apiVersion": "/".join(KUEUE), "kind": "LocalQueue", "metadata": {"name": QUEUE, "namespace": b.namespace},
-         "spec": {"clusterQueue": name}},
-    )  # fmt: skip
-    yield w
-    for plural in ("clusterqueues", "resourceflavors"):
-        b.custom.delete_cluster_custom_object(group, version, plural, name)
+    with queue(w.kube, QUEUE, node_labels={"topology.kubernetes.io/zone": "zone-b"}):
+        yield w
 
 
 def one_cpu(name: str) -> E2EJob:
