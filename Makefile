@@ -83,7 +83,7 @@ crds: setup
 	$(BIN)/mljob crd > crds/mljob.io_mljobs.yaml
 	$(BIN)/python -m mljob.core.kubeflow.crd crds/kubeflow
 
-# bench/headtohead.py: mljob beside Kubeflow's training-operator v1.8.1 and the raw limit (bench/README.md).
+# bench/headtohead.py: mljob (on MLJobs, on PyTorchJobs) beside training-operator v1.8.1 and the raw limit (bench/README.md).
 bench-smoke: setup controlplane
 	$(BIN)/python bench/render.py --smoke
 	$(BIN)/python bench/launch.py --smoke

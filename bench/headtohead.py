@@ -2,7 +2,10 @@
 
     python bench/headtohead.py                          # 200 jobs x 4 pods each side, 1,000 jobs for the restart
     python bench/headtohead.py --jobs 20 --restart-jobs 50 --json out.json
-    python bench/headtohead.py --smoke                  # 3 jobs x 2 pods, both operators and the raw limit (CI)
+    python bench/headtohead.py --smoke                  # 3 jobs x 2 pods, every side (CI)
+
+Four sides (bench/sides.py): mljob on MLJobs; mljob on PyTorchJobs (``--kubeflow PyTorchJob``, mljob's own CRD for
+the kind); training-operator on the very same PyTorchJobs; the raw limit.
 
 Each side gets a fresh control plane (controlplane/: etcd, kube-apiserver, controller-manager, scheduler, kwok;
 `make controlplane` builds it, training-operator included) and its own user, so the audit log counts its
@@ -10,10 +13,10 @@ requests apart. On each: the operator starts and opens its watches; the bench cr
 creates in flight) and follows jobs, pods and services by watch; once every pod runs and every job says so,
 an idle window counts what the operator sends while nothing changes; then the bench ends every pod's run
 (kwok's ``kwok.mljob.io/exit`` annotation, exit code 0) and waits for every job to be Succeeded and for the
-operator's cleanup (mljob deletes the job's service; training-operator v1.8.1 deletes nothing at its default
-cleanPodPolicy None). bench/README.md explains each figure. On mljob's control plane the restart scenario
-follows: K more jobs running, the operator stopped and started again, and a new job created at once: how long
-until it acts on that job, and what it writes about the K jobs meanwhile (it should write nothing).
+operator's cleanup (mljob deletes an MLJob's service; at a PyTorchJob's default cleanPodPolicy None, mljob and
+training-operator v1.8.1 delete nothing). bench/README.md explains each figure. On each mljob side's control plane
+the restart scenario follows: K more jobs running, the operator stopped and started again, and a new job created at
+once: how long until it acts on that job, and what it writes about the K jobs meanwhile (it should write nothing).
 
 A benchmark, not a test: it prints numbers and asserts nothing about them. Timings on a busy machine are
 distorted; the load average is printed with the table.
@@ -251,7 +254,7 @@ async def scenario(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "idle_requests": len([r for r in idle if r.verb != "watch"]),
         "idle_cpu_s": idle_cpu_end - idle_cpu,
     }
-    if side.name == "mljob" and args.restart_jobs > 0:
+    if side.restarts and args.restart_jobs > 0:
         result["restart"] = await restart(run, timeline, args)
     return result
 
@@ -349,14 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replicas", type=int, default=4, help="pods per job: a master and workers (default 4)")
     parser.add_argument("--restart-jobs", type=int, default=1000, help="running jobs when mljob restarts (0: skip)")
     parser.add_argument("--restart-replicas", type=int, default=None, help="their pods (default: --replicas)")
-    parser.add_argument("--sides", default="mljob,training-operator,raw", help="which, in order (comma-separated)")
+    parser.add_argument(
+        "--sides", default=",".join(SIDES), help=f"which, in order (comma-separated; default {','.join(SIDES)})"
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle windows (default 10)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let writes settle before a count")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds any one phase may take")
     parser.add_argument("--restart-timeout", type=float, help="seconds to wait for the restarted mljob to act")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit logs)")
-    parser.add_argument("--profile", type=Path, help="sample mljob's and raw's operator with py-spy into this folder")
+    parser.add_argument("--profile", type=Path, help="sample the Python operators (mljob's, raw) with py-spy here")
     parser.add_argument("--smoke", action="store_true", help="3 jobs x 2 pods, 3 for the restart, short windows (CI)")
     args = parser.parse_args(argv)
     if args.profile and not Path(py_spy()).is_file():  # a tool for looking closer, not a dependency of the figures

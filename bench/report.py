@@ -1,7 +1,8 @@
 """The head-to-head bench's tables: the figures side by side, requests by verb and resource, the targets, the restart.
 
-The ratio columns are mljob's figure divided by the other side's, row by row: below 1 is better for a time, a
-cost or a count; above 1 is better for jobs/s.
+The ratio columns are one side's figure divided by another's, row by row: mljob (on MLJobs) over training-operator
+and over the raw limit; mljob on PyTorchJobs over training-operator on the same PyTorchJobs, and over mljob on
+MLJobs (what serving Kubeflow's kind costs). Below 1 is better for a time, a cost or a count; above 1 for jobs/s.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 TO1 = "training-operator"
-NAMES = {"mljob": "mljob", TO1: "TO1 v1.8.1", "raw": "raw limit"}
+PTJ = "mljob-pytorchjob"
+NAMES = {"mljob": "mljob", PTJ: "mljob PyTorchJob", TO1: "TO1 v1.8.1", "raw": "raw limit"}
+RATIOS = (("mljob", TO1), ("mljob", "raw"), (PTJ, TO1), (PTJ, "mljob"))
+"""(numerator, denominator) of each ratio column, where both sides ran."""
 
 
 def grid(rows: Sequence[Sequence[str]]) -> str:
@@ -40,7 +44,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def report(results: dict[str, Any]) -> str:
     sides: dict[str, dict[str, Any]] = results["sides"]
-    order = [s for s in ("mljob", TO1, "raw") if s in sides]
+    order = [s for s in NAMES if s in sides]
     if not order:
         return "no side ran"
     first = sides[order[0]]
@@ -51,18 +55,17 @@ def report(results: dict[str, Any]) -> str:
         f"load average {' '.join(map(str, before['load_average']))} "
         f"before and {' '.join(map(str, after['load_average']))} after ({after['when']})"
     )
-    ratios = [(f"mljob/{NAMES[s]}", s) for s in (TO1, "raw") if s in sides and "mljob" in sides]
+    ratios = [(a, b) for a, b in RATIOS if a in sides and b in sides]
 
     def row(label: str, get: Callable[[dict[str, Any]], float | None], digits: int = 1) -> list[str]:
         cells = [label, *(num(get(sides[s]), digits) for s in order)]
-        mljob = get(sides["mljob"]) if "mljob" in sides else None
-        return cells + [ratio(mljob, get(sides[other])) for _, other in ratios]
+        return cells + [ratio(get(sides[a]), get(sides[b])) for a, b in ratios]
 
     def text(label: str, get: Callable[[dict[str, Any]], str]) -> list[str]:
         return [label, *(get(sides[s]) for s in order), *("" for _ in ratios)]
 
     rows = [
-        ["figure", *(NAMES[s] for s in order), *(name for name, _ in ratios)],
+        ["figure", *(NAMES[s] for s in order), *(f"{NAMES[a]}/{NAMES[b]}" for a, b in ratios)],
         row("time to every pod Running (s)", lambda r: r["running_s"], 2),
         row("jobs/s to every pod Running", lambda r: r["jobs_per_s"], 1),
         row("every job Running in its status (s)", lambda r: r["jobs_running_status_s"], 2),
@@ -92,9 +95,9 @@ def report(results: dict[str, Any]) -> str:
     rows = [["verb resource", *(NAMES[s] for s in order)]]
     rows += [[k, *(num(sides[s]["requests"].get(k, 0) / sides[s]["jobs"], 2) for s in order)] for k in keys]
     parts += [grid(rows), "", "targets (printed, never asserted):", grid(targets(sides))]
-    restart = sides.get("mljob", {}).get("restart")
-    if restart:
-        parts += ["", restart_table(restart)]
+    restarted = {s: sides[s]["restart"] for s in order if sides[s].get("restart")}
+    if restarted:
+        parts += ["", restart_table(restarted)]
     return "\n".join(parts)
 
 
@@ -151,24 +154,34 @@ def targets(sides: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def restart_table(r: dict[str, Any]) -> str:
-    reads = sorted((k, v) for k, v in r["reads"].items() if k != "get ")
+def restart_table(sides: dict[str, dict[str, Any]]) -> str:
+    """The restart scenario of each side that ran it, a column each."""
+    names = list(sides)
+    first = sides[names[0]]
+
+    def line(label: str, get: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [label, *(get(sides[n]) for n in names)]
+
+    def acts(r: dict[str, Any]) -> str:
+        return num(r["acts_after_s"], 2) if r["acts_after_s"] is not None else f"not within {r['gave_up_after_s']:g}"
+
+    reads = sorted({k for r in sides.values() for k in r["reads"] if k != "get "})
     rows = [
-        ["mljob restarted with running jobs", "value"],
-        ["running jobs x pods (beside the finished jobs above)", f"{r['jobs']:,} x {r['replicas']}"],
-        ["time for them all to run (s)", num(r["start_s"], 1)],
-        [f"requests in {r['idle_s']:g} s idle with them running", str(r["idle_requests"])],
-        ["RSS with them running, before the restart (MB)", num(r["rss_mb_before"], 0)],
-        [
-            "restart -> acts on a new job (its first pod) (s)",
-            num(r["acts_after_s"], 2) if r["acts_after_s"] is not None else f"not within {r['gave_up_after_s']:g}",
-        ],
-        ["writes about the running jobs after the restart", str(r["writes"])],
-        ["reads after the restart (discovery aside)", ", ".join(f"{k} {v}" for k, v in reads) or "0"],
-        ["discovery requests after the restart", str(r["reads"].get("get ", 0))],
-        ["CPU of the restarted operator until it acted and settled (s)", num(r["resync_cpu_s"], 1)],
-        ["RSS of the restarted operator (MB)", num(r["rss_mb_after"], 0)],
+        ["restarted with running jobs", *(NAMES.get(n, n) for n in names)],
+        line("running jobs x pods (beside the finished jobs above)", lambda r: f"{r['jobs']:,} x {r['replicas']}"),
+        line("time for them all to run (s)", lambda r: num(r["start_s"], 1)),
+        line(f"requests in {first['idle_s']:g} s idle with them running", lambda r: str(r["idle_requests"])),
+        line("RSS with them running, before the restart (MB)", lambda r: num(r["rss_mb_before"], 0)),
+        line("restart -> acts on a new job (its first pod) (s)", acts),
+        line("writes about the running jobs after the restart", lambda r: str(r["writes"])),
+        ["reads after the restart (discovery aside)", *("" for _ in names)],
+        *([f"  {k}", *(str(sides[n]["reads"].get(k, 0)) for n in names)] for k in reads),
+        line("discovery requests after the restart", lambda r: str(r["reads"].get("get ", 0))),
+        line("CPU of the restarted operator until it acted and settled (s)", lambda r: num(r["resync_cpu_s"], 1)),
+        line("RSS of the restarted operator (MB)", lambda r: num(r["rss_mb_after"], 0)),
     ]
-    if r["writes_by_kind"]:
-        rows.append(["  writes", ", ".join(f"{k} {v}" for k, v in sorted(r["writes_by_kind"].items()))])
+    if any(r["writes_by_kind"] for r in sides.values()):
+        rows.append(
+            line("  writes", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["writes_by_kind"].items())) or "0")
+        )
     return grid(rows)

@@ -1,4 +1,4 @@
-"""The three subjects of the head-to-head bench, each run on a control plane of its own.
+"""The four subjects of the head-to-head bench, each run on a control plane of its own.
 
 * :class:`MLJobSide`: ``mljob operator --all-namespaces --standalone``, as deploy/ runs it (less the webhook).
 * :class:`TrainingOperatorSide`: Kubeflow's training-operator v1.8.1, built from its module by `make controlplane`
@@ -6,6 +6,9 @@
   its CRD comes from the module's manifests. It will not start without webhook certificates: an empty Secret
   ``kubeflow/training-operator-webhook-cert`` (which its certificate rotator fills) and a key pair in its fixed
   folder ``/tmp/k8s-webhook-server/serving-certs``. No webhook configuration points at it, as none points at mljob.
+* :class:`MLJobPyTorchJobSide`: the same mljob operator serving Kubeflow's kind (``--kubeflow PyTorchJob``), with
+  mljob's own PyTorchJob CRD (crds/kubeflow/) instead of training-operator's, given the very PyTorchJobs
+  :class:`TrainingOperatorSide` is given: mljob and training-operator on the same objects.
 * :class:`RawSide`: bench/raw.py, the least an operator could send: the same pods and service and the same status
   writes, through mljob's own client at the operator's concurrency, with nothing but two watches between.
 
@@ -23,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from mljob.core.crd import crd
 from mljob.kube import Api, ApiError
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 IMAGE = "busybox:1.36"
 EXIT = "kwok.mljob.io/exit"
 """kwok's pod-run-end stage ends the pod's current run with this annotation (``CODE REASON RESTARTCOUNT``)."""
@@ -60,30 +65,46 @@ def _template(container: str) -> dict[str, Any]:
 
 
 async def install_crd(api: Api, body: Mapping[str, Any]) -> None:
-    """Create a CRD (server side, no client-side apply annotation: some are too large for it) and wait for it."""
+    """Create a CRD (server side, no client-side apply annotation: some are too large for it) and wait for it.
+
+    Established is not enough: the API server may still answer a LIST of the new kind with 429 "storage is
+    (re)initializing" for a second, and an operator started then spends it retrying, which would count as its own
+    start-up. So the wait ends when a LIST is answered.
+    """
     try:
         await api.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body)
     except ApiError as error:
         if error.status != 409:
             raise
     name = body["metadata"]["name"]
+    spec = body["spec"]
+    served = next(v["name"] for v in spec["versions"] if v.get("served", True))
+    listing = f"/apis/{spec['group']}/{served}/{spec['names']['plural']}?limit=1"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = await api.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         conditions = (found.get("status") or {}).get("conditions") or ()
         if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
-            return
+            try:
+                await api.request("GET", listing)
+                return
+            except ApiError as error:
+                if error.status not in (404, 429, 503):
+                    raise
         await asyncio.sleep(0.1)
     raise TimeoutError(f"CRD {name} not established")
 
 
-async def watching(audit: AuditLog, user: str, resources: set[str], proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the audit log shows ``user``'s watches on every one of ``resources`` (the process is ready)."""
+async def watching(
+    audit: AuditLog, user: str, resources: Mapping[str, int], proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Until the audit log shows ``user``'s watches on ``resources`` (this many of each: the process is ready)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{user} exited ({proc.returncode}); its log ends:\n{log.read_text()[-3000:]}")
-        if resources <= {r.resource for r in audit.requests(user=user) if r.verb == "watch"}:
+        open_ = Counter(r.resource for r in audit.requests(user=user) if r.verb == "watch")
+        if all(open_[resource] >= count for resource, count in resources.items()):
             return
         await asyncio.sleep(0.2)
     raise TimeoutError(f"{user} opened no watches on {sorted(resources)}; its log ends:\n{log.read_text()[-3000:]}")
@@ -95,7 +116,10 @@ class Side:
     name = ""
     user = ""
     container = "pytorch"
-    resources: set[str] = set()
+    resources: Mapping[str, int] = {}
+    """The watches (resource: how many) that say the operator is ready."""
+    restarts = False
+    """Whether the restart scenario runs on this side's control plane after the main run."""
 
     def jobs_path(self, namespace: str) -> str:
         raise NotImplementedError
@@ -135,7 +159,8 @@ class Side:
 class MLJobSide(Side):
     name = "mljob"
     user = "bench-mljob"
-    resources = {"mljobs", "pods", "services"}
+    resources = {"mljobs": 1, "pods": 1, "services": 1}
+    restarts = True
 
     def jobs_path(self, namespace: str) -> str:
         return f"/apis/mljob.io/v1alpha1/namespaces/{namespace}/mljobs"
@@ -159,7 +184,8 @@ class MLJobSide(Side):
 class RawSide(MLJobSide):
     name = "raw"
     user = "bench-raw"
-    resources = {"mljobs", "pods"}
+    resources = {"mljobs": 1, "pods": 1}
+    restarts = False
 
     def command(self, cp: ControlPlane, kubeconfig: Path) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, str(HERE / "raw.py")], {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -168,7 +194,7 @@ class RawSide(MLJobSide):
 class TrainingOperatorSide(Side):
     name = "training-operator"
     user = "bench-training-operator"
-    resources = {"pytorchjobs", "pods", "services"}
+    resources = {"pytorchjobs": 1, "pods": 1, "services": 1}
 
     def jobs_path(self, namespace: str) -> str:
         return f"/apis/kubeflow.org/v1/namespaces/{namespace}/pytorchjobs"
@@ -227,4 +253,36 @@ class TrainingOperatorSide(Side):
         return args, {**os.environ}
 
 
-SIDES: dict[str, type[Side]] = {"mljob": MLJobSide, "training-operator": TrainingOperatorSide, "raw": RawSide}
+class MLJobPyTorchJobSide(TrainingOperatorSide):
+    """mljob serving Kubeflow's PyTorchJob: training-operator's side's jobs, phase and replica count, mljob's process.
+
+    The operator is the mljob side's command with ``--kubeflow PyTorchJob``; it serves MLJobs too (none are created),
+    so both CRDs are installed: mljob's, and mljob's PyTorchJob CRD (crds/kubeflow/kubeflow.org_pytorchjobs.yaml,
+    generated from its models), not training-operator's: each side has a control plane of its own, so the two
+    definitions of ``pytorchjobs.kubeflow.org`` never meet. The status is Kubeflow's shape (conditions newest last),
+    read as training-operator's is. The cleanup is Kubeflow's default for a PyTorchJob, cleanPodPolicy None, which
+    mljob keeps for Kubeflow's kinds: nothing is deleted (:meth:`TrainingOperatorSide.cleaned`).
+    """
+
+    name = "mljob-pytorchjob"
+    user = "bench-mljob-pytorchjob"
+    # Two controllers (MLJob, PyTorchJob), each with its own watches of the pods and services it owns.
+    resources = {"mljobs": 1, "pytorchjobs": 1, "pods": 2, "services": 2}
+    restarts = True
+
+    async def install(self, cp: ControlPlane, api: Api) -> None:
+        await install_crd(api, crd())
+        path = ROOT / "crds" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
+        await install_crd(api, yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+
+    def command(self, cp: ControlPlane, kubeconfig: Path) -> tuple[list[str], dict[str, str]]:
+        args, env = MLJobSide().command(cp, kubeconfig)
+        return [*args, "--kubeflow", "PyTorchJob"], env
+
+
+SIDES: dict[str, type[Side]] = {
+    "mljob": MLJobSide,
+    "mljob-pytorchjob": MLJobPyTorchJobSide,
+    "training-operator": TrainingOperatorSide,
+    "raw": RawSide,
+}
