@@ -114,6 +114,7 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         priority = None
         if options.peering:
             priority = options.priority if options.priority is not None else seniority()
+            await require_peering_crd(api, list(namespaces or ()))
             for problem in await api.ensure_peering(options.peering, list(namespaces or ())):
                 logger.warning("could not create the peering object (kopf will report it): %s", problem)
         mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
@@ -127,6 +128,22 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             priority,
             stop,
             options.health_port,
+        )
+
+
+async def require_peering_crd(api: Api, namespaces: Sequence[str]) -> None:
+    """Refuse to start with ``--peering`` when kopf's peering CRD is not served: kopf would wait for a peering
+    object it cannot have and never act on any job, saying nothing more."""
+    plural = "kopfpeerings" if namespaces else "clusterkopfpeerings"
+    for delay in (0.5, 1.0, 2.0, 4.0, 0.0):  # a CRD applied a moment ago (with deploy/) reaches discovery soon
+        if await api.served("kopf.dev/v1", (plural,)):
+            return
+        await asyncio.sleep(delay)
+    if not await api.served("kopf.dev/v1", (plural,)):
+        raise SystemExit(
+            f"--peering needs kopf's peering CRD ({plural}.kopf.dev), which this cluster does not serve: "
+            "kubectl apply -f deploy/base/peering.yaml (kubectl apply -k deploy/ includes it), or run one replica "
+            "with --standalone"
         )
 
 

@@ -8,6 +8,7 @@ so a manifest the API server or kustomize refuses fails here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,30 @@ def test_the_command_refuses_an_unclear_scope_before_touching_any_cluster():
         assert done.returncode == 2, (args, done.stderr)
         assert "give --namespace NS (repeatable) or --all-namespaces" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_peering_on_a_cluster_without_the_peering_crd_refuses_to_start_and_says_what_to_apply(tmp_path):
+    """A new user's first try: `mljob operator --peering NAME` where deploy/base/peering.yaml was never applied.
+
+    kopf would wait for a peering object it cannot have and never act, with nothing in the log; the operator must
+    refuse instead. Its own control plane: the session's has the peering CRDs (other tests install them).
+    """
+    import sys
+
+    from controlplane import ControlPlane
+
+    with ControlPlane(tmp_path / "bare").start() as cp:
+        for args in (["--all-namespaces"], ["--namespace", "default"]):
+            done = subprocess.run(
+                [sys.executable, "-c", "from mljob.cli import main; main()", "operator", *args, "--peering", "p"],
+                capture_output=True, text=True, timeout=120, check=False,
+                env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
+            )  # fmt: skip
+            assert done.returncode != 0, (args, done.stderr[-2000:])
+            plural = "kopfpeerings" if "--namespace" in args else "clusterkopfpeerings"
+            assert f"--peering needs kopf's peering CRD ({plural}.kopf.dev)" in done.stderr, done.stderr[-2000:]
+            assert "kubectl apply -f deploy/base/peering.yaml" in done.stderr
+            assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
