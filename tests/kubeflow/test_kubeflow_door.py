@@ -263,3 +263,24 @@ def test_a_gang_larger_than_the_job_waits_instead_of_failing() -> None:
     desired = desire(job, PLUGINS, Placement(default=GangScheduler.COSCHEDULING), kind=door)
     assert desired.problems == ()
     assert [(o["kind"], o["spec"]["minMember"]) for o in desired.placement] == [("PodGroup", 10)]
+
+
+def test_replicas_still_running_when_the_job_succeeds_count_as_succeeded_as_kubeflow_counts_them() -> None:
+    """training-operator's job.go: once the job succeeded, its active replicas are reported succeeded (a PyTorchJob
+    succeeds with its master; under cleanPodPolicy None the workers may still be running)."""
+    door = KUBEFLOW_KINDS["PyTorchJob"]
+    body = pytorchjob()
+    job, desired = rendered(body)
+    body = _apply(body, status_patch(door, body, plan(job, desired, [], [], NOW).status, NOW))
+    job, _ = rendered(body)
+    pods = _pods(desired, "Running")
+    pods[0] = _pods(desired, "Succeeded")[0]  # the master finished, the workers run on
+    done = plan(job, desired, pods, desired.services, NOW + timedelta(seconds=5))
+    status = _apply(body, status_patch(door, body, done.status, NOW + timedelta(seconds=5)))["status"]
+    assert (condition := status["conditions"][-1])["type"] == "Succeeded"
+    assert condition["status"] == "True"
+    counts = {
+        role: {k: v for k, v in s.items() if k in ("active", "succeeded")}
+        for role, s in status["replicaStatuses"].items()
+    }
+    assert counts == {"Master": {"succeeded": 1}, "Worker": {"succeeded": 2}}

@@ -212,9 +212,14 @@ class KubeflowJobKind(JobKind):
         :func:`status_patch`)."""
         name = str((body.get("metadata") or {}).get("name") or "")
         out: dict[str, Any] = {"conditions": self._conditions(status.get("conditions") or [])}
+        succeeded = any(c.get("type") == "Succeeded" and c.get("status") == "True" for c in out["conditions"])
         replicas: dict[str, Any] = {}
         for role, counts in (status.get("replicaStatuses") or {}).items():
             labels = {**self.job_labels(name), self.labels.role: role.lower()}
+            counts = dict(counts)
+            if succeeded:  # Kubeflow's job.go: once the job succeeded, replicas still active count as succeeded
+                counts["succeeded"] = int(counts.get("succeeded") or 0) + int(counts.get("active") or 0)
+                counts["active"] = 0
             entry = {k: counts[k] for k in ("active", "succeeded", "failed") if counts.get(k)}
             entry["labelSelector"] = {"matchLabels": labels}
             entry["selector"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
