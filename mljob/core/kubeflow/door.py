@@ -282,8 +282,7 @@ def status_patch(
     """
     if not mljob_patch:
         return None
-    view, _ = kind.view(body)
-    old_view = MLJobStatus.model_validate(view.get("status") or {}).to_dict()
+    old_view = MLJobStatus.model_validate(kind.mljob_status(body.get("status") or {})).to_dict()
     new_view = _merged(old_view, mljob_patch)
     old = dict(body.get("status") or {})
     new = kind.status(new_view, body)
