@@ -41,13 +41,15 @@ browser:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@chromium --version 2>/dev/null
 
-# The node agent's pod networks need iproute2's `ip` (Debian marks it important, not essential: slim images lack it);
-# nsenter, unshare and setpriv are util-linux's, which every Debian has. After `browser` when both are asked for
-# (make -j3 test): two apt-gets at once would fail on apt's lock.
+# The node agent's pod networks need iproute2's `ip` (Debian marks it important, not essential: slim images lack it)
+# and, for kube-proxy's ClusterIP rules in the pods' network, nftables' `nft`; nsenter, unshare and setpriv are
+# util-linux's, which every Debian has. After `browser` when both are asked for (make -j3 test): two apt-gets at
+# once would fail on apt's lock.
 agent-tools: | $(filter browser,$(MAKECMDGOALS))
-	@command -v ip >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; }
-	@ip -V
+	@{ command -v ip && command -v nft; } >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 nftables \
+		>/dev/null; }
+	@ip -V && nft --version
 
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
 # scheduler, kubectl, kwok), the placement add-ons (Kueue, scheduler-plugins), Kubeflow's training-operator for

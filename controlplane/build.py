@@ -34,6 +34,7 @@ TARGETS: tuple[tuple[str, str, str], ...] = (
     ("coredns", "coredns", "mljob.io/controlplane/coredns"),
     # Kubeflow's training-operator v1: the peer bench/headtohead.py runs beside mljob (not used by the tests).
     ("training-operator", "training-operator", "github.com/kubeflow/training-operator/cmd/training-operator.v1"),
+    ("kubelet-streaming", "kubelet-streaming", "mljob.io/controlplane/kubelet-streaming"),  # agent's exec, port-forward
 )
 
 # The add-ons' CRDs, as their projects ship them: (folder under bin/crds, wrapper, module, folder in the module,

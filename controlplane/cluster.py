@@ -157,9 +157,14 @@ class ControlPlane:
         nodes: Sequence[Node] = DEFAULT_NODES,
         bin_dir: Path = BIN,
         apiserver_args: Sequence[str] = (),
+        service_account_admission: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self._own_workdir = workdir is None
+        self.service_account_admission = service_account_admission
+        """Whether pods get their ServiceAccount's token volume (``kube-api-access-*``) at admission, as on a real
+        cluster. Off by default: kwok runs nothing that reads it, and the admission waits up to a second for a new
+        namespace's ``default`` ServiceAccount. The local cluster whose pods run for real turns it on."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mljob-cp-"))
         self.nodes = tuple(nodes)
         self.bin = bin_dir
@@ -199,6 +204,7 @@ class ControlPlane:
             self._etcd()
             self._apiserver()
             self._create_kwok_crds()  # established while the next two start; kwok waits for them
+            self._kubelet_api_access()
             self._controller_manager()
             self._scheduler()
             self._kwok()
@@ -454,7 +460,18 @@ class ControlPlane:
             "apiserver",
             "kube-apiserver",
             server=True,
-            hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.0.0.1"),
+            # The node agent's pods reach it as in a cluster: the kubernetes Service's ClusterIP and names, and its
+            # endpoint on the pods' gateway (controlplane/serviceproxy.py).
+            hosts=(
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "10.0.0.1",
+                "10.244.0.1",
+            ),
         )
         self._admin = ca.issue("admin", "mljob-admin", orgs=("system:masters",))
         self._sa = service_account_keys(self.pki)
@@ -504,7 +521,7 @@ class ControlPlane:
                 f"--service-account-key-file={self._sa.cert}",
                 f"--service-account-signing-key-file={self._sa.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--disable-admission-plugins=ServiceAccount",
+                *(() if self.service_account_admission else ("--disable-admission-plugins=ServiceAccount",)),
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 # Pod logs (and exec, port-forward) go to the node's kubelet: kwok's server, at the InternalIP
@@ -554,6 +571,28 @@ class ControlPlane:
             crd = yaml.load((self.bin / "crds" / "kwok" / name).read_text(), Loader=FAST_LOADER)
             self._request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
             self._kwok_crds.append(crd["metadata"]["name"])
+
+    def _kubelet_api_access(self) -> None:
+        """Let the API server's kubelet client certificate use the kubelet API (exec, port-forward, logs), as a
+        cluster binds it: a kubelet in webhook mode (the node agent) asks by SubjectAccessReview."""
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kube-apiserver-kubelet-api-admin"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:kubelet-api-admin",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}
+            ],
+        }
+        try:
+            self._request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        except urllib.error.HTTPError as error:
+            if error.code != 409:  # a control plane started again on its own etcd data has it already
+                raise
 
     def _kwok_crds_established(self) -> bool:
         for name in self._kwok_crds:

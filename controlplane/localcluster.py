@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from controlplane.cluster import DEFAULT_NODES, ControlPlane, Node, StartError
+from controlplane.cluster import DEFAULT_NODES, SERVICE_CIDR, ControlPlane, Node, StartError
 from controlplane.clusterdns import ClusterDNS
+from controlplane.egress import EgressProxy
+from controlplane.serviceproxy import ServiceProxy
 from controlplane.waiting import until
-from mljob.nodeagent.network import ClusterNetwork, missing_privileges, node_pod_cidr
+from mljob.nodeagent.network import CLUSTER_CIDR, ClusterNetwork, missing_privileges, node_pod_cidr
 
 AGENT_CAPACITY = ("--cpu=64", "--memory=256Gi")
 """What each agent's Node advertises: nothing is enforced on the host, and the examples ask for a CPU and 1-2 GiB per
@@ -60,10 +62,22 @@ class LocalCluster:
         self.workdir = workdir
         self.log = log or (lambda message: None)
         nodes = tuple(kwok_nodes) if kwok_nodes is not None else (() if agents else DEFAULT_NODES)
-        self.control_plane = ControlPlane(workdir / "controlplane", nodes=nodes, log=self.log)
         self.network = ClusterNetwork(netns)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.egress = EgressProxy(workdir / "egress.sock", self.network, inside=(CLUSTER_CIDR, SERVICE_CIDR))
+        egress = self.egress.write_config(workdir / "egress.yaml")
+        self.control_plane = ControlPlane(
+            workdir / "controlplane",
+            nodes=nodes,
+            service_account_admission=True,
+            apiserver_args=(f"--egress-selector-config-file={egress}",),
+            log=self.log,
+        )
         self.dns = ClusterDNS(self.control_plane, self.network, log=self.log)
         self.agent_names = tuple(f"{netns}-node-{i}" for i in range(agents))
+        self.services = ServiceProxy(
+            self.control_plane, self.network, hostname=self.agent_names[0] if agents else "", log=self.log
+        )
         self.agent_args = tuple(agent_args)
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.startup_seconds = 0.0
@@ -83,6 +97,7 @@ class LocalCluster:
             )
         started = time.monotonic()
         try:
+            self.egress.start()
             self.control_plane.start()
             self.network.destroy()  # a cluster of the same name left by a killed run: a fresh one every time
             self.network.create()
@@ -91,6 +106,8 @@ class LocalCluster:
                 self._start_agent(index, name)
             for name in self.agent_names:
                 self._wait_ready(name)
+            if self.agent_names:  # kube-proxy waits up to 30 s for its Node to exist: once the agents' are there
+                self.services.start()
         except BaseException:
             self.stop()
             raise
@@ -141,7 +158,7 @@ class LocalCluster:
         until(ready, 60.0, f"node {name} to be Ready", interval=0.2)
 
     def alive(self) -> dict[str, bool]:
-        alive = {**self.control_plane.alive(), "coredns": self.dns.alive()}
+        alive = {**self.control_plane.alive(), "coredns": self.dns.alive(), "kube-proxy": self.services.alive()}
         return alive | {f"agent {name}": proc.poll() is None for name, proc in self.agents.items()}
 
     def stop(self) -> None:
@@ -156,6 +173,8 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
         self.agents.clear()
+        self.services.stop()
         self.dns.stop()
         self.network.destroy()
         self.control_plane.stop()
+        self.egress.stop()

@@ -49,6 +49,10 @@ BRIDGE = "mljob0"
 NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps its named namespaces
 STATE_DIR = Path("/run/mljob/netns")
 TOOLS = ("ip", "nsenter", "unshare", "mount", "sh")
+SERVICE_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
+"""What ClusterIP Services need of the cluster namespace (controlplane/serviceproxy.py): a ClusterIP is not on the
+bridge, so a pod sends to its gateway and the namespace forwards the DNATed packet back onto the bridge; the reply
+from a backend on the same bridge is bridged, and the bridge must show it to conntrack to be un-NATed."""
 
 _CLONE_NEWNET = 0x40000000
 _CAP_NET_ADMIN = 12
@@ -258,6 +262,7 @@ class ClusterNetwork:
         bridge = _ip("-o", "-4", "addr", "show", "dev", BRIDGE, netns=self.name, ok_errors=("does not exist",))
         if f"{self.gateway}/{self.prefix_length}" not in bridge:  # a namespace left half made: not ours to guess
             raise NetworkError(f"netns {self.name} exists without its bridge {BRIDGE}: destroy() it first")
+        _ip("netns", "exec", self.name, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in SERVICE_SYSCTLS.items()))
         self.state.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -382,6 +387,7 @@ class NamespacedNetwork:
             batch=(
                 f"link add {veth} type veth peer name eth0 netns {ns}",
                 f"link set {veth} master {BRIDGE}",
+                f"link set dev {veth} type bridge_slave hairpin on",
                 f"link set {veth} up",
             ),
         )

@@ -1,0 +1,184 @@
+"""ClusterIP Services for the node agent's pods: the real kube-proxy in the cluster's network namespace, and the
+``kubernetes`` Service's endpoint, a relay to the API server.
+
+The pods' network (mljob.nodeagent.network) is one bridge in a private namespace, the "node's" network, shared by
+every agent Node. kube-proxy (built from the control plane's own Kubernetes module, ``cmd/kube-proxy``) runs there,
+in nftables mode, as it runs in a node's network namespace: it watches Services and EndpointSlices and programs
+the namespace's netfilter so that a pod's connection to a ClusterIP and port is DNATed to one ready endpoint. Two
+settings of the namespace make that work for traffic that never leaves the bridge (ClusterNetwork.create): IPv4
+forwarding (a ClusterIP is not on the bridge, so the pod sends to its gateway, and the namespace forwards the
+DNATed packet back onto the bridge), and ``bridge-nf-call-iptables`` (the backend's reply to a pod on the same
+bridge is bridged, not routed; the bridge must show it to conntrack to be un-NATed).
+
+The API server stays on the host's 127.0.0.1 (controlplane/clusterdns.py says why). Pods reach it as in a cluster,
+at ``kubernetes.default.svc`` (the Service's ClusterIP, 10.0.0.1:443): its endpoint is the gateway's address,
+10.244.0.1:6443, where a relay socket made inside the cluster namespace pipes each connection to the API server on
+the host. The control plane runs with ``--endpoint-reconciler-type=none``, so the API server writes no endpoint of
+its own; this module writes the ``default/kubernetes`` Endpoints, and the controller-manager's EndpointSlice
+mirroring controller makes the EndpointSlice kube-proxy reads, as it does for any Service without a selector. TLS
+runs end to end: the API server's certificate names 10.0.0.1, ``kubernetes.default.svc`` and 10.244.0.1.
+
+kube-proxy itself reads the API server through the same relay (its kubeconfig names https://10.244.0.1:6443).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from controlplane.cluster import BIN, SERVICE_CIDR, ControlPlane, StartError, _parent_death_signal
+from controlplane.clusterdns import Relay, http_status_in_netns
+from mljob.nodeagent.network import BRIDGE, CLUSTER_CIDR, ClusterNetwork
+
+API_PORT = 6443
+"""The ``kubernetes`` Service's endpoint port on the gateway's address (the Service's own port is 443)."""
+HEALTHZ_PORT = 10256
+"""kube-proxy's health server, on 127.0.0.1 of the cluster namespace: /livez is 200 once its rules are in
+(/healthz also asks whether this Node may take load-balancer traffic, which is not the question here)."""
+METRICS_PORT = 10249
+
+
+def proxy_config(*, kubeconfig: Path, hostname: str, mode: str = "nftables") -> dict[str, object]:
+    """kube-proxy's KubeProxyConfiguration for the cluster namespace.
+
+    ``conntrack`` limits are global sysctls shared with the host: left alone (0 = do not set). Servers bind to the
+    namespace's own 127.0.0.1, out of the pods' way.
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 50, "burst": 100},
+        "mode": mode,
+        "clusterCIDR": CLUSTER_CIDR,
+        "detectLocalMode": "ClusterCIDR",
+        "hostnameOverride": hostname,
+        "bindAddress": "0.0.0.0",
+        "healthzBindAddress": f"127.0.0.1:{HEALTHZ_PORT}",
+        "metricsBindAddress": f"127.0.0.1:{METRICS_PORT}",
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+        "syncPeriod": "30s",
+        "minSyncPeriod": "0s",
+    }
+
+
+def kubernetes_endpoints(address: str, port: int = API_PORT) -> dict[str, object]:
+    """The ``default/kubernetes`` Endpoints: the API server as pods reach it (mirrored into an EndpointSlice)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": address}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }
+
+
+class ServiceProxy:
+    """kube-proxy for ``network`` and the API server's relay; ``start()`` returns once kube-proxy is healthy."""
+
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        network: ClusterNetwork,
+        *,
+        hostname: str,
+        bin_dir: Path = BIN,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.control_plane = control_plane
+        self.network = network
+        self.hostname = hostname
+        self.bin = bin_dir
+        self.log = log or (lambda message: None)
+        self.workdir = control_plane.workdir / "kube-proxy"
+        self.log_path = control_plane.logs / "kube-proxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.relay: Relay | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def api_address(self) -> tuple[str, int]:
+        """Where the API server is inside the cluster namespace (the ``kubernetes`` Service's endpoint)."""
+        return (self.network.gateway, API_PORT)
+
+    def start(self) -> ServiceProxy:
+        binary = self.bin / "kube-proxy"
+        if not binary.exists():
+            raise StartError(f"missing {binary}: run `make controlplane`")
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        listener = self.network.socket()
+        listener.bind(self.api_address)
+        listener.listen(64)
+        self.relay = Relay(listener, ("127.0.0.1", self.control_plane.port)).start()
+        # A connection made in the cluster namespace itself (a socket the agent or the relay makes there) is routed
+        # before kube-proxy's output rules see it: the Service range needs a route, or connect() fails at once.
+        subprocess.run(
+            ["ip", "-n", self.network.name, "route", "replace", SERVICE_CIDR, "dev", BRIDGE], check=True,
+            capture_output=True,
+        )  # fmt: skip
+        cp = self.control_plane
+        endpoints = kubernetes_endpoints(self.network.gateway)
+        cp._request("PUT", "/api/v1/namespaces/default/endpoints/kubernetes", endpoints)
+        kubeconfig = cp.user_kubeconfig(
+            "system:kube-proxy", groups=("system:node-proxier",), path=self.workdir / "kubeconfig"
+        )
+        config = yaml.safe_load(kubeconfig.read_text())
+        host, port = self.api_address
+        config["clusters"][0]["cluster"]["server"] = f"https://{host}:{port}"
+        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        conf = self.workdir / "config.yaml"
+        conf.write_text(yaml.safe_dump(proxy_config(kubeconfig=kubeconfig, hostname=self.hostname), sort_keys=False))
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*self.network.enter(), str(binary), f"--config={conf}", "--v=1"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_parent_death_signal, cwd=self.workdir,
+            )  # fmt: skip
+        try:
+            self._wait_healthy(timeout=60.0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        self.log(f"kube-proxy ready in {self.startup_seconds:.1f} s in netns {self.network.name}")
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if http_status_in_netns(self.network, HEALTHZ_PORT, "/livez") == 200:
+                    return
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(0.1)
+        state = "exited" if self.proc.poll() is not None else "not healthy"
+        tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+        raise StartError(f"kube-proxy {state} after start; its log ends:\n{tail}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
