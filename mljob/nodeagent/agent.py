@@ -3,7 +3,8 @@
 One asyncio process for one or more Nodes. Per Node: the Node object (created, or its status rewritten when it
 exists), its Lease renewed every ``renew_seconds``, the Ready condition's heartbeat every ``status_seconds``, and
 a list-then-watch of the pods with ``spec.nodeName`` set to it, each pod handed to a
-:class:`~mljob.nodeagent.worker.PodWorker`. One kubelet API server answers log requests for every Node.
+:class:`~mljob.nodeagent.worker.PodWorker`. One kubelet API server answers log, exec and port-forward requests for
+every Node.
 
 On start, the pods already bound are taken up as a kubelet takes them up after a node reboot: finished ones stay
 as they are, deleted ones are deleted for good, and in the others every container that was running is reported
@@ -28,9 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mljob.api import format_time
+from mljob.api import format_time, parse_time
 from mljob.kube import SYNC, Api, ApiError, inform
-from mljob.nodeagent import kubelet_api
+from mljob.nodeagent import cgroups, kubelet_api, streaming
+from mljob.nodeagent.apidata import TokenKey
 from mljob.nodeagent.node import LEASE_NAMESPACE, NodeSpec, lease_body, micro_time, node_body, node_conditions
 from mljob.nodeagent.sandbox import PodNetwork
 from mljob.nodeagent.worker import Calls, PodWorker, Settings
@@ -56,7 +58,13 @@ class Config:
     status_seconds: float = 60.0
     backoff_base: float = 10.0
     backoff_max: float = 300.0
+    sync_seconds: float = 60.0
     base_env: Mapping[str, str] = field(default_factory=dict)
+    hierarchy: cgroups.Hierarchy | None = None
+    """Where pods' cgroups go (:func:`mljob.nodeagent.cgroups.detect`); None: pods run unlimited, for ``no_cgroups``."""
+    no_cgroups: str = ""
+    streaming_helper: Path | None = None
+    """The ``kubelet-streaming`` binary that serves exec and port-forward (None: they answer 501)."""
 
 
 class Agent:
@@ -80,8 +88,14 @@ class Agent:
             host_ip=first.ip,
             backoff_base=config.backoff_base,
             backoff_max=config.backoff_max,
+            sync_seconds=config.sync_seconds,
+            allocatable={"cpu": first.cpu, "memory": first.memory, "pods": first.pods},
+            hierarchy=config.hierarchy,
+            no_cgroups=config.no_cgroups,
         )
-        self.calls = Calls(self._patch_status, self._delete_pod, self._event)
+        self.calls = Calls(
+            self._patch_status, self._delete_pod, self._event, self._read, self._request_token, self._services
+        )
         self._background: set[asyncio.Task[None]] = set()
         self.synced: set[str] = set()
         """Nodes whose pods have been listed once (the start-up reconcile is done)."""
@@ -96,7 +110,11 @@ class Agent:
             context = None
             if self.config.tls_cert is not None and self.config.tls_key is not None:
                 context = kubelet_api.tls(self.config.tls_cert, self.config.tls_key, self.config.client_ca)
-            runner = await kubelet_api.serve(self, self.config.bind_address, self.config.nodes[0].port, context)
+            authorizer = streaming.Authorizer(self.api) if self.config.client_ca is not None else None
+            streams = kubelet_api.Streaming(self.config.streaming_helper, authorizer)
+            runner = await kubelet_api.serve(
+                self, self.config.bind_address, self.config.nodes[0].port, context, streams
+            )
             for node in self.config.nodes:
                 tasks += [
                     asyncio.create_task(self._renew_lease(node.name), name=f"lease {node.name}"),
@@ -110,6 +128,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(w.shutdown(SHUTDOWN_GRACE) for w in list(self.workers.values())))
+            await self._remove_cgroups()
             if runner is not None:
                 await runner.cleanup()
             await self.api.close()
@@ -206,6 +225,33 @@ class Agent:
             if str(entry) not in known:
                 shutil.rmtree(entry, ignore_errors=True)
         self._keep(asyncio.create_task(self._sweep_sandboxes()))
+        self._keep(asyncio.create_task(self._sweep_cgroups()))
+
+    async def _sweep_cgroups(self) -> None:
+        """The cgroups of pods deleted while the agent was away (their processes died with it)."""
+        hierarchy = self.config.hierarchy
+        if hierarchy is None:
+            return
+        for node in self.config.nodes:
+            try:
+                for uid in await asyncio.to_thread(cgroups.leftover_pods, hierarchy, node.name, set(self.workers)):
+                    log.info("removing the cgroups of pod %s on %s: the pod is gone", uid, node.name)
+                    await asyncio.to_thread(cgroups.remove_pod, hierarchy, node.name, uid)
+            except OSError:
+                log.exception("sweeping the cgroups of %s", node.name)
+
+    async def _remove_cgroups(self) -> None:
+        """When the agent stops, after its pods' processes: their cgroups too (a restart makes them again), so a
+        Node that is not played again leaves nothing behind."""
+        hierarchy = self.config.hierarchy
+        if hierarchy is None:
+            return
+        for node in self.config.nodes:
+            try:
+                if not await asyncio.to_thread(cgroups.remove_node, hierarchy, node.name):
+                    log.warning("the cgroups of %s are still there (busy)", node.name)
+            except OSError:
+                log.exception("removing the cgroups of %s", node.name)
 
     async def _sweep_sandboxes(self) -> None:
         uids = set(self.workers)
@@ -270,6 +316,48 @@ class Agent:
             if error.status not in (404, 409):
                 raise
 
+    # --- what pods read through their kubelet ----------------------------------------------------------------
+
+    async def _read(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ConfigMap or Secret; None when it is not there."""
+        try:
+            found: dict[str, Any] = await self.api.request("GET", f"/api/v1/namespaces/{namespace}/{resource}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
+    async def _request_token(self, pod: Mapping[str, Any], key: TokenKey) -> tuple[str, datetime]:
+        """A TokenRequest for the pod's ServiceAccount, bound to the pod (it stops working when the pod goes)."""
+        meta = pod["metadata"]
+        spec: dict[str, Any] = {
+            "expirationSeconds": key.seconds,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+        }
+        if key.audience:
+            spec["audiences"] = [key.audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{key.service_account}/token"
+        answer = await self.api.request("POST", path, body)
+        status = answer.get("status") or {}
+        expires = parse_time(status.get("expirationTimestamp"))
+        if not status.get("token") or expires is None:
+            raise ApiError(0, "BadTokenRequest", f"the TokenRequest's answer has no token or expiry: {path}")
+        return str(status["token"]), expires
+
+    async def _services(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's Services and the API server's (``default/kubernetes``), for the Services' env."""
+        listed = await self.api.request("GET", f"/api/v1/namespaces/{namespace}/services")
+        found: list[dict[str, Any]] = list(listed.get("items") or ())
+        for item in found:  # a list's items carry no kind, and the namespace is the one asked for
+            item.setdefault("metadata", {}).setdefault("namespace", namespace)
+        if namespace != "default":
+            master = await self.api.get("Service", "default", "kubernetes")
+            if master is not None:
+                found.append(master)
+        return found
+
     async def _event(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         meta = pod["metadata"]
         now = format_time(datetime.now(UTC))
@@ -299,8 +387,8 @@ class Agent:
 
     # --- logs (kubelet_api.LogSource) ------------------------------------------------------------------------
 
-    def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> kubelet_api.LogFile:
-        """The file of a container's current (or previous) run: the newest pod of that name on this agent."""
+    def _named(self, namespace: str, pod: str) -> PodWorker | None:
+        """The worker of the pod of that name on this agent."""
         named = [
             w
             for w in self.workers.values()
@@ -308,7 +396,11 @@ class Agent:
         ]
         # A name may be two pods for a moment (one being deleted, its replacement): the API server means the live one.
         named.sort(key=lambda w: not w.pod["metadata"].get("deletionTimestamp"))
-        worker = named[-1] if named else None
+        return named[-1] if named else None
+
+    def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> kubelet_api.LogFile:
+        """The file of a container's current (or previous) run: the newest pod of that name on this agent."""
+        worker = self._named(namespace, pod)
         if worker is not None:
             folder = worker.logs_dir
             names = {str(c["name"]) for c in (worker.pod.get("spec") or {}).get("containers") or ()}
@@ -333,6 +425,42 @@ class Agent:
             raise kubelet_api.NoLog(f'container "{container}" in pod "{pod}" is waiting to start')
         live = worker.live_logs if worker is not None else set()
         return kubelet_api.LogFile(path, lambda: path in live)
+
+    # --- exec and port-forward (kubelet_api.PodSource) -------------------------------------------------------
+
+    def _running(self, namespace: str, pod: str, uid: str) -> PodWorker:
+        worker = self._named(namespace, pod)
+        if worker is None or (uid and worker.uid != uid):
+            raise streaming.NoTarget(404, f'pod does not exist: no pod "{pod}" in namespace "{namespace}" on this node')
+        return worker
+
+    def exec_target(self, namespace: str, pod: str, uid: str, container: str) -> streaming.ExecTarget:
+        """The container's PID 1 and environment, read from the process itself (what its command started with)."""
+        worker = self._running(namespace, pod, uid)
+        spec = worker.pod.get("spec") or {}
+        names = {str(c["name"]) for c in (*(spec.get("containers") or ()), *(spec.get("initContainers") or ()))}
+        if container not in names:
+            raise streaming.NoTarget(
+                404, f'container "{container}" is not in pod "{pod}" (its containers: {", ".join(sorted(names))})'
+            )
+        process = worker.processes.get(container)
+        init = streaming.container_init(process.pid) if process is not None else None
+        if init is None:
+            raise streaming.NoTarget(500, f'container not found ("{container}")')  # the kubelet's words: not running
+        return streaming.exec_target(init)
+
+    def netns_of(self, namespace: str, pod: str, uid: str) -> str:
+        """The pod's network namespace, as a running container's PID 1 has it (the host's in host-network mode)."""
+        worker = self._running(namespace, pod, uid)
+        for process in list(worker.processes.values()):
+            init = streaming.container_init(process.pid)
+            if init is not None:
+                return f"/proc/{init}/ns/net"
+        raise streaming.NoTarget(500, f'pod not found ("{pod}_{namespace}"): none of its containers is running')
+
+    def node_of(self, namespace: str, pod: str) -> str:
+        worker = self._named(namespace, pod) if pod else None
+        return worker.node if worker is not None else self.config.nodes[0].name
 
 
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")

@@ -15,6 +15,7 @@ from mljob.nodeagent.node import NodeSpec
 from mljob.nodeagent.sandbox import HostNetwork, PodNetwork
 
 DEFAULT_STATE_DIR = Path("/var/lib/mljob-node-agent")
+log = logging.getLogger("mljob.nodeagent")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,11 +55,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert-file", type=Path, help="The kubelet API's serving certificate (from the cluster CA).")
     p.add_argument("--tls-private-key-file", type=Path)
     p.add_argument("--client-ca-file", type=Path, help="Accept only clients (the API server) with a cert from it.")
+    p.add_argument(
+        "--streaming-helper",
+        type=Path,
+        help="The kubelet-streaming binary that serves kubectl exec and port-forward (default: on PATH, else "
+        "controlplane/bin/kubelet-streaming of this checkout, which `make controlplane` builds).",
+    )
     p.add_argument("--lease-duration", type=int, default=40, help="Seconds: the Node Lease's duration.")
     p.add_argument("--lease-renew", type=float, default=10.0, help="Seconds between Lease renewals.")
     p.add_argument("--status-interval", type=float, default=60.0, help="Seconds between Ready heartbeats.")
     p.add_argument("--backoff", type=float, default=10.0, help="Seconds: the first restart back-off (doubles).")
     p.add_argument("--backoff-max", type=float, default=300.0, help="Seconds: the longest restart back-off.")
+    p.add_argument(
+        "--sync-frequency",
+        type=float,
+        default=60.0,
+        help="Seconds between updates of ConfigMap, Secret, token and downward API volumes, and between tries of a "
+        "volume or env that cannot be set up yet (the kubelet's --sync-frequency).",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from mljob.kube import Api, Credentials
     from mljob.nodeagent.agent import COMPONENT, Config, base_env, run_agent
     from mljob.nodeagent.runtime import IsolationError, detect_isolation
+    from mljob.nodeagent.streaming import default_helper
 
     if (args.tls_cert_file is None) != (args.tls_private_key_file is None):
         print("mljob node-agent: --tls-cert-file and --tls-private-key-file go together", file=sys.stderr)
@@ -109,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     except IsolationError as error:
         print(f"mljob node-agent: {error}", file=sys.stderr)
         return 1
+    from mljob.nodeagent.cgroups import detect
+
+    hierarchy, no_cgroups = detect()
+    if hierarchy is not None:
+        log.info("resource limits: enforced with %s", hierarchy.description)
+    else:
+        log.warning("resource limits: not enforced, no usable cgroups (%s)", no_cgroups)
     bind = args.bind_address or args.node_ip
     port = args.port or _free_port(bind)
     labels = dict(item.split("=", 1) for item in args.label)
@@ -134,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         status_seconds=args.status_interval,
         backoff_base=args.backoff,
         backoff_max=args.backoff_max,
+        sync_seconds=args.sync_frequency,
         base_env=base_env(os.environ),
+        hierarchy=hierarchy,
+        no_cgroups=no_cgroups,
+        streaming_helper=args.streaming_helper or default_helper(),
     )
     try:
         credentials = Credentials.load(args.kubeconfig)

@@ -1,30 +1,33 @@
-"""The kubelet's HTTPS API, the part the API server proxies ``kubectl logs`` to: ``/containerLogs``.
+"""The kubelet's HTTPS API, the part the API server proxies to: ``/containerLogs``, ``/exec``, ``/portForward``.
 
 The API server reaches a node's kubelet at its InternalIP and ``daemonEndpoints.kubeletEndpoint.Port``, checks
 the serving certificate against ``--kubelet-certificate-authority`` and presents its ``--kubelet-client-*``
 certificate. So this server serves a certificate from the cluster's CA and, given ``client_ca``, accepts only
-clients with a certificate from it (a kubelet would also ask the API server whether that client may; here the
-API server is the only client that holds one). Query parameters are the kubelet's: ``follow``, ``previous``,
-``timestamps``, ``tailLines``, ``sinceSeconds``/``sinceTime``, ``limitBytes``. Exec, attach and port-forward
-answer 501 with a message saying the agent does not do them.
+clients with a certificate from it, and asks the API server whether that client may, by SubjectAccessReview, as a
+kubelet in webhook mode does (mljob.nodeagent.streaming). Log query parameters are the kubelet's: ``follow``,
+``previous``, ``timestamps``, ``tailLines``, ``sinceSeconds``/``sinceTime``, ``limitBytes``. Exec and port-forward
+are relayed to the kubelet's own streaming code (the ``kubelet-streaming`` helper); attach answers 501.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from mljob.nodeagent import streaming
 from mljob.nodeagent.logs import Entry, Options, parse, render, select
 
 log = logging.getLogger("mljob.nodeagent")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FOLLOW_POLL = 0.1
 """Seconds between looks at a followed log file for new lines."""
 
@@ -43,6 +46,29 @@ class NoLog(Exception):
 
 class LogSource(Protocol):
     def log_file(self, namespace: str, pod: str, container: str, previous: bool) -> LogFile: ...
+
+
+class PodSource(LogSource, Protocol):
+    """The agent's side of the API: log files, and the processes exec and port-forward enter (NoTarget if none)."""
+
+    def exec_target(self, namespace: str, pod: str, uid: str, container: str) -> streaming.ExecTarget: ...
+
+    def netns_of(self, namespace: str, pod: str, uid: str) -> str: ...
+
+    def node_of(self, namespace: str, pod: str) -> str:
+        """The Node the pod is on (the name a SubjectAccessReview asks about): one agent may play several."""
+        ...
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How exec and port-forward are served: the helper (None: not built), and the authorizer (None: no client
+    certificates are asked for, so no client is known, and exec and port-forward are refused)."""
+
+    helper: Path | None = None
+    authorizer: streaming.Authorizer | None = None
+    running: set[asyncio.subprocess.Process] = field(default_factory=set)
+    """The helpers serving a request now: killed when the server shuts down (a port-forward never ends alone)."""
 
 
 def options(query: dict[str, str]) -> Options:
@@ -118,26 +144,96 @@ async def _follow(found: LogFile, offset: int, wanted: Options, send: Callable[[
                 await asyncio.sleep(FOLLOW_POLL)
 
 
+async def exec_(request: web.Request) -> web.StreamResponse:
+    """``/exec/{namespace}/{pod}[/{uid}]/{container}?command=...&input=1&output=1&error=1&tty=1``."""
+    source, streams = request.app[SOURCE], request.app[STREAMING]
+    if streams.helper is None:
+        return streaming.unavailable("exec")
+    info = request.match_info
+    namespace, pod, container, uid = info["namespace"], info["pod"], info["container"], info.get("uid", "")
+    try:
+        target = source.exec_target(namespace, pod, uid, container)
+    except streaming.NoTarget as error:
+        return web.Response(status=error.status, text=str(error))
+    spec = streaming.exec_spec(target, f"{namespace}/{pod}", uid, container)
+    return await streaming.relay(request, streams.helper, "exec", spec, streams.running)
+
+
+async def port_forward(request: web.Request) -> web.StreamResponse:
+    """``/portForward/{namespace}/{pod}[/{uid}]``: every port the client asks for, 127.0.0.1 in the pod's network."""
+    source, streams = request.app[SOURCE], request.app[STREAMING]
+    if streams.helper is None:
+        return streaming.unavailable("portForward")
+    info = request.match_info
+    namespace, pod, uid = info["namespace"], info["pod"], info.get("uid", "")
+    try:
+        netns = source.netns_of(namespace, pod, uid)
+    except streaming.NoTarget as error:
+        return web.Response(status=error.status, text=str(error))
+    spec = streaming.port_forward_spec(netns, f"{namespace}/{pod}", uid)
+    return await streaming.relay(request, streams.helper, "port-forward", spec, streams.running)
+
+
+@web.middleware
+async def authorization(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The kubelet's filter: every path but /healthz, when clients are authenticated; exec and port-forward need
+    authenticated clients (without --client-ca-file no client is known, and a shell is not given to anyone)."""
+    streams = request.app[STREAMING]
+    if request.path == "/healthz":
+        return await handler(request)
+    if streams.authorizer is None:
+        if request.path.startswith(("/exec/", "/portForward/")):
+            return web.Response(
+                status=401,
+                text="Unauthorized: exec and port-forward need authenticated clients (mljob node-agent "
+                "--client-ca-file, the CA of the API server's --kubelet-client-certificate)",
+            )
+        return await handler(request)
+    parts = request.path.strip("/").split("/")  # /{containerLogs,exec,portForward}/{namespace}/{pod}/...
+    namespace, pod = (parts[1], parts[2]) if len(parts) > 2 else ("", "")
+    node = request.app[SOURCE].node_of(namespace, pod)
+    refused = await streaming.authorize(request, streams.authorizer, node)
+    return refused if refused is not None else await handler(request)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
 async def unsupported(request: web.Request) -> web.Response:
+    what = request.path.split("/")[1] or "/"
+    hint = " (a container's output is in its log: kubectl logs -f)" if what == "attach" else ""
     return web.Response(
         status=501,
-        text=f"{request.path.split('/')[1] or '/'}: not supported by the mljob node agent (it serves container logs)",
+        text=f"{what}: not supported by the mljob node agent (it serves containerLogs, exec and portForward){hint}",
     )
 
 
-SOURCE = web.AppKey("source", LogSource)
+async def stop_streams(application: web.Application) -> None:
+    """On shutdown: end the streams (their helpers), so the server's wait for open requests is short."""
+    for process in list(application[STREAMING].running):
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
 
-def app(source: LogSource) -> web.Application:
-    application = web.Application()
+SOURCE = web.AppKey("source", PodSource)
+STREAMING = web.AppKey("streaming", Streaming)
+
+
+def app(source: PodSource, streams: Streaming) -> web.Application:
+    application = web.Application(middlewares=[authorization])
     application[SOURCE] = source
-    application.router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
-    application.router.add_get("/healthz", healthz)
-    application.router.add_route("*", "/{tail:.*}", unsupported)
+    application[STREAMING] = streams
+    router = application.router
+    router.add_get("/containerLogs/{namespace}/{pod}/{container}", container_logs)
+    for method in ("GET", "POST"):  # POST from the API server's SPDY client, GET from a WebSocket one
+        router.add_route(method, "/exec/{namespace}/{pod}/{container}", exec_)
+        router.add_route(method, "/exec/{namespace}/{pod}/{uid}/{container}", exec_)
+        router.add_route(method, "/portForward/{namespace}/{pod}", port_forward)
+        router.add_route(method, "/portForward/{namespace}/{pod}/{uid}", port_forward)
+    router.add_get("/healthz", healthz)
+    router.add_route("*", "/{tail:.*}", unsupported)
+    application.on_shutdown.append(stop_streams)
     return application
 
 
@@ -151,9 +247,11 @@ def tls(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     return context
 
 
-async def serve(source: LogSource, host: str, port: int, context: ssl.SSLContext | None) -> web.AppRunner:
+async def serve(
+    source: PodSource, host: str, port: int, context: ssl.SSLContext | None, streams: Streaming
+) -> web.AppRunner:
     """Start the server; the caller keeps the runner and cleans it up."""
-    runner = web.AppRunner(app(source), access_log=None)
+    runner = web.AppRunner(app(source, streams), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()

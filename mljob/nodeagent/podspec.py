@@ -1,29 +1,30 @@
 """What a container runs as a host process: its argv, environment, working directory and mounts; pure, no I/O.
 
 The kubelet's rules, minus the image: ``command`` + ``args`` with ``$(VAR)`` expanded from the container's env;
-the env in order, literal values and the downward API's ``fieldRef`` (what training jobs read: the pod's name,
-namespace, uid, IP, node); ``workingDir``; each ``volumeMount`` as a bind of a host folder (an emptyDir under the
-agent's state folder, a hostPath as is, ``subPath`` below either). What only a real node supplies — the image's
-entrypoint, secrets, config maps, resource fields — is a :class:`ConfigError` the agent reports as the kubelet
-reports a bad container config (waiting, ``CreateContainerConfigError``, with a message that says what).
+the env (mljob.nodeagent.apidata: ``envFrom``, then ``env`` in order with literal values, the downward API, keys of
+ConfigMaps and Secrets and resource fields, then the Services' variables); ``workingDir``; each ``volumeMount`` as a
+bind of a host folder (an emptyDir or an API volume's folder under the agent's state folder, a hostPath as is,
+``subPath`` below either). What cannot be served — the image's entrypoint, a missing ConfigMap or key — is a
+:class:`ConfigError` the agent reports as the kubelet reports a bad container config (waiting,
+``CreateContainerConfigError``, with a message that says what).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from mljob.local.launch import expand
+from mljob.nodeagent import apidata, probes
+from mljob.nodeagent.apidata import SourceError, Sources
 
 NO_COMMAND = (
     "container {name!r} has no command: the node agent runs no images (it runs the command and args as a host "
     "process, and an image's entrypoint is not known here); set command"
 )
-AUTO_TOKEN_PREFIX = "kube-api-access-"
-"""The service-account token volume the API server's admission adds to every pod; not mounted, said once."""
 
 
 class ConfigError(Exception):
@@ -51,6 +52,9 @@ class ContainerLaunch:
     env: Mapping[str, str]
     working_dir: str
     mounts: tuple[Mount, ...] = ()
+    scratch: str = ""
+    """A host folder of the container's own (under the pod's), for what its mount namespace needs to make mount
+    points without touching the host's folders (mljob.nodeagent.runtime); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,17 @@ class PodContext:
     """The pod's folder for emptyDirs: ``<volumes_dir>/<volume name>``."""
     base_env: Mapping[str, str]
     """What every container starts with before its own env (PATH, HOME, ...): the image's env stands in here."""
+    sources: Sources = field(default_factory=Sources)
+    """The ConfigMaps, Secrets and Services the env reads, and the Node's allocatable (fetched by the worker)."""
 
 
 def field_value(pod: Mapping[str, Any], path: str, ctx: PodContext) -> str:
     """The downward API value of ``fieldRef.fieldPath``; ConfigError for a path the kubelet would not serve."""
-    meta = pod.get("metadata") or {}
+    from_pod = apidata.downward_value(pod, path, env=True)
+    if from_pod is not None:
+        return from_pod
     spec = pod.get("spec") or {}
     simple = {
-        "metadata.name": meta.get("name"),
-        "metadata.namespace": meta.get("namespace"),
-        "metadata.uid": meta.get("uid"),
         "spec.nodeName": spec.get("nodeName") or ctx.node_name,
         "spec.serviceAccountName": spec.get("serviceAccountName") or "default",
         "status.podIP": ctx.pod_ip,
@@ -83,40 +88,55 @@ def field_value(pod: Mapping[str, Any], path: str, ctx: PodContext) -> str:
     }
     if path in simple:
         return str(simple[path] or "")
-    for prefix, source in (("metadata.labels", "labels"), ("metadata.annotations", "annotations")):
-        if path.startswith(prefix + "['") and path.endswith("']"):
-            return str((meta.get(source) or {}).get(path[len(prefix) + 2 : -2], ""))
     raise ConfigError(f"fieldRef.fieldPath {path!r} is not supported by the node agent")
 
 
 def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext) -> dict[str, str]:
-    """The container's own variables in kubelet order, each value able to refer to those before it."""
+    """The container's own variables as the kubelet makes them: ``envFrom``, then ``env`` in order (each value able
+    to refer to those before it and to the Services' variables), then the Services' variables not already set."""
     name = container.get("name")
-    if container.get("envFrom"):
-        raise ConfigError(f"container {name!r}: envFrom is not supported by the node agent (no secrets or config maps)")
-    env: dict[str, str] = {}
+    services = apidata.service_env(pod, ctx.sources.services)
+    try:
+        env = apidata.env_from(container, ctx.sources)
+    except SourceError as error:
+        raise ConfigError(f"container {name!r} envFrom: {error}") from None
     for i, var in enumerate(container.get("env") or ()):
         key = str(var.get("name"))
         source = var.get("valueFrom")
         if source is None:
-            env[key] = expand(str(var.get("value", "")), {**ctx.base_env, **env})
+            env[key] = expand(str(var.get("value", "")), {**ctx.base_env, **services, **env})
             continue
-        if set(source) != {"fieldRef"}:
-            what = ", ".join(sorted(source))
-            raise ConfigError(
-                f"container {name!r} env[{i}] {key}: valueFrom.{what} is not supported by the node agent "
-                "(only fieldRef: metadata.name, metadata.namespace, metadata.uid, labels, annotations, "
-                "spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP)"
-            )
         try:
-            env[key] = field_value(pod, str(source["fieldRef"].get("fieldPath")), ctx)
-        except ConfigError as error:
+            value = _value_from(pod, container, source, ctx)
+        except (ConfigError, SourceError) as error:
             raise ConfigError(f"container {name!r} env[{i}] {key}: {error}") from None
-    return env
+        if value is not None:  # None: an optional key or object that is not there, so no variable
+            env[key] = value
+    return {**services, **env}
+
+
+def _value_from(
+    pod: Mapping[str, Any], container: Mapping[str, Any], source: Mapping[str, Any], ctx: PodContext
+) -> str | None:
+    if "fieldRef" in source:
+        return field_value(pod, str(source["fieldRef"].get("fieldPath")), ctx)
+    if "resourceFieldRef" in source:
+        ref = source["resourceFieldRef"]
+        target = container
+        if ref.get("containerName") and ref.get("containerName") != container.get("name"):
+            found = [c for c in containers(pod) if c.get("name") == ref.get("containerName")]
+            if not found:
+                raise ConfigError(f"resourceFieldRef: no container {ref.get('containerName')!r} in the pod")
+            target = found[0]
+        allocatable = ctx.sources.allocatable
+        return apidata.resource_value(target, str(ref.get("resource") or ""), ref.get("divisor"), allocatable)
+    if "configMapKeyRef" in source or "secretKeyRef" in source:
+        return apidata.key_value(pod, source, ctx.sources)
+    raise ConfigError(f"valueFrom.{', '.join(sorted(source))} is not a source the kubelet serves")
 
 
 def mounts(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext) -> list[Mount]:
-    """The container's volumeMounts as binds (the service account's token volume skipped: see unsupported)."""
+    """The container's volumeMounts as binds."""
     volumes = {str(v.get("name")): v for v in (pod.get("spec") or {}).get("volumes") or ()}
     out: list[Mount] = []
     for m in container.get("volumeMounts") or ():
@@ -127,23 +147,25 @@ def mounts(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext
             raise ConfigError(f"volumeMount {vname!r}: no volume of that name in the pod")
         if not PurePosixPath(path).is_absolute():
             raise ConfigError(f"volumeMount {vname!r}: mountPath {path!r} is not absolute")
+        read_only = bool(m.get("readOnly"))
         if "emptyDir" in volume:
             source = posixpath.join(ctx.volumes_dir, vname)
         elif "hostPath" in volume:
             source = str(volume["hostPath"].get("path") or "")
-        elif vname.startswith(AUTO_TOKEN_PREFIX):
-            continue
+        elif apidata.api_volume(volume):  # written by the worker before any container starts; always read-only
+            source, read_only = posixpath.join(ctx.volumes_dir, vname), True
         else:
             kinds = ", ".join(k for k in volume if k != "name")
             raise ConfigError(
-                f"volume {vname!r} ({kinds}) is not supported by the node agent: only emptyDir and hostPath"
+                f"volume {vname!r} ({kinds}) is not supported by the node agent: only emptyDir, hostPath, "
+                "configMap, secret, projected and downwardAPI"
             )
         sub = str(m.get("subPath") or "")
         if sub:
             if PurePosixPath(sub).is_absolute() or ".." in PurePosixPath(sub).parts:
                 raise ConfigError(f"volumeMount {vname!r}: subPath {sub!r} must be a relative path inside the volume")
             source = posixpath.join(source, sub)
-        out.append(Mount(source, path, bool(m.get("readOnly"))))
+        out.append(Mount(source, path, read_only))
     return out
 
 
@@ -158,7 +180,8 @@ def launch(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext
     binds = mounts(pod, container, ctx)
     hostname = str((pod.get("spec") or {}).get("hostname") or (pod.get("metadata") or {}).get("name") or "")
     env = {**ctx.base_env, "HOSTNAME": hostname, **own}
-    return ContainerLaunch(argv, env, str(container.get("workingDir") or "/"), tuple(binds))
+    scratch = posixpath.join(posixpath.dirname(ctx.volumes_dir), "scratch", str(container.get("name")))
+    return ContainerLaunch(argv, env, str(container.get("workingDir") or "/"), tuple(binds), scratch)
 
 
 def containers(pod: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
@@ -168,14 +191,8 @@ def containers(pod: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
 
 
 def unsupported(pod: Mapping[str, Any]) -> list[str]:
-    """What the pod asks for that the agent does not do (probes, hooks, the token volume): said once, as Events."""
-    out = [
-        f"volume {v.get('name')!r} (the service account's token) is not mounted by the node agent"
-        for v in (pod.get("spec") or {}).get("volumes") or ()
-        if str(v.get("name")).startswith(AUTO_TOKEN_PREFIX)
-    ]
+    """What the pod asks for that the agent does not do: said once, as Events."""
+    out: list[str] = []
     for c in containers(pod):
-        for key in ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle"):
-            if c.get(key):
-                out.append(f"container {c.get('name')!r}: {key} is not run by the node agent (ready = running)")
+        out += probes.unsupported(c)  # gRPC probes: the others and the lifecycle hooks are run
     return out

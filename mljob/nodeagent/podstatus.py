@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mljob.api import format_time, parse_time
+from mljob.nodeagent.cgroups import qos_class
 
 Kind = Literal["init", "sidecar", "regular"]
 
@@ -65,10 +66,24 @@ class ContainerRecord:
     started: bool = False
     """Whether it ever ran (a sidecar's ``started``; a never-started container keeps its pod Pending)."""
     container_id: str = ""
+    startup_passed: bool | None = None
+    """This run's startup probe verdict (mljob.nodeagent.prober): None without one (``started`` = running)."""
+    readiness_passed: bool | None = None
+    """This run's readiness probe verdict: None without one (``ready`` = started)."""
 
     @property
     def running(self) -> bool:
         return isinstance(self.state, Running)
+
+    @property
+    def started_now(self) -> bool:
+        """The status's ``started``: running, and past its startup probe if it has one."""
+        return self.running and self.startup_passed is not False
+
+    @property
+    def ready(self) -> bool:
+        """The status's ``ready``: started, and passing its readiness probe if it has one (init containers never)."""
+        return self.started_now and self.kind != "init" and self.readiness_passed is not False
 
     def restart_pending(self) -> None:
         """The container exited and will start again: its termination becomes ``lastState``."""
@@ -89,8 +104,11 @@ class PodFacts:
     """Every init container done (sidecars started): the regular containers may start."""
 
 
-def exit_reason(code: int) -> str:
-    """The kubelet's reason for a terminated container: Completed for 0, Error otherwise."""
+def exit_reason(code: int, oom_killed: bool = False) -> str:
+    """The kubelet's reason for a terminated container: Completed for 0, OOMKilled when the kernel killed it for
+    memory (mljob.nodeagent.cgroups tells), Error otherwise."""
+    if oom_killed:
+        return "OOMKilled"
     return "Completed" if code == 0 else "Error"
 
 
@@ -147,8 +165,8 @@ def _state(state: State | None) -> dict[str, Any]:
 
 
 def container_status(record: ContainerRecord) -> dict[str, Any]:
-    """One entry of ``containerStatuses``/``initContainerStatuses``; ready = running (no probes are run)."""
-    ready = record.running and record.kind != "init"
+    """One entry of ``containerStatuses``/``initContainerStatuses``; ``ready`` and ``started`` follow the probes."""
+    ready = record.ready
     status: dict[str, Any] = {
         "name": record.name,
         "state": _state(record.state),
@@ -157,7 +175,7 @@ def container_status(record: ContainerRecord) -> dict[str, Any]:
         "restartCount": record.restarts,
         "image": record.image,
         "imageID": "",
-        "started": record.running,
+        "started": record.started_now,
     }
     if record.container_id:
         status["containerID"] = record.container_id
@@ -227,7 +245,7 @@ def conditions(
     else:
         message = f"containers with incomplete status: [{' '.join(pending_inits)}]"
         out.append(_condition("Initialized", False, "ContainersNotInitialized", message, now=now, previous=before))
-    unready = [r.name for r in records if r.kind != "init" and not r.running]
+    unready = [r.name for r in records if r.kind != "init" and not r.ready]
     if terminal:
         ready_parts: tuple[bool, str, str] = (False, "PodCompleted", "")
     elif unready:
@@ -265,6 +283,8 @@ def pod_status(
         "startTime": format_time(facts.start_time) if facts.start_time else None,
         "initContainerStatuses": [container_status(r) for r in records if r.kind != "regular"] or None,
         "containerStatuses": [container_status(r) for r in records if r.kind == "regular"],
+        # The API server's, kept (a merge patch would keep it anyway); computed the same way where it is missing.
+        "qosClass": (pod.get("status") or {}).get("qosClass") or qos_class(pod),
     }
     return status
 

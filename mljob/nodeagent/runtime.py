@@ -5,7 +5,7 @@ A container's argv is wrapped, outermost first::
     setpriv --pdeathsig KILL --                  # dies with the agent, whatever killed it
       <the sandbox's prefix>                     # the pod's namespaces (network side); each step execs
       unshare --pid --fork --kill-child --mount --mount-proc --
-      sh -c MOUNTS <binds> -- <workingDir> <argv> # PID 1: binds the volumes, cd, runs the command, its status
+      sh -c SHIM <cgroups> -- <binds> -- <workingDir> <argv>  # PID 1: joins its cgroups, binds, cd, runs
 
 so every process of the container lives in a PID namespace of its own. That is what keeps "no process left
 behind" true: when the namespace's first process dies the kernel kills every other one in it, even those that
@@ -36,9 +36,27 @@ from mljob.nodeagent.podspec import ContainerLaunch
 MOUNT_SHIM = r"""
 fail() { echo "mljob-node-agent: $*" >&2; exit 128; }
 while [ "$1" != -- ]; do
+  echo $$ > "$1/cgroup.procs" || fail "cannot join the cgroup $1"
+  mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" || fail "cannot show the cgroup $1 at $2"
+  shift 2
+done
+shift
+layers=0
+point() {  # make mount point $1 (a folder, or a file when $2 is f); see "A bind needs a mount point" below
+  p=$1
+  while [ ! -e "$p" ]; do p=$(dirname "$p"); done
+  if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ]; then
+    if [ $layers = 0 ]; then mkdir -p "$scratch" && mount -t tmpfs -o mode=700 tmpfs "$scratch" || return 1; fi
+    layers=$((layers + 1)); u=$scratch/$layers
+    mkdir "$u" "$u.work" && mount -t overlay overlay -o "lowerdir=$p,upperdir=$u,workdir=$u.work" "$p" || return 1
+  fi
+  if [ "$2" = d ]; then mkdir -p "$1"; else mkdir -p "$(dirname "$1")" && { [ -e "$1" ] || : > "$1"; }; fi
+}
+scratch=$1; shift
+while [ "$1" != -- ]; do
   src=$1 dst=$2 mode=$3; shift 3
-  if [ -d "$src" ]; then mkdir -p "$dst" || fail "cannot create mount point $dst"
-  else mkdir -p "$(dirname "$dst")" && { [ -e "$dst" ] || : > "$dst"; } || fail "cannot create mount point $dst"; fi
+  if [ -d "$src" ]; then kind=d; else kind=f; fi
+  point "$dst" $kind || fail "cannot create mount point $dst"
   mount --bind "$src" "$dst" || fail "cannot bind $src at $dst"
   if [ "$mode" = ro ]; then mount -o remount,bind,ro "$dst" || fail "cannot make $dst read-only"; fi
 done
@@ -48,8 +66,23 @@ shift
 "$@" &
 wait $!
 """
-"""Runs as PID 1 of the container's namespaces: bind each volume, enter the working folder, run the command and
-exit with its status, 128 + N when signal N killed it.
+"""Runs as PID 1 of the container's namespaces: join the container's cgroups, bind each volume, enter the working
+folder, run the command and exit with its status, 128 + N when signal N killed it.
+
+The cgroups come first, as runc puts a container's init in them before it execs: the shell writes its own pid
+(``$$``, which the kernel reads in the writer's PID namespace) into each ``cgroup.procs``, so the command, forked
+after, starts inside its limits and nothing it allocates escapes them. Each cgroup folder is then bound read-only
+over its hierarchy's mount point (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/cpu``, or ``/sys/fs/cgroup`` on v2),
+so the container reads its own limits where a container would (``memory.limit_in_bytes``, ``cpu.max``...).
+
+A bind needs a mount point, and the container's files are the host's. A ``mountPath`` missing below a folder other
+than ``/`` (the ServiceAccount token's ``/var/run/secrets/kubernetes.io/serviceaccount``, where the host has
+``/run`` only) is made in an overlay of that folder, private to the container's mount namespace (its upper layer
+in a tmpfs on the container's scratch folder): the host is left untouched, and in particular no
+``/var/run/secrets/kubernetes.io`` appears on it, which tools such as Kubeflow's SDK take as "running in a pod".
+The container sees the folder's files, not the mounts below it (``/run/netns``...). A missing top-level
+``mountPath`` (``/data``) is made on the host as an empty folder, as before: an overlay of ``/`` would hide
+``/proc``, ``/sys`` and ``/dev``.
 
 The command is PID 1's child rather than PID 1 itself because ``unshare`` (util-linux 2.38) reports a child
 killed by a signal as exit 1, which would make an OOM kill (137) look like an ordinary failure. PID 1 ignores
@@ -86,8 +119,15 @@ def detect_isolation() -> tuple[str, ...]:
     )
 
 
-def wrap(launch: ContainerLaunch, prefix: Sequence[str], isolation: Sequence[str]) -> list[str]:
-    """The full argv of a container's process (see the module docstring)."""
+def wrap(
+    launch: ContainerLaunch,
+    prefix: Sequence[str],
+    isolation: Sequence[str],
+    cgroups: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """The full argv of a container's process (see the module docstring); ``cgroups``: (cgroup folder, mount point)
+    pairs its PID 1 joins and shows (mljob.nodeagent.cgroups)."""
+    joins = [part for pair in cgroups for part in pair]
     binds: list[str] = []
     for m in launch.mounts:
         binds += [m.source, m.path, "ro" if m.read_only else "rw"]
@@ -100,6 +140,9 @@ def wrap(launch: ContainerLaunch, prefix: Sequence[str], isolation: Sequence[str
         "-c",
         MOUNT_SHIM,
         "mljob-container",
+        *joins,
+        "--",
+        launch.scratch,
         *binds,
         "--",
         launch.working_dir,
@@ -130,7 +173,12 @@ class ContainerProcess:
 
     @classmethod
     async def start(
-        cls, launch: ContainerLaunch, prefix: Sequence[str], isolation: Sequence[str], log_path: Path
+        cls,
+        launch: ContainerLaunch,
+        prefix: Sequence[str],
+        isolation: Sequence[str],
+        log_path: Path,
+        cgroups: Sequence[tuple[str, str]] = (),
     ) -> ContainerProcess:
         """Start it in a session of its own (its pid is the group to signal) with its output logged to a file.
 
@@ -138,7 +186,7 @@ class ContainerProcess:
         """
         log = LogWriter(log_path)
         proc = await asyncio.create_subprocess_exec(
-            *wrap(launch, prefix, isolation),
+            *wrap(launch, prefix, isolation, cgroups),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -49,6 +49,7 @@ class AgentProcess(LoggedProcess):
             "--backoff-max=2",
             "--lease-renew=1",
             "--status-interval=2",
+            "--sync-frequency=1",
             "--cpu=8",
             *self.extra,
         ]

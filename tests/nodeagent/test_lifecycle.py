@@ -180,22 +180,6 @@ def waiting_reason(pod):
     return status_of(pod, "main").get("state", {}).get("waiting", {}).get("reason")
 
 
-def test_unsupported_env_source_is_a_config_error(env):
-    secret = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
-    env.pod("secret", sh("true", env=[secret]))
-    pod = env.wait(
-        "secret",
-        lambda p: (
-            status_of(p, "main").get("state", {}).get("waiting", {}).get("reason") == "CreateContainerConfigError"
-        ),
-        "CreateContainerConfigError",
-    )
-    assert "secretKeyRef is not supported" in status_of(pod, "main")["state"]["waiting"]["message"]
-    assert pod["status"]["phase"] == "Pending"
-    events = env.api.list_namespaced_event(env.namespace, field_selector="involvedObject.name=secret").items
-    assert any("secretKeyRef" in e.message for e in events)
-
-
 def test_deletion_sends_sigterm_then_deletes_leaving_no_process(env, tmp_path):
     mark = uuid.uuid4().hex
     mounts = [{"name": "out", "mountPath": "/out"}]
