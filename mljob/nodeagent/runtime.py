@@ -46,18 +46,35 @@ point() {  # make mount point $1 (a folder, or a file when $2 is f); see "A bind
   p=$1
   while [ ! -e "$p" ]; do p=$(dirname "$p"); done
   if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ]; then
-    if [ $layers = 0 ]; then mkdir -p "$scratch" && mount -t tmpfs -o mode=700 tmpfs "$scratch" || return 1; fi
-    layers=$((layers + 1)); u=$scratch/$layers
+    layers=$((layers + 1)); u=layer$layers j=0
+    subs=$(awk -v p="$p/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)
+    for m in $subs; do  # the mounts below $p (the pod's /etc/hosts...): kept, on top of the overlay
+      j=$((j + 1)); if [ -d "$m" ]; then mkdir "$u.m$j"; else : > "$u.m$j"; fi; mount --bind "$m" "$u.m$j" || return 1
+    done
     mkdir "$u" "$u.work" && mount -t overlay overlay -o "lowerdir=$p,upperdir=$u,workdir=$u.work" "$p" || return 1
+    j=0
+    for m in $subs; do j=$((j + 1)); mount --no-canonicalize --bind "$u.m$j" "$m" || return 1; done
   fi
   if [ "$2" = d ]; then mkdir -p "$1"; else mkdir -p "$(dirname "$1")" && { [ -e "$1" ] || : > "$1"; }; fi
 }
 scratch=$1; shift
+if [ -n "$scratch" ]; then  # every source staged first, in a tmpfs this shell works in: see "Staged" below
+  mkdir -p "$scratch" && mount -t tmpfs -o mode=700 tmpfs "$scratch" && cd "$scratch" || fail "cannot use $scratch"
+  n=0 k=0
+  for a do
+    [ "$a" = -- ] && break
+    k=$((k + 1)); [ $((k % 3)) = 1 ] || continue
+    n=$((n + 1))
+    if [ -d "$a" ]; then mkdir "v$n"; else : > "v$n"; fi && mount --bind "$a" "v$n" || fail "cannot bind $a"
+  done
+fi
+n=0
 while [ "$1" != -- ]; do
-  src=$1 dst=$2 mode=$3; shift 3
-  if [ -d "$src" ]; then kind=d; else kind=f; fi
+  src=$1 dst=$2 mode=$3; shift 3; n=$((n + 1))
+  if [ -n "$scratch" ]; then from=v$n; else from=$src; fi
+  if [ -d "$from" ]; then kind=d; else kind=f; fi
   point "$dst" $kind || fail "cannot create mount point $dst"
-  mount --bind "$src" "$dst" || fail "cannot bind $src at $dst"
+  mount --no-canonicalize --bind "$from" "$dst" || fail "cannot bind $src at $dst"
   if [ "$mode" = ro ]; then mount -o remount,bind,ro "$dst" || fail "cannot make $dst read-only"; fi
 done
 shift
@@ -80,9 +97,16 @@ than ``/`` (the ServiceAccount token's ``/var/run/secrets/kubernetes.io/servicea
 ``/run`` only) is made in an overlay of that folder, private to the container's mount namespace (its upper layer
 in a tmpfs on the container's scratch folder): the host is left untouched, and in particular no
 ``/var/run/secrets/kubernetes.io`` appears on it, which tools such as Kubeflow's SDK take as "running in a pod".
-The container sees the folder's files, not the mounts below it (``/run/netns``...). A missing top-level
+The mounts below that folder (the pod's own ``/etc/hosts`` and ``resolv.conf``...) are bound again on top of the
+overlay, so the container still sees them. A missing top-level
 ``mountPath`` (``/data``) is made on the host as an empty folder, as before: an overlay of ``/`` would hide
 ``/proc``, ``/sys`` and ``/dev``.
+
+Staged: the sources are host paths, and one volume's ``mountPath`` may cover another's source (an emptyDir at
+``/tmp`` while the agent's state folder is under ``/tmp``, as in the operator's own Deployment). So every source is
+first bound into a tmpfs on the scratch folder, which the shell then works in (``cd``): its entries are reached by
+relative paths (``mount --no-canonicalize``), which no mount above can hide. A runtime does the same by resolving
+every source before it mounts anything.
 
 The command is PID 1's child rather than PID 1 itself because ``unshare`` (util-linux 2.38) reports a child
 killed by a signal as exit 1, which would make an OOM kill (137) look like an ordinary failure. PID 1 ignores
