@@ -34,6 +34,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from mljob.kube import Api, ApiError
+from mljob.nodeagent.handlers import JOIN_SHIM, cgroup_files
 from mljob.nodeagent.runtime import PDEATHSIG
 
 log = logging.getLogger("mljob.nodeagent")
@@ -80,10 +81,13 @@ class ExecTarget:
     """The container is in a user namespace of its own (the rootless isolation): nsenter enters it too."""
 
     def nsenter(self) -> list[str]:
-        """Into its mount, UTS, IPC, network and PID namespaces, in its working folder (PID 1's cwd, which is the
-        container's workingDir inside its own mount namespace, where a volume may hold it)."""
+        """Into its cgroups, then its mount, UTS, IPC, network and PID namespaces, in its working folder (PID 1's
+        cwd, which is the container's workingDir inside its own mount namespace, where a volume may hold it)."""
         user = ["--user", "--preserve-credentials"] if self.user_namespace else []
-        return ["nsenter", f"--target={self.pid}", *user, "--mount", "--uts", "--ipc", "--net", "--pid", "--wd", "--"]
+        # first into the container's cgroups, as runc's exec: what the command uses counts against its limits
+        joins = ["sh", "-c", JOIN_SHIM, "mljob-exec", *cgroup_files(self.pid), "--"]
+        nsenter = ["nsenter", f"--target={self.pid}", *user, "--mount", "--uts", "--ipc", "--net", "--pid", "--wd"]
+        return [*joins, *nsenter, "--"]
 
 
 def container_init(pid: int) -> int | None:

@@ -70,6 +70,24 @@ def test_exec_stdout_stderr_and_the_exit_code(env):
     assert "no-such-command" in missing.stderr
 
 
+def test_exec_runs_in_the_containers_cgroups(env):
+    """As runc's exec: what an exec'd command uses counts against the container's limits."""
+    limited = sh("sleep 1000 & wait", resources={"limits": {"memory": "96Mi"}})
+    running(env, "limited", limited)
+    pod = env.read("limited")
+    uid = pod["metadata"]["uid"]
+    inside = kubectl(env, "exec", "limited", "--", "cat", "/proc/self/cgroup")
+    memory = [line for line in inside.stdout.splitlines() if ":memory:" in line or line.startswith("0::")]
+    assert memory, inside.stdout
+    assert f"pod{uid}/main" in memory[0]
+    # and it is held to the limit: allocating past it is an OOM kill of the exec'd command alone
+    hog = kubectl(
+        env, "exec", "limited", "--", "python", "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    )
+    assert hog.returncode == 137
+    assert env.read("limited")["status"]["phase"] == "Running"
+
+
 def test_exec_stdin(env):
     running(env, "box", sh("sleep 1000 & wait"))
     done = kubectl(env, "exec", "-i", "box", "--", "tr", "a-z", "A-Z", stdin="hello\nworld\n")
