@@ -136,8 +136,12 @@ def http_status_in_netns(network: ClusterNetwork, port: int, path: str, timeout:
     return int(head.split()[1])
 
 
-class ClusterDNS:
-    """CoreDNS for ``network``'s pods, reading ``control_plane``; ``start()`` returns once it answers."""
+class NetnsServer:
+    """A control-plane server started inside the cluster namespace, reading the API server through a relay made
+    there: its process, its relay, its log; ``_wait_http`` until it answers, ``stop`` both."""
+
+    component = ""
+    """The binary's name under bin/, its log's and its folder's."""
 
     def __init__(
         self,
@@ -151,63 +155,49 @@ class ClusterDNS:
         self.network = network
         self.bin = bin_dir
         self.log = log or (lambda message: None)
-        self.workdir = control_plane.workdir / "coredns"
-        self.log_path = control_plane.logs / "coredns.log"
+        self.workdir = control_plane.workdir / self.component
+        self.log_path = control_plane.logs / f"{self.component}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.relay: Relay | None = None
         self.startup_seconds = 0.0
 
-    @property
-    def address(self) -> str:
-        """Where pods send their queries (port 53): the bridge's address."""
-        return self.network.gateway
-
-    def start(self) -> ClusterDNS:
-        binary = self.bin / "coredns"
+    def _binary(self) -> Path:
+        binary = self.bin / self.component
         if not binary.exists():
             raise StartError(f"missing {binary}: run `make controlplane`")
-        started = time.monotonic()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        listener = self.network.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        self.relay = Relay(listener, ("127.0.0.1", self.control_plane.port)).start()
-        kubeconfig = self.control_plane.user_kubeconfig(
-            "system:coredns", groups=("system:masters",), path=self.workdir / "kubeconfig"
-        )
+        return binary
+
+    def _kubeconfig(self, user: str, groups: tuple[str, ...], server: str) -> Path:
+        """A kubeconfig for ``user`` that names ``server`` (the relay, as seen from inside the namespace)."""
+        kubeconfig = self.control_plane.user_kubeconfig(user, groups=groups, path=self.workdir / "kubeconfig")
         config = yaml.safe_load(kubeconfig.read_text())
-        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.relay.port}"
+        config["clusters"][0]["cluster"]["server"] = server
         kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
-        conf = self.workdir / "Corefile"
-        conf.write_text(corefile(listen=self.address, kubeconfig=kubeconfig))
+        return kubeconfig
+
+    def _spawn(self, argv: list[str]) -> None:
+        """Start ``argv`` inside the cluster namespace, its output to the log."""
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [*self.network.enter(), str(binary), "-conf", str(conf)],
+                [*self.network.enter(), *argv],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=_parent_death_signal, cwd=self.workdir,
             )  # fmt: skip
-        try:
-            self._wait_ready(timeout=60.0)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
-        self.log(f"CoreDNS ready in {self.startup_seconds:.1f} s on {self.address}:53 in netns {self.network.name}")
-        return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_http(self, port: int, path: str, timeout: float) -> None:
+        """Until GET ``path`` on the namespace's 127.0.0.1:``port`` is 200; StartError with the log's end if not."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             with contextlib.suppress(OSError, ValueError, IndexError):
-                if http_status_in_netns(self.network, READY_PORT, "/ready") == 200:
+                if http_status_in_netns(self.network, port, path) == 200:
                     return
             time.sleep(0.1)
         state = "exited" if self.proc.poll() is not None else "not ready"
         tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-        raise StartError(f"coredns {state} after start; its log ends:\n{tail}")
+        raise StartError(f"{self.component} {state} after start; its log ends:\n{tail}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -224,3 +214,35 @@ class ClusterDNS:
         if self.relay is not None:
             self.relay.stop()
             self.relay = None
+
+
+class ClusterDNS(NetnsServer):
+    """CoreDNS for ``network``'s pods, reading ``control_plane``; ``start()`` returns once it answers."""
+
+    component = "coredns"
+
+    @property
+    def address(self) -> str:
+        """Where pods send their queries (port 53): the bridge's address."""
+        return self.network.gateway
+
+    def start(self) -> ClusterDNS:
+        binary = self._binary()
+        started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        listener = self.network.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        self.relay = Relay(listener, ("127.0.0.1", self.control_plane.port)).start()
+        kubeconfig = self._kubeconfig("system:coredns", ("system:masters",), f"https://127.0.0.1:{self.relay.port}")
+        conf = self.workdir / "Corefile"
+        conf.write_text(corefile(listen=self.address, kubeconfig=kubeconfig))
+        self._spawn([str(binary), "-conf", str(conf)])
+        try:
+            self._wait_http(READY_PORT, "/ready", timeout=60.0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        self.log(f"CoreDNS ready in {self.startup_seconds:.1f} s on {self.address}:53 in netns {self.network.name}")
+        return self

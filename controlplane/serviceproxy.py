@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from controlplane.cluster import BIN, SERVICE_CIDR, ControlPlane, StartError, _parent_death_signal
-from controlplane.clusterdns import Relay, http_status_in_netns
+from controlplane.cluster import BIN, SERVICE_CIDR, ControlPlane
+from controlplane.clusterdns import NetnsServer, Relay
 from mljob.nodeagent.network import BRIDGE, CLUSTER_CIDR, ClusterNetwork
 
 API_PORT = 6443
@@ -80,8 +80,10 @@ def kubernetes_endpoints(address: str, port: int = API_PORT) -> dict[str, object
     }
 
 
-class ServiceProxy:
+class ServiceProxy(NetnsServer):
     """kube-proxy for ``network`` and the API server's relay; ``start()`` returns once kube-proxy is healthy."""
+
+    component = "kube-proxy"
 
     def __init__(
         self,
@@ -92,16 +94,8 @@ class ServiceProxy:
         bin_dir: Path = BIN,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        self.control_plane = control_plane
-        self.network = network
+        super().__init__(control_plane, network, bin_dir=bin_dir, log=log)
         self.hostname = hostname
-        self.bin = bin_dir
-        self.log = log or (lambda message: None)
-        self.workdir = control_plane.workdir / "kube-proxy"
-        self.log_path = control_plane.logs / "kube-proxy.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.relay: Relay | None = None
-        self.startup_seconds = 0.0
 
     @property
     def api_address(self) -> tuple[str, int]:
@@ -109,9 +103,7 @@ class ServiceProxy:
         return (self.network.gateway, API_PORT)
 
     def start(self) -> ServiceProxy:
-        binary = self.bin / "kube-proxy"
-        if not binary.exists():
-            raise StartError(f"missing {binary}: run `make controlplane`")
+        binary = self._binary()
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         listener = self.network.socket()
@@ -127,58 +119,16 @@ class ServiceProxy:
         cp = self.control_plane
         endpoints = kubernetes_endpoints(self.network.gateway)
         cp._request("PUT", "/api/v1/namespaces/default/endpoints/kubernetes", endpoints)
-        kubeconfig = cp.user_kubeconfig(
-            "system:kube-proxy", groups=("system:node-proxier",), path=self.workdir / "kubeconfig"
-        )
-        config = yaml.safe_load(kubeconfig.read_text())
         host, port = self.api_address
-        config["clusters"][0]["cluster"]["server"] = f"https://{host}:{port}"
-        kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        kubeconfig = self._kubeconfig("system:kube-proxy", ("system:node-proxier",), f"https://{host}:{port}")
         conf = self.workdir / "config.yaml"
         conf.write_text(yaml.safe_dump(proxy_config(kubeconfig=kubeconfig, hostname=self.hostname), sort_keys=False))
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*self.network.enter(), str(binary), f"--config={conf}", "--v=1"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_parent_death_signal, cwd=self.workdir,
-            )  # fmt: skip
+        self._spawn([str(binary), f"--config={conf}", "--v=1"])
         try:
-            self._wait_healthy(timeout=60.0)
+            self._wait_http(HEALTHZ_PORT, "/livez", timeout=60.0)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
         self.log(f"kube-proxy ready in {self.startup_seconds:.1f} s in netns {self.network.name}")
         return self
-
-    def _wait_healthy(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if http_status_in_netns(self.network, HEALTHZ_PORT, "/livez") == 200:
-                    return
-            except (OSError, ValueError, IndexError):
-                pass
-            time.sleep(0.1)
-        state = "exited" if self.proc.poll() is not None else "not healthy"
-        tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-        raise StartError(f"kube-proxy {state} after start; its log ends:\n{tail}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, grace: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if self.relay is not None:
-            self.relay.stop()
-            self.relay = None

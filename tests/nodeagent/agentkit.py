@@ -5,21 +5,25 @@ directory's conftest pytest loaded last (tests/operator's, when both directories
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from controlplane import ControlPlane
+from controlplane.localcluster import LocalCluster
 from controlplane.process import LoggedProcess
 from controlplane.waiting import until
 
 TIMEOUT = 60.0
 MARK = "MLJOB_TEST_MARK"
+FAST = ("--backoff=0.5", "--backoff-max=2", "--lease-renew=1", "--status-interval=2", "--sync-frequency=1")
+"""The agents' test settings: short restart back-offs, lease and heartbeat intervals, API volume syncs."""
 
 
 class AgentProcess(LoggedProcess):
@@ -45,11 +49,7 @@ class AgentProcess(LoggedProcess):
             f"--tls-cert-file={self.pair.cert}",
             f"--tls-private-key-file={self.pair.key}",
             f"--client-ca-file={self.cp.ca}",
-            "--backoff=0.5",
-            "--backoff-max=2",
-            "--lease-renew=1",
-            "--status-interval=2",
-            "--sync-frequency=1",
+            *FAST,
             "--cpu=8",
             *self.extra,
         ]
@@ -175,3 +175,14 @@ def start_agent(cluster: ControlPlane, folder: Path, node: str, *extra: str) -> 
 
     until(ready, TIMEOUT, f"node {node} to be Ready")
     return agent
+
+
+@contextlib.contextmanager
+def local_cluster(folder: Path, what: str, agents: int) -> Iterator[LocalCluster]:
+    """A LocalCluster (network namespaces, CoreDNS, kube-proxy, ``agents`` agents with :data:`FAST` settings) for a
+    test module; its namespace is ``mljob-test-<what>-<pid>`` (conftest removes those a killed run left)."""
+    cluster = LocalCluster(folder, netns=f"mljob-test-{what}-{os.getpid()}", agents=agents, agent_args=FAST, log=print)
+    with contextlib.ExitStack() as stack:
+        stack.callback(cluster.stop)
+        cluster.start()
+        yield cluster

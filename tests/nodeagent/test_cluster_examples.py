@@ -22,7 +22,6 @@ as ``mljob run``'s.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import ipaddress
 import json
@@ -40,7 +39,7 @@ from typing import Any
 import pytest
 import test_operator as on_host
 import yaml
-from agentkit import core
+from agentkit import core, local_cluster
 
 from controlplane.cluster import BIN, ControlPlane
 from controlplane.examples import EXAMPLES, patches, write_overlay
@@ -96,16 +95,7 @@ SDK_TIMES: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Control plane, CoreDNS and two node agents (short back-offs, as the other agent tests), the MLJob CRD."""
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("local"),
-        netns=f"mljob-test-examples-{os.getpid()}",
-        agents=2,
-        agent_args=("--backoff=0.5", "--backoff-max=2", "--lease-renew=1", "--status-interval=2"),
-        log=print,
-    )
-    with contextlib.ExitStack() as stack:
-        stack.callback(cluster.stop)
-        cluster.start()
+    with local_cluster(tmp_path_factory.mktemp("local"), "examples", agents=2) as cluster:
         cp = cluster.control_plane
         cp.kubectl("apply", "-k", str(ROOT / "crds"))
         cp.kubectl("wait", "--for=condition=Established", "crd/mljobs.mljob.io", "--timeout=60s")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentkit import local_cluster
 
 from controlplane.cluster import BIN, ControlPlane, StartError
 from controlplane.examples import EXAMPLES, write_overlay
@@ -43,17 +44,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("deploy"),
-        netns=f"mljob-test-deploy-{os.getpid()}",
-        agents=2,
-        agent_args=("--backoff=0.5", "--backoff-max=2", "--lease-renew=1", "--status-interval=2",
-                    "--sync-frequency=1"),
-        log=print,
-    )  # fmt: skip
-    with contextlib.ExitStack() as stack:
-        stack.callback(cluster.stop)
-        cluster.start()
+    with local_cluster(tmp_path_factory.mktemp("deploy"), "deploy", agents=2) as cluster:
         cp = cluster.control_plane
         cp.kubectl("apply", "--server-side", "-k", str(ROOT / "deploy"))
         started = time.monotonic()

@@ -9,12 +9,11 @@ test a namespace there.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+from agentkit import local_cluster
 
 from controlplane.cluster import BIN, ControlPlane
 from controlplane.localcluster import LocalCluster
@@ -31,17 +30,7 @@ DEADLINE = 120.0
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("services"),
-        netns=f"mljob-test-services-{os.getpid()}",
-        agents=1,
-        agent_args=("--backoff=0.5", "--backoff-max=2", "--lease-renew=1", "--status-interval=2",
-                    "--sync-frequency=1"),
-        log=print,
-    )  # fmt: skip
-    with contextlib.ExitStack() as stack:
-        stack.callback(cluster.stop)
-        cluster.start()
+    with local_cluster(tmp_path_factory.mktemp("services"), "services", agents=1) as cluster:
         yield cluster
         proxy = cluster.services.startup_seconds
         print(f"local cluster start-up: {cluster.startup_seconds:.1f} s (kube-proxy {proxy:.1f} s)")
