@@ -88,7 +88,8 @@ class Relay:
             for sock in self._open:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _accept(self) -> None:
         while True:
@@ -96,17 +97,15 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return  # stopped
-            try:
-                server = socket.create_connection(self.upstream, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._open |= {client, server}
-            threading.Thread(target=self._serve, args=(client, server), name="relay-conn", daemon=True).start()
+            threading.Thread(target=self._handle, args=(client,), name="relay-conn", daemon=True).start()
 
-    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+    def _handle(self, client: socket.socket) -> None:
+        server = self._connect(client)
+        if server is None:
+            client.close()
+            return
+        with self._lock:
+            self._open |= {client, server}
         upward = threading.Thread(target=self._pipe, args=(client, server), name="relay-pipe", daemon=True)
         upward.start()
         self._pipe(server, client)
@@ -115,6 +114,15 @@ class Relay:
             self._open -= {client, server}
         client.close()
         server.close()
+
+    def _connect(self, client: socket.socket) -> socket.socket | None:
+        """The other end for a connection just accepted (None: refuse it): here, always the upstream."""
+        try:
+            server = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            return None
+        server.settimeout(None)
+        return server
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:

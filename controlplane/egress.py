@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,53 +52,26 @@ def connect_target(head: bytes) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class EgressProxy:
+class EgressProxy(Relay):
     """Serves CONNECT on ``socket_path``; ``inside`` lists the ranges dialed from ``network``'s namespace."""
 
     def __init__(self, socket_path: Path, network: ClusterNetwork, inside: Sequence[str]) -> None:
+        socket_path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(socket_path))
+        listener.listen(64)
+        super().__init__(listener, ("", 0))
         self.path = socket_path
         self.network = network
         self.inside = [ipaddress.ip_network(cidr) for cidr in inside]
-        self.listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
 
     def write_config(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(egress_config(self.path), sort_keys=False))
         return path
 
-    def start(self) -> EgressProxy:
-        self.path.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.path))
-        listener.listen(64)
-        self.listener = listener
-        self._thread = threading.Thread(target=self._accept, name="egress", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        if self.listener is not None:
-            with contextlib.suppress(OSError):
-                self.listener.shutdown(socket.SHUT_RDWR)
-            self.listener.close()
-        with self._lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(5)
+        super().stop()
         self.path.unlink(missing_ok=True)
-
-    def _accept(self) -> None:
-        assert self.listener is not None
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), name="egress-conn", daemon=True).start()
 
     def _dial(self, host: str, port: int) -> socket.socket:
         address = ipaddress.ip_address(socket.gethostbyname(host))
@@ -112,7 +84,8 @@ class EgressProxy:
         sock.settimeout(None)
         return sock
 
-    def _serve(self, client: socket.socket) -> None:
+    def _connect(self, client: socket.socket) -> socket.socket | None:
+        """Read the CONNECT request, dial its target from where it is, answer 200 (or 502 with why)."""
         head = b""
         try:
             while b"\r\n\r\n" not in head:
@@ -120,24 +93,13 @@ class EgressProxy:
                 if not chunk or len(head) > HEAD_LIMIT:
                     raise ValueError("the request head ended early")
                 head += chunk
-            host, port = connect_target(head)
-            upstream = self._dial(host, port)
+            upstream = self._dial(*connect_target(head))
         except (OSError, ValueError) as error:
             with contextlib.suppress(OSError):
                 client.sendall(f"HTTP/1.1 502 Bad Gateway\r\n\r\n{error}".encode())
-            client.close()
-            return
+            return None
         client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         rest = head.split(b"\r\n\r\n", 1)[1]
         if rest:  # the client spoke before our answer: pass it on
             upstream.sendall(rest)
-        with self._lock:
-            self._open |= {client, upstream}
-        upward = threading.Thread(target=Relay._pipe, args=(client, upstream), name="egress-pipe", daemon=True)
-        upward.start()
-        Relay._pipe(upstream, client)
-        upward.join()
-        with self._lock:
-            self._open -= {client, upstream}
-        client.close()
-        upstream.close()
+        return upstream
