@@ -11,10 +11,11 @@ COPY plugins/mxnet plugins/mxnet
 COPY plugins/jax plugins/jax
 COPY plugins/xgboost plugins/xgboost
 COPY plugins/paddle plugins/paddle
+COPY plugins/mpi plugins/mpi
 # Not a framework: it adds a TensorBoard sidecar only to jobs that ask by annotation (plugins/tensorboard/README.md).
 COPY plugins/tensorboard plugins/tensorboard
 RUN pip install --no-cache-dir . ./plugins/pytorch ./plugins/tensorflow ./plugins/mxnet ./plugins/jax ./plugins/xgboost \
-    ./plugins/paddle ./plugins/tensorboard \
+    ./plugins/paddle ./plugins/mpi ./plugins/tensorboard \
     && rm -rf /src
 WORKDIR /
 # Not root: the operator only talks to the API server.

@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 MXVENV := .venv-mxnet
 BIN := $(VENV)/bin
-PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/paddle -e plugins/tensorboard
+PLUGINS := -e plugins/pytorch -e plugins/tensorflow -e plugins/mxnet -e plugins/jax -e plugins/xgboost -e plugins/paddle -e plugins/mpi -e plugins/tensorboard
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 
-.PHONY: setup setup-mxnet controlplane browser agent-tools cluster cluster-kwok example test test-fast lint crds bench-smoke bench clean
+.PHONY: setup setup-mxnet controlplane browser agent-tools openmpi cluster cluster-kwok example test test-fast lint crds bench-smoke bench clean
 
-# The main environment: the core, the framework plugins, PyTorch, TensorFlow, JAX and XGBoost on CPU, test tools.
+# The main environment: the core, the framework plugins, PyTorch, TensorFlow, JAX, XGBoost and mpi4py on CPU, test
+# tools. mpi4py's wheel loads the system's libmpi only when imported (`make openmpi`, which the tests need and
+# `make example` does not).
 $(BIN)/mljob: pyproject.toml requirements/*.txt plugins/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/frameworks.txt -r requirements/test.txt -e . $(PLUGINS)
@@ -51,6 +53,16 @@ agent-tools: | $(filter browser,$(MAKECMDGOALS))
 		>/dev/null; }
 	@ip -V && nft --version
 
+# Debian's OpenMPI (mpirun, libmpi, mpicc) for the MPI plugin's example and tests (examples/mpi-allreduce): `mljob run`
+# runs every rank through the launcher's own mpirun, and mpi4py loads its libmpi. About 20 s with apt's lists fresh.
+# After `browser` and `agent-tools` when those are asked for too (make -j3 test): two apt-gets at once would fail on
+# apt's lock.
+openmpi: | $(filter browser agent-tools,$(MAKECMDGOALS))
+	@{ command -v mpirun && command -v mpicc; } >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin \
+		libopenmpi-dev >/dev/null; }
+	@mpirun --version | head -1
+
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
 # scheduler, kubectl, kwok), the placement add-ons (Kueue, scheduler-plugins), Kubeflow's training-operator for
 # the head-to-head bench and CoreDNS for the node agent's pods, built from the Go modules pinned in controlplane/
@@ -78,7 +90,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy mljob controlplane plugins/pytorch/mljob_pytorch plugins/tensorflow/mljob_tensorflow plugins/mxnet/mljob_mxnet \
-		plugins/jax/mljob_jax plugins/xgboost/mljob_xgboost plugins/paddle/mljob_paddle plugins/tensorboard/mljob_tensorboard
+		plugins/jax/mljob_jax plugins/xgboost/mljob_xgboost plugins/paddle/mljob_paddle plugins/mpi/mljob_mpi \
+		plugins/tensorboard/mljob_tensorboard
 	$(BIN)/lint-imports
 
 crds: setup
@@ -102,13 +115,13 @@ bench: setup controlplane
 # included), a benchmark smoke. The two Python environments and the control plane are set up side by side:
 # pip waits on the network, the Go build on the CPU.
 test:
-	$(MAKE) -j3 setup setup-mxnet setup-kubeflow-e2e controlplane browser agent-tools
+	$(MAKE) -j3 setup setup-mxnet setup-kubeflow-e2e controlplane browser agent-tools openmpi
 	$(MAKE) lint
 	$(BIN)/python -m pytest -p tests.no_skip
 	$(MAKE) bench-smoke
 
 # Without the framework end-to-end runs: for a quick loop while editing.
-test-fast: setup controlplane browser agent-tools
+test-fast: setup controlplane browser agent-tools openmpi
 	$(BIN)/pytest -m "not frameworks and not slow"
 
 clean:

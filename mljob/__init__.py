@@ -4,7 +4,7 @@ The public contract for plugin authors is re-exported here, so a plugin imports 
 """
 
 from mljob.api import MLJob, RestartPolicy
-from mljob.framework import Address, Cluster, Framework, NoOptions, Outcome, Problem, Replica, Role
+from mljob.framework import Address, Cluster, Framework, LocalWiring, NoOptions, Outcome, Problem, Replica, Role
 from mljob.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "Client",
     "Cluster",
     "Framework",
+    "LocalWiring",
     "MLJob",
     "NoOptions",
     "Outcome",

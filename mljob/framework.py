@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -90,6 +91,24 @@ class Role:
     """Whether the role's replicas are addressable peers (a TF evaluator is not)."""
 
 
+@dataclass(frozen=True)
+class LocalWiring:
+    """How one replica runs under ``mljob run`` where that differs from its pod.
+
+    The default changes nothing. A framework whose cluster wiring cannot work on one machine says
+    here what to do instead, as data: an MPI worker, which only runs sshd for the launcher's
+    ``mpirun`` in a cluster, is not started (``mpirun`` starts every rank locally), and the
+    launcher's hostfile is a file of the run rather than a ConfigMap mount.
+    """
+
+    run: bool = True
+    """Whether the replica is started at all; one that is not is left out of the run and its table."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Variables that replace (or add to) :meth:`Framework.env`'s for the local process."""
+    files: Mapping[str, str] = field(default_factory=dict)
+    """File name -> content, written into the run's folder before any replica starts."""
+
+
 class NoOptions(BaseModel):
     """The options model of a framework that takes none: any key is an error."""
 
@@ -149,6 +168,27 @@ class Framework:
     def env(self, job: MLJob, replica: Replica, cluster: Cluster) -> Mapping[str, str]:
         """The variables that wire ``replica`` to its peers; every address comes from ``cluster``."""
         raise NotImplementedError
+
+    def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
+        """How ``replica`` runs under ``mljob run``, where that differs from its pod (default: as in a pod).
+
+        ``folder`` is a folder of the run that :attr:`LocalWiring.files` are written into, so
+        ``env`` may name them. Called after :meth:`env`, only by the local runtime; like every
+        method, a pure function of its arguments (it returns files, it does not write them).
+        """
+        return LocalWiring()
+
+    def objects(self, job: MLJob, cluster: Cluster) -> Sequence[Mapping[str, Any]]:
+        """Per-job ConfigMaps and Secrets the job's pods mount (an MPI job's hostfile and SSH keys); default none.
+
+        Each is created in the job's namespace before any of its pods, idempotently (an existing one is kept: a
+        key generated here is generated once per spec generation, and the first one created stays), labelled and
+        owned by the job, so it is deleted with it. Return ``apiVersion: v1`` objects of kind ``ConfigMap`` or
+        ``Secret`` whose ``metadata.name`` starts with the job's name; the core sets their namespace, labels and
+        owner. The pods mount them by name (a ``mljob_mutate_pod`` hook adds the volumes). Not called by the
+        local runtime (see :meth:`local_wiring`).
+        """
+        return ()
 
     def succeeded(self, job: MLJob, outcomes: Mapping[Replica, Outcome]) -> bool:
         """The framework's success rule over every replica of the job."""

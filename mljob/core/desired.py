@@ -17,7 +17,7 @@ from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import QUEUE_LABEL
 from mljob.core.placement import NOT_SERVED, gang_scheduler
 from mljob.core.plan import Event, Plan
-from mljob.core.render import owner_reference, render
+from mljob.core.render import JOB_OBJECT_KINDS, owner_reference, render
 from mljob.core.status import derive_phase, set_condition, spec_hash, status_patch, terminal
 from mljob.core.validation import DEFAULT_LIMITS, INVALID_SPEC, PLUGIN_ERROR, Limits, check_job
 from mljob.framework import Framework, Problem
@@ -43,6 +43,8 @@ class Desired:
     unknown_framework: bool = False
     kind: JobKind = MLJOB
     """The API kind the job came as (its children's labels and owner are that kind's)."""
+    objects: tuple[dict[str, Any], ...] = ()
+    """The framework's per-job ConfigMaps and Secrets (:meth:`Framework.objects`): created before any pod."""
 
     @property
     def service(self) -> dict[str, Any] | None:
@@ -117,11 +119,14 @@ def desire(
         return Desired(framework, problems=(Problem("", str(wrapped)),), reason=PLUGIN_ERROR, kind=kind)
     pods = tuple(c for c in children if c["kind"] == "Pod")
     services = tuple(c for c in children if c["kind"] == "Service")
-    grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service"))
+    objects = tuple(c for c in children if c["kind"] in JOB_OBJECT_KINDS)
+    grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service", *JOB_OBJECT_KINDS))
     queued = None
     if kind.owns_workload and queueing.queue_name(job) is not None:
         queued = queueing.workload(job, owner_reference(job, job.metadata.uid, kind))
-    return Desired(framework, pods, services, grouped, backend, queued, spec_hash=spec_hash(job), kind=kind)
+    return Desired(
+        framework, pods, services, grouped, backend, queued, spec_hash=spec_hash(job), kind=kind, objects=objects
+    )
 
 
 def reject(body: Mapping[str, Any], problems: Sequence[Problem], now: datetime) -> Plan:

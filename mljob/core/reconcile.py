@@ -251,6 +251,8 @@ def _restart(draft: Draft, judgement: rules.Judgement, seen: _Observed) -> None:
 def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[str, Mapping[str, Any]]) -> None:
     """The missing pods (after the gang's objects, held while its scheduler says so) and services."""
     hold = waits_for(desired.backend, draft.placed.get("PodGroup"))
+    if seen.missing:  # what the pods mount, first: idempotent, an existing one kept (not watched, so not known here)
+        draft.creates.extend(desired.objects)
     if seen.missing and "PodGroup" not in draft.placed:
         # The gang's objects first, so no pod is ever scheduled outside its group.
         draft.creates.extend(desired.placement)

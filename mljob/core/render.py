@@ -18,6 +18,7 @@ from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import LABEL_SPEC_HASH, pod_name
 from mljob.core.status import spec_hash
 from mljob.framework import Address, Framework, Replica, replicas_of
+from mljob.plugins import PluginError
 
 if TYPE_CHECKING:
     from mljob.plugins import Plugins
@@ -218,6 +219,39 @@ def render_replica_service(
     }
 
 
+JOB_OBJECT_KINDS = ("ConfigMap", "Secret")
+"""What :meth:`Framework.objects` may return: what pods mount, and what the operator's role may create."""
+
+
+def render_objects(
+    job: MLJob, framework: Framework, cluster: ServiceCluster, uid: str | None = None, kind: JobKind = MLJOB
+) -> list[dict[str, Any]]:
+    """The framework's per-job objects, in the job's namespace, with its labels and owner; what the framework
+    raises, or returns against the contract, is its PluginError (the job fails, no other)."""
+
+    try:
+        given_objects = list(framework.objects(job, cluster))
+    except Exception as error:
+        raise PluginError(framework.name, "objects", error) from error
+    out = []
+    for i, given in enumerate(given_objects):
+        obj = copy.deepcopy(dict(given))
+        what = f"objects()[{i}]"
+        if obj.get("apiVersion") != "v1" or obj.get("kind") not in JOB_OBJECT_KINDS:
+            wrong = ValueError(f"{what}: only v1 ConfigMap and Secret, got {obj.get('apiVersion')}/{obj.get('kind')}")
+            raise PluginError(framework.name, "objects", wrong)
+        meta = obj.setdefault("metadata", {})
+        name = str(meta.get("name") or "")
+        if not name.startswith(job.name):
+            wrong = ValueError(f"{what}: metadata.name {name!r} must start with the job's name {job.name!r}")
+            raise PluginError(framework.name, "objects", wrong)
+        meta["namespace"] = job.namespace
+        meta["labels"] = {**(meta.get("labels") or {}), **kind.job_labels(job.name)}
+        meta["ownerReferences"] = [owner_reference(job, uid, kind)]
+        out.append(obj)
+    return out
+
+
 def render(
     job: MLJob,
     framework: Framework,
@@ -233,7 +267,10 @@ def render(
     """
     cluster = ServiceCluster.of(job, framework, kind)
     backend = placement.gang_scheduler(job, gang)
-    grouped = placement.objects(job, backend, owner_reference(job, uid, kind))
+    grouped = [
+        *placement.objects(job, backend, owner_reference(job, uid, kind)),
+        *render_objects(job, framework, cluster, uid, kind),
+    ]
     fingerprint = spec_hash(job)
     replicas = replicas_of(job)
     pods = [render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint, kind) for r in replicas]

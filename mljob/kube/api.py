@@ -40,7 +40,7 @@ def user_agent(component: str = COMPONENT) -> str:
     return f"{component}/{__version__}"
 
 
-CORE = {"Pod": "pods", "Service": "services", "Event": "events"}
+CORE = {"Pod": "pods", "Service": "services", "Event": "events", "ConfigMap": "configmaps", "Secret": "secrets"}
 
 
 class ApiError(Exception):

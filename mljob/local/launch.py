@@ -5,6 +5,9 @@ expanded from the container's env, the env's literal values in order, ``workingD
 the framework's wiring computed against a :class:`~mljob.local.cluster.LocalCluster`. What only a
 cluster can supply (``valueFrom``, ``envFrom``, the image's entrypoint) is a problem with its
 field path, reported before anything starts.
+
+A framework may change how a replica runs on one machine (:meth:`Framework.local_wiring`): leave it
+out, replace some of its variables, or have files written for it into the run's folder.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Launches:
     launches: dict[Replica, Launch] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    """What the framework asked to be written into the run's folder before anything starts."""
+    left_out: list[Replica] = field(default_factory=list)
+    """Replicas the framework does not start locally (:attr:`LocalWiring.run` false)."""
 
 
 def expand(text: str, variables: Mapping[str, str]) -> str:
@@ -128,12 +135,16 @@ def plan(
     base_dir: Path,
     environ: Mapping[str, str],
     gpus: Mapping[Replica, Sequence[str]] | None = None,
+    folder: Path | None = None,
 ) -> Launches:
     """Every replica's :class:`Launch`, or every problem, with field paths.
 
     ``base_dir`` is the default working directory (the MLJob file's folder); ``gpus`` the
-    devices each replica may see, when the job asks for any (the rest then see none).
+    devices each replica may see, when the job asks for any (the rest then see none); ``folder``
+    the run's own folder, where the framework's :attr:`LocalWiring.files` will be written (the
+    caller writes them: planning writes nothing).
     """
+    folder = folder if folder is not None else base_dir
     result = Launches()
     base_env = dict(environ)
     base_env["PATH"] = process_path(environ)
@@ -165,6 +176,15 @@ def plan(
                 wiring = dict(framework.env(job, replica, cluster))
             except Exception as error:
                 raise PluginError(framework.name, "env", error) from error
+            try:
+                local = framework.local_wiring(job, replica, folder)
+            except Exception as error:
+                raise PluginError(framework.name, "local_wiring", error) from error
+            if not local.run:
+                result.left_out.append(replica)
+                continue
+            wiring.update(local.env)
+            result.files.update(local.files)
             if gpus is not None:
                 wiring[VISIBLE] = ",".join(gpus.get(replica, ()))
             env, problems = container_env(container, wiring, cpath)
@@ -174,6 +194,9 @@ def plan(
                 result.problems.extend(p for p in problems if p not in result.problems)
             elif launch_or_problems[0] is not None:
                 result.launches[replica] = launch_or_problems[0]
+    if result.left_out:
+        names = ", ".join(map(str, result.left_out))
+        result.notices.append(f"not started locally, as the {framework.name} plugin asks: {names}")
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
@@ -33,9 +34,17 @@ class CannotRun(Exception):
 
 
 def prepare(
-    job: MLJob, framework: Framework, base_dir: Path, environ: Mapping[str, str] | None = None
+    job: MLJob,
+    framework: Framework,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    folder: Path | None = None,
 ) -> tuple[Launches, LocalCluster]:
-    """Ports, GPUs and every replica's process, or :class:`CannotRun` with the reasons."""
+    """Ports, GPUs and every replica's process, or :class:`CannotRun` with the reasons.
+
+    ``folder`` is the run's own folder (made by the caller, removed after the run), where the files a
+    framework asks for are written; without one, a framework that asks for files cannot run.
+    """
     environ = dict(os.environ if environ is None else environ)
     replicas = replicas_of(job)
     if not replicas:
@@ -51,11 +60,18 @@ def prepare(
             raise CannotRun(str(error)) from error
     cluster = LocalCluster.allocate(replicas)
     try:
-        result = plan(job, framework, cluster, base_dir, environ, gpus)
+        result = plan(job, framework, cluster, base_dir, environ, gpus, folder)
     except PluginError as error:
         raise CannotRun(str(error)) from error
     if result.problems:
         raise CannotRun("\n".join(str(p) for p in result.problems))
+    if not result.launches:
+        raise CannotRun(f"the {framework.name} plugin starts none of the job's replicas locally")
+    if result.files:
+        if folder is None:
+            raise CannotRun(f"the {framework.name} plugin needs files written for a local run, and no folder was given")
+        for name, content in result.files.items():
+            (folder / name).write_text(content)
     if gpus is not None:
         shown = ", ".join(f"{r}={','.join(d) or 'none'}" for r, d in gpus.items())
         result.notices.append(f"CUDA_VISIBLE_DEVICES: {shown}")
@@ -73,7 +89,21 @@ def run_job(
     environ: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run a checked job to its end and show it; raises :class:`CannotRun` before starting anything."""
-    prepared, cluster = prepare(job, framework, base_dir, environ)
+    with tempfile.TemporaryDirectory(prefix=f"mljob-{job.name}-") as folder:
+        return _run_job(job, framework, base_dir, Path(folder), logs_dir, out, live, environ)
+
+
+def _run_job(
+    job: MLJob,
+    framework: Framework,
+    base_dir: Path,
+    folder: Path,
+    logs_dir: Path | None,
+    out: TextIO | None,
+    live: bool | None,
+    environ: Mapping[str, str] | None,
+) -> RunResult:
+    prepared, cluster = prepare(job, framework, base_dir, environ, folder)
     logs = None
     if logs_dir is not None:
         try:

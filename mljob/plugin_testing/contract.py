@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -24,7 +25,7 @@ from mljob.core.names import LABEL_LEADER, dns1123_problem, pod_name
 from mljob.core.render import ServiceCluster, render, wiring_container
 from mljob.core.schema import object_problems
 from mljob.core.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
-from mljob.framework import Framework, Outcome, Problem, Replica, replicas_of
+from mljob.framework import Framework, LocalWiring, Outcome, Problem, Replica, replicas_of
 from mljob.plugin_testing.jobs import (
     FAKE_DOMAIN,
     FakeCluster,
@@ -384,12 +385,33 @@ class FrameworkContract:
 
     # -- on one machine: the local runtime ----------------------------------------------------------
 
+    def test_local_wiring_is_data(self) -> None:
+        """What :meth:`~Framework.local_wiring` returns: strings, reserved names, plain file names, someone to run.
+
+        The folder is never written to: ``local_wiring`` only returns the files to write.
+        """
+        folder = Path("/nonexistent/mljob-run")
+        for job in self._valid_shapes():
+            locals_ = {r: self.framework.local_wiring(job, r, folder) for r in replicas_of(job)}
+            assert any(local.run for local in locals_.values()), f"{shape_of(job)}: no replica runs locally"
+            for replica, local in locals_.items():
+                assert isinstance(local, LocalWiring), f"{replica}: local_wiring returned {type(local).__name__}"
+                for key, value in local.env.items():
+                    assert isinstance(value, str), f"{replica}: {key}={value!r} is not a str"
+                    assert key in self.framework.reserved_env, f"{replica}: local {key} is not in reserved_env"
+                for name, content in local.files.items():
+                    assert isinstance(content, str), f"{replica}: file {name!r} is not text"
+                    assert name not in ("", ".", ".."), f"{replica}: file name {name!r}"
+                    assert "/" not in name, f"{replica}: file name {name!r} is not a plain name"
+                again = self.framework.local_wiring(MLJob.model_validate(wire(job)), replica, folder)
+                assert again == local, f"{replica}: local_wiring differs between two calls"
+
     def test_runs_locally(self) -> None:
         job = self.local_run_job()
         run = run_locally(self.framework, job)
         assert run.succeeded, f"{shape_of(job)}: the local run failed: {run.message}\n{run.output[-3000:]}"
         assert run.exit_status == 0
-        assert len(run.received) == len(replicas_of(job)), run.output[-3000:]
+        assert len(run.received) == len(run.wiring), run.output[-3000:]
         for replica, wiring in run.wiring.items():
             assert wiring.items() <= run.planned[replica].items(), f"{replica}: mljob run did not pass its wiring"
             for key, value in wiring.items():

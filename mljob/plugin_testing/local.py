@@ -2,7 +2,7 @@
 
 :func:`run_locally` starts one small Python program per replica through the local runtime's own
 planning and supervisor. Each program writes down the framework's variables it received and, once
-every replica has done so, exits 0 (or, for a role that runs until stopped, waits to be stopped).
+every replica started has done so, exits 0 (or, for a role that runs until stopped, waits to be stopped).
 The framework's success rule must then end the run, and what each process received must be what
 ``env()`` gives for the loopback cluster the run used.
 """
@@ -57,7 +57,10 @@ class LocalRun:
     planned: dict[Replica, dict[str, str]]
     """The same variables as mljob planned them for each replica."""
     wiring: dict[Replica, dict[str, str]]
-    """``framework.env(job, replica, cluster)`` for the loopback cluster the run used."""
+    """``framework.env(job, replica, cluster)`` for the loopback cluster the run used, with the framework's
+    :meth:`~Framework.local_wiring` on top, for every replica the run started."""
+    files: dict[str, str]
+    """The files written into the run's folder, by name."""
     output: str
 
     def received_as_planned(self) -> bool:
@@ -66,10 +69,19 @@ class LocalRun:
         return Counter(map(key, self.received)) == Counter(map(key, self.planned.values()))
 
 
-def local_job(framework: Framework, job: MLJob, folder: Path, names: Sequence[str]) -> MLJob:
-    """``job`` with every wiring container running :data:`PROGRAM`, and a deadline."""
+def started(framework: Framework, job: MLJob, folder: Path) -> list[Replica]:
+    """The replicas a local run starts: those the framework's :meth:`~Framework.local_wiring` does not leave out."""
+    return [r for r in replicas_of(job) if framework.local_wiring(job, r, folder).run]
+
+
+def local_job(framework: Framework, job: MLJob, folder: Path, names: Sequence[str], total: int | None = None) -> MLJob:
+    """``job`` with every wiring container running :data:`PROGRAM`, and a deadline.
+
+    ``total`` is how many processes the run starts (default: one per replica).
+    """
     doc = wire(job)
-    total = sum(spec["replicas"] for spec in doc["spec"]["replicaSpecs"].values())
+    if total is None:
+        total = sum(spec["replicas"] for spec in doc["spec"]["replicaSpecs"].values())
     for role, spec in doc["spec"]["replicaSpecs"].items():
         known = framework.role(role)
         stay = "stay" if known is not None and known.runs_until_stopped else "exit"
@@ -98,10 +110,12 @@ def run_locally(framework: Framework, job: MLJob) -> LocalRun:
     with tempfile.TemporaryDirectory(prefix="mljob-contract-") as tmp:
         folder = Path(tmp) / "received"
         folder.mkdir()
+        run_folder = Path(tmp) / "run"
+        run_folder.mkdir()
         names = sorted(set(framework.reserved_env) | _wired_names(framework, job))
-        runnable = local_job(framework, job, folder, names)
+        runnable = local_job(framework, job, folder, names, len(started(framework, job, run_folder)))
         environ = {k: v for k, v in os.environ.items() if k not in names}
-        prepared, cluster = prepare(runnable, framework, Path(tmp), environ)
+        prepared, cluster = prepare(runnable, framework, Path(tmp), environ, run_folder)
         out = io.StringIO()
         with Display(out, live=False) as display:
             result = asyncio.run(Supervisor(runnable, framework, prepared.launches, display).run())
@@ -114,7 +128,11 @@ def run_locally(framework: Framework, job: MLJob) -> LocalRun:
             planned={
                 r: {n: launch.env[n] for n in names if n in launch.env} for r, launch in prepared.launches.items()
             },
-            wiring={r: dict(framework.env(runnable, r, cluster)) for r in replicas_of(runnable)},
+            wiring={
+                r: {**framework.env(runnable, r, cluster), **framework.local_wiring(runnable, r, run_folder).env}
+                for r in started(framework, runnable, run_folder)
+            },
+            files={p.name: p.read_text() for p in run_folder.iterdir()},
             output=out.getvalue(),
         )
 

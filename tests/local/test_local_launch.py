@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from localfw import Tiny, container
 
-from mljob import MLJob, Replica
+from mljob import LocalWiring, MLJob, Replica
 from mljob.local.cluster import LocalCluster, free_ports
 from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests, parse_nvidia_smi, parse_visible
 from mljob.local.launch import container_env, expand, plan, process_path
+from mljob.local.runner import CannotRun, prepare
 
 W0, W1, LEAD = Replica("Worker", 0), Replica("Worker", 1), Replica("Lead", 0)
 
@@ -209,3 +210,41 @@ def test_only_the_wiring_container_runs_and_the_others_are_named(tmp_path):
     assert result.launches[W0].argv[1:] == ("-V",)
     assert "Worker: only container 'tiny' runs locally, not logger, init container fetch" in result.notices
     assert any("busybox, python:3.11-slim not used locally" in n for n in result.notices)
+
+
+class HomeBody(Tiny):
+    """Leaves worker 0 out of a local run and gives worker 1 a file of the run (Framework.local_wiring)."""
+
+    def local_wiring(self, job, replica, folder):
+        if replica == W0:
+            return LocalWiring(run=False)
+        return LocalWiring(env={"TINY_PEERS": str(folder / "peers")}, files={"peers": "worker-1\n"})
+
+
+def test_a_framework_may_leave_a_replica_out_and_ask_for_files(tmp_path):
+    job = make_job(container(["python", "-c", "pass"]))
+    cluster = LocalCluster({W0: 20001, W1: 20002})
+    result = plan(job, HomeBody(), cluster, tmp_path, {"PATH": "/usr/bin"}, folder=tmp_path / "run")
+    assert result.problems == []
+    assert list(result.launches) == [W1]
+    assert result.left_out == [W0]
+    assert result.launches[W1].container_env == {"TINY_ME": "worker-1", "TINY_PEERS": str(tmp_path / "run" / "peers")}
+    assert result.files == {"peers": "worker-1\n"}  # planned, not written: prepare() writes them
+    assert not (tmp_path / "run").exists()
+    assert "not started locally, as the tiny plugin asks: worker-0" in result.notices
+
+
+def test_prepare_writes_the_files_into_the_runs_folder(tmp_path):
+    job = make_job(container(["python", "-c", "pass"]))
+    prepared, _ = prepare(job, HomeBody(), tmp_path, {"PATH": "/usr/bin"}, folder=tmp_path)
+    assert (tmp_path / "peers").read_text() == "worker-1\n"
+    assert list(prepared.launches) == [W1]
+
+
+def test_a_job_none_of_whose_replicas_run_locally_cannot_run(tmp_path):
+    class Absent(Tiny):
+        def local_wiring(self, job, replica, folder):
+            return LocalWiring(run=False)
+
+    with pytest.raises(CannotRun, match="the tiny plugin starts none of the job's replicas locally"):
+        prepare(make_job(container(["python", "-c", "pass"])), Absent(), tmp_path, {"PATH": "/usr/bin"}, tmp_path)

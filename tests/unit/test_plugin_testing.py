@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from mljob import Cluster, Framework, MLJob, Outcome, Problem, Replica, Role
+from mljob import Cluster, Framework, LocalWiring, MLJob, Outcome, Problem, Replica, Role
 from mljob.core.validation import check_job
 from mljob.framework import replicas_of
 from mljob.plugin_testing import FakeCluster, FrameworkContract, field_path_problem, job_shapes, make_job, plugins_for
@@ -227,9 +228,42 @@ class OwnPortForTheLeader(Good):
         return {**super().env(job, replica, cluster), "GOOD_LEADER": f"{host}:{cluster.address(replica).port}"}
 
 
+class StoresStayHome(Good):
+    """Leaves its stores out of a local run and hands the leader a file of the run, as the MPI plugin does."""
+
+    def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
+        if replica.role == "Store":
+            return LocalWiring(run=False)
+        if replica.role == "Leader":
+            return LocalWiring(env={"GOOD_SIZE": str(folder / "size")}, files={"size": "3\n"})
+        return LocalWiring()
+
+
+class NobodyRunsLocally(Good):
+    def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
+        return LocalWiring(run=False)
+
+
+class UnreservedLocalVariable(Good):
+    def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
+        return LocalWiring(env={"GOOD_LOCAL": "1"})
+
+
+class FileOutsideTheFolder(Good):
+    def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
+        return LocalWiring(files={"../escape": ""})
+
+
+def test_a_framework_that_leaves_replicas_out_of_a_local_run_passes() -> None:
+    assert failures(StoresStayHome()) == {}
+
+
 @pytest.mark.parametrize(
     ("framework", "test"),
     [
+        (NobodyRunsLocally(), "test_local_wiring_is_data"),
+        (UnreservedLocalVariable(), "test_local_wiring_is_data"),
+        (FileOutsideTheFolder(), "test_local_wiring_is_data"),
         (MadeUpAddress(), "test_every_address_comes_from_the_cluster"),
         (DefaultPort(), "test_every_address_comes_from_the_cluster"),
         (Unreserved(), "test_every_wired_variable_is_reserved"),
