@@ -53,14 +53,15 @@ agent-tools: | $(filter browser,$(MAKECMDGOALS))
 		>/dev/null; }
 	@ip -V && nft --version
 
-# Debian's OpenMPI (mpirun, libmpi, mpicc) for the MPI plugin's example and tests (examples/mpi-allreduce): `mljob run`
-# runs every rank through the launcher's own mpirun, and mpi4py loads its libmpi. About 20 s with apt's lists fresh.
-# After `browser` and `agent-tools` when those are asked for too (make -j3 test): two apt-gets at once would fail on
-# apt's lock.
+# Debian's OpenMPI (mpirun, libmpi, mpicc) and OpenSSH's server for the MPI plugin's example and tests
+# (examples/mpi-allreduce): `mljob run` runs every rank through the launcher's own mpirun, and mpi4py loads its
+# libmpi; on the node agent's cluster the workers run sshd and the launcher's mpirun reaches them over ssh. About
+# 30 s with apt's lists fresh. After `browser` and `agent-tools` when those are asked for too (make -j3 test): two
+# apt-gets at once would fail on apt's lock.
 openmpi: | $(filter browser agent-tools,$(MAKECMDGOALS))
-	@{ command -v mpirun && command -v mpicc; } >/dev/null || { $(SUDO) apt-get update -qq && \
+	@{ command -v mpirun && command -v mpicc && test -x /usr/sbin/sshd; } >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin \
-		libopenmpi-dev >/dev/null; }
+		libopenmpi-dev openssh-server >/dev/null; }
 	@mpirun --version | head -1
 
 # The real Kubernetes control plane the operator is tested against (etcd, kube-apiserver, controller-manager,
@@ -76,7 +77,7 @@ controlplane:
 # to export and where each example's overlay is; Ctrl-C stops every process. CLUSTER_ARGS adds to it: "--agents 2",
 # "--with kueue --with coscheduling --with volcano-crds" (the placement add-ons). The MXNet example also needs
 # `make setup-mxnet`. Without root: `make cluster-kwok`, the control plane with kwok's simulated nodes (no training).
-cluster: setup controlplane agent-tools
+cluster: setup controlplane agent-tools openmpi
 	$(BIN)/python -m controlplane --with agent $(CLUSTER_ARGS)
 
 cluster-kwok: setup controlplane

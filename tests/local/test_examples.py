@@ -101,18 +101,13 @@ CASES = [
         {"worker-0": "succeeded", "worker-1": "succeeded", "worker-2": "succeeded"},
         same_model=True,
     ),
-]
-LOCAL_ONLY = [
     Example(
-        "mpi-allreduce",  # mpirun in the launcher starts the three ranks here; the workers (sshd) are not started
+        "mpi-allreduce",  # locally mpirun starts the three ranks here (no workers); in a cluster, over ssh on them
         ("launcher-0",),
         6.0,
         {"launcher-0": "succeeded"},
     ),
 ]
-"""Examples that train under ``mljob run`` but not yet in a cluster, kept out of :data:`CASES` (which
-tests/nodeagent/test_cluster_examples.py also runs on the node agent's cluster): the operator does not create an
-MPI job's SSH key Secret and hostfile ConfigMap yet (plugins/mpi/README.md)."""
 MODEL = re.compile(r" model=(?P<digest>[0-9a-f]+)")
 
 
@@ -142,7 +137,7 @@ def summary(out: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("example", CASES + LOCAL_ONLY, ids=[c.folder for c in CASES + LOCAL_ONLY])
+@pytest.mark.parametrize("example", CASES, ids=[c.folder for c in CASES])
 def test_example_trains_and_checks_itself(example: Example, tmp_path: Path) -> None:
     assert example.mljob.exists(), f"{example.mljob} is missing: run `make setup setup-mxnet`"
     logs = tmp_path / "logs"

@@ -79,7 +79,8 @@ def _local_examples() -> ModuleType:
 
 
 LOCAL = _local_examples()
-# The issue's five, and paddle-distributed: its rendezvous pod names its own IP through the downward API.
+# The issue's five, paddle-distributed (its rendezvous pod names its own IP through the downward API) and
+# mpi-allreduce (the launcher's mpirun reaches the workers' sshd with the job's SSH key Secret and hostfile ConfigMap).
 CASES = [c for c in LOCAL.CASES if c.folder not in ("jax-distributed", "xgboost-distributed")]
 TIMES: dict[str, float] = {}
 KUBEFLOW = {"pytorch": ("PyTorchJob", "pytorchReplicaSpecs"), "tensorflow": ("TFJob", "tfReplicaSpecs")}

@@ -14,32 +14,55 @@ The wiring is the MPI Operator's (kubeflow/mpi-operator v0.8.0, ``pkg/controller
 
 The hostfile (:func:`hostfile`) lists every worker's address as the cluster gives it,
 ``<job>-worker-<i>.<job>.<namespace>.svc slots=N`` (OpenMPI) or ``...:N`` (Intel, MPICH). In a cluster it
-is meant to be a per-job ConfigMap mounted at ``/etc/mpi``, beside a per-job SSH key Secret: the operator
-does not create either yet (see README.md). Under ``mljob run`` no SSH is needed: the workers, which in a
+is the per-job ConfigMap ``<job>-config`` mounted at ``/etc/mpi``, beside the per-job SSH key Secret ``<job>-ssh``
+in every replica's ``~/.ssh`` (:meth:`MPI.objects`, :func:`mljob_mutate_pod`). Under ``mljob run`` no SSH is
+needed: the workers, which in a
 cluster only run sshd, are not started, and the launcher's hostfile is a file of the run that puts every
 slot on ``localhost``, so the user's own ``mpirun`` command starts every rank on this machine.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field
 
 from mljob import Cluster, Framework, LocalWiring, MLJob, Outcome, Problem, Replica, RestartPolicy, Role, hookimpl
 
-__all__ = ["MPI", "MPIOptions", "hostfile", "launcher_waits_for_workers", "mljob_register_frameworks"]
+__all__ = [
+    "MPI",
+    "MPIOptions",
+    "hostfile",
+    "launcher_waits_for_workers",
+    "mljob_mutate_pod",
+    "mljob_register_frameworks",
+    "ssh_key_pair",
+]
 
 LAUNCHER = Replica("Launcher", 0)
 CONFIG_MOUNT_PATH = "/etc/mpi"
 """Where the MPI Operator mounts the job's ConfigMap (``configMountPath``)."""
 HOSTFILE = "hostfile"
+DISCOVER_HOSTS = "discover_hosts.sh"
 HOSTFILE_PATH = f"{CONFIG_MOUNT_PATH}/{HOSTFILE}"
 SSH_EXTRA_ARGS = "-o ConnectionAttempts=10"
 """Workers' sshd may not listen yet when the launcher starts (launcherCreationPolicy AtStartup)."""
+CONFIG_SUFFIX = "-config"
+"""The job's ConfigMap, ``<job>-config``: ``hostfile`` and ``discover_hosts.sh``, at /etc/mpi on the launcher."""
+CONFIG_VOLUME = "mpi-job-config"
+SSH_SECRET_SUFFIX = "-ssh"
+"""The job's SSH key Secret, ``<job>-ssh`` (``kubernetes.io/ssh-auth``), mounted in every replica's ~/.ssh."""
+SSH_AUTH_VOLUME = "ssh-auth"
+ROOT_SSH_PATH = "/root/.ssh"
+SSH_CLIENT_CONFIG = "StrictHostKeyChecking no\nUserKnownHostsFile /dev/null\nLogLevel ERROR\n"
+"""What an MPI image's /etc/ssh/ssh_config says for its launcher (the workers' host keys are never known ahead):
+here in the Secret's ``ssh-config``, mounted as ~/.ssh/config, since no image is assumed to have it."""
 SSH_PORT = 22
 """Where the workers' sshd listens unless a container port named ``ssh`` says otherwise."""
 
@@ -84,6 +107,12 @@ class MPIOptions(BaseModel):
         "OpenMPI",
         alias="mpiImplementation",
         description="Which MPI the image runs: it decides the launcher's variables and the hostfile's format.",
+    )
+    ssh_auth_mount_path: str = Field(
+        ROOT_SSH_PATH,
+        alias="sshAuthMountPath",
+        pattern=r"^/",
+        description="Where the job's SSH key Secret is mounted in every replica's first container (the user's ~/.ssh).",
     )
 
 
@@ -159,6 +188,38 @@ class MPI(Framework):
             files={HOSTFILE: _line("localhost", slots, options.mpi_implementation)},
         )
 
+    def objects(self, job: MLJob, cluster: Cluster) -> Sequence[Mapping[str, Any]]:
+        """The MPI Operator's two per-job objects: ``<job>-config`` (the hostfile and ``discover_hosts.sh``) and
+        ``<job>-ssh`` (a fresh ECDSA P-521 key pair, ``kubernetes.io/ssh-auth``), plus an ssh client config.
+
+        The key is made here, once per spec generation: the operator creates the Secret once and keeps it.
+        ``discover_hosts.sh`` lists every worker (the MPI Operator's lists those running, rewritten as they come).
+        """
+        workers = job.spec.replica_specs["Worker"].replicas
+        discover = "#!/bin/sh\n" + "".join(
+            f"echo {cluster.address(Replica('Worker', i)).host}\n" for i in range(workers)
+        )
+        private, public = ssh_key_pair()
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": job.name + CONFIG_SUFFIX, "labels": {"app": job.name}},
+                "data": {HOSTFILE: hostfile(job, cluster), DISCOVER_HOSTS: discover},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": job.name + SSH_SECRET_SUFFIX, "labels": {"app": job.name}},
+                "type": "kubernetes.io/ssh-auth",
+                "data": {
+                    "ssh-privatekey": _b64(private),
+                    "ssh-publickey": _b64(public),
+                    "ssh-config": _b64(SSH_CLIENT_CONFIG.encode()),
+                },
+            },
+        ]
+
     def succeeded(self, job: MLJob, outcomes: Mapping[Replica, Outcome]) -> bool:
         """The launcher decides, as in the MPI Operator: its ``mpirun`` ends when every rank has."""
         return outcomes.get(LAUNCHER) is Outcome.SUCCEEDED
@@ -180,6 +241,56 @@ def hostfile(job: MLJob, cluster: Cluster) -> str:
         _line(cluster.address(Replica("Worker", i)).host, options.slots_per_worker, options.mpi_implementation)
         for i in range(workers)
     )
+
+
+def ssh_key_pair() -> tuple[bytes, bytes]:
+    """A fresh ECDSA P-521 key: the private key in PEM (``EC PRIVATE KEY``) and the public one as an
+    authorized_keys line, as the MPI Operator's ``newSSHAuthSecret`` makes them."""
+    key = ec.generate_private_key(ec.SECP521R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + b"\n"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+SSH_ITEMS = (
+    {"key": "ssh-privatekey", "path": "id_rsa"},
+    {"key": "ssh-publickey", "path": "id_rsa.pub"},
+    {"key": "ssh-publickey", "path": "authorized_keys"},
+    {"key": "ssh-config", "path": "config"},
+)
+CONFIG_ITEMS = (
+    {"key": HOSTFILE, "path": HOSTFILE, "mode": 0o444},
+    {"key": DISCOVER_HOSTS, "path": DISCOVER_HOSTS, "mode": 0o555},
+)
+
+
+@hookimpl
+def mljob_mutate_pod(job: MLJob, replica: Replica, pod: dict[str, Any]) -> None:
+    """Mount the job's objects as the MPI Operator does (``setupSSHOnPod``, the launcher's config volume): the SSH
+    Secret in the first container of every replica, the ConfigMap at /etc/mpi in the launcher's."""
+    if job.spec.framework != MPI.name:
+        return
+    options = MPIOptions.model_validate(job.spec.framework_options)
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    mode = 0o600 if options.ssh_auth_mount_path == ROOT_SSH_PATH else None
+    secret: dict[str, Any] = {"secretName": job.name + SSH_SECRET_SUFFIX, "items": [dict(i) for i in SSH_ITEMS]}
+    if mode is not None:
+        secret["defaultMode"] = mode
+    volumes = spec.setdefault("volumes", [])
+    mounts = container.setdefault("volumeMounts", [])
+    volumes.append({"name": SSH_AUTH_VOLUME, "secret": secret})
+    mounts.append({"name": SSH_AUTH_VOLUME, "mountPath": options.ssh_auth_mount_path})
+    if replica.role == LAUNCHER.role:
+        items = [dict(i) for i in CONFIG_ITEMS]
+        volumes.append({"name": CONFIG_VOLUME, "configMap": {"name": job.name + CONFIG_SUFFIX, "items": items}})
+        mounts.append({"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH})
 
 
 def launcher_waits_for_workers(job: MLJob) -> bool:

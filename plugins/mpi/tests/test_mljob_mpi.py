@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import mljob_mpi
 import pytest
+from cryptography.hazmat.primitives import serialization
 from mljob_mpi import MPI, hostfile, launcher_waits_for_workers
 
 from mljob import LocalWiring, MLJob, Outcome, Replica
@@ -264,3 +266,102 @@ def test_mpirun_starts_every_slot_on_this_machine_with_the_local_wiring(tmp_path
 def test_a_worker_port_named_ssh_is_passed_to_the_launchers_ssh() -> None:
     job = make_job(MPI_, {"Launcher": 1, "Worker": 2}, ports={"Worker": 2222})
     assert env(job, "Launcher")["OMPI_MCA_plm_rsh_args"] == "-o ConnectionAttempts=10 -p 2222"
+
+
+# -- the operator's side: the job's ConfigMap and SSH Secret, mounted as the MPI Operator mounts them ---------------
+
+
+def test_the_job_gets_its_hostfile_config_map_and_ssh_secret() -> None:
+    config, secret = MPI_.objects(PI, ServiceCluster.of(PI, MPI_))
+    assert config["metadata"]["name"] == "pi-config"
+    assert config["data"]["hostfile"] == ("pi-worker-0.pi.hpc.svc slots=2\npi-worker-1.pi.hpc.svc slots=2\n")
+    assert (
+        config["data"]["discover_hosts.sh"] == "#!/bin/sh\necho pi-worker-0.pi.hpc.svc\necho pi-worker-1.pi.hpc.svc\n"
+    )
+    assert secret["metadata"]["name"] == "pi-ssh"
+    assert secret["type"] == "kubernetes.io/ssh-auth"
+    private = base64.b64decode(secret["data"]["ssh-privatekey"])
+    public = base64.b64decode(secret["data"]["ssh-publickey"])
+    assert private.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    key = serialization.load_pem_private_key(private, password=None)
+    mine = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    assert public == mine + b"\n"
+    assert public.startswith(b"ecdsa-sha2-nistp521 ")
+    assert b"StrictHostKeyChecking no" in base64.b64decode(secret["data"]["ssh-config"])
+
+
+def test_every_job_gets_a_key_of_its_own() -> None:
+    cluster = ServiceCluster.of(PI, MPI_)
+    first, second = MPI_.objects(PI, cluster)[1], MPI_.objects(PI, cluster)[1]
+    assert first["data"]["ssh-privatekey"] != second["data"]["ssh-privatekey"]
+
+
+def test_the_operator_renders_the_objects_and_mounts_them() -> None:
+    from mljob.core.reconcile import desire
+
+    plugins = load_plugins(entry_points=False, extra=[mljob_mpi])
+    desired = desire(PI, plugins)
+    assert desired.ok, desired.problems
+    assert [(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]) for o in desired.objects] == [
+        ("ConfigMap", "pi-config", "hpc"),
+        ("Secret", "pi-ssh", "hpc"),
+    ]
+    pods = {p["metadata"]["name"]: p for p in desired.pods}
+    launcher = pods["pi-launcher-0"]["spec"]
+    assert {v["name"]: v for v in launcher["volumes"]} == {
+        "ssh-auth": {
+            "name": "ssh-auth",
+            "secret": {
+                "secretName": "pi-ssh",
+                "defaultMode": 0o600,
+                "items": [
+                    {"key": "ssh-privatekey", "path": "id_rsa"},
+                    {"key": "ssh-publickey", "path": "id_rsa.pub"},
+                    {"key": "ssh-publickey", "path": "authorized_keys"},
+                    {"key": "ssh-config", "path": "config"},
+                ],
+            },
+        },
+        "mpi-job-config": {
+            "name": "mpi-job-config",
+            "configMap": {
+                "name": "pi-config",
+                "items": [
+                    {"key": "hostfile", "path": "hostfile", "mode": 0o444},
+                    {"key": "discover_hosts.sh", "path": "discover_hosts.sh", "mode": 0o555},
+                ],
+            },
+        },
+    }
+    assert launcher["containers"][0]["volumeMounts"] == [
+        {"name": "ssh-auth", "mountPath": "/root/.ssh"},
+        {"name": "mpi-job-config", "mountPath": "/etc/mpi"},
+    ]
+    worker = pods["pi-worker-1"]["spec"]
+    assert [v["name"] for v in worker["volumes"]] == ["ssh-auth"]
+    assert worker["containers"][0]["volumeMounts"] == [{"name": "ssh-auth", "mountPath": "/root/.ssh"}]
+
+
+def test_another_ssh_mount_path_gets_the_secrets_default_mode() -> None:
+    job = make_job(MPI_, {"Launcher": 1, "Worker": 1}, name="user", options={"sshAuthMountPath": "/home/mpi/.ssh"})
+    children = render(job, MPI_, load_plugins(entry_points=False, extra=[mljob_mpi]))
+    pod = next(c for c in children if c["kind"] == "Pod")
+    ssh = next(v for v in pod["spec"]["volumes"] if v["name"] == "ssh-auth")
+    assert "defaultMode" not in ssh["secret"]
+    assert pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == "/home/mpi/.ssh"
+
+
+def test_a_relative_ssh_mount_path_is_refused_at_its_field() -> None:
+    job = make_job(MPI_, {"Launcher": 1, "Worker": 1}, name="rel", options={"sshAuthMountPath": "home/.ssh"})
+    path, message = one_problem(job)
+    assert path == "spec.frameworkOptions.sshAuthMountPath"
+    assert "should match pattern" in message
+
+
+def test_other_frameworks_pods_are_not_touched() -> None:
+    from mljob_pytorch import PyTorch
+
+    job = make_job(PyTorch(), {"Master": 1}, name="torch")
+    pod: dict = {"spec": {"containers": [{"name": "pytorch"}]}}
+    mljob_mpi.mljob_mutate_pod(job, Replica("Master", 0), pod)
+    assert pod == {"spec": {"containers": [{"name": "pytorch"}]}}
