@@ -190,6 +190,15 @@ class Framework:
         """
         return ()
 
+    def starts_after(self, job: MLJob, replica: Replica) -> tuple[str, ...]:
+        """Roles every pod of which must be Ready before ``replica``'s pod is created; default none (all at once).
+
+        The MPI Operator's ``launcherCreationPolicy: WaitForWorkersReady`` holds the launcher until every worker is
+        ready. The operator creates the others first, says in the job's message what it waits for, and creates the
+        held pod in the pass that sees the last one Ready. Not used by the local runtime.
+        """
+        return ()
+
     def succeeded(self, job: MLJob, outcomes: Mapping[Replica, Outcome]) -> bool:
         """The framework's success rule over every replica of the job."""
         finishing = [r for r in outcomes if not self._runs_until_stopped(r.role)]

@@ -73,6 +73,12 @@ def scheduled(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "PodScheduled" and c.get("status") == "True" for c in conditions)
 
 
+def ready(pod: Mapping[str, Any]) -> bool:
+    """The kubelet says the pod is Ready (every container running and passing its readiness probe)."""
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def finished(pod: Mapping[str, Any]) -> bool:
     return phase(pod) in (SUCCEEDED, FAILED)
 

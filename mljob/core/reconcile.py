@@ -262,10 +262,42 @@ def _create(draft: Draft, desired: Desired, seen: _Observed, flavors: Mapping[st
         # gang's scheduler reads follows it. Its pods, which never change, are not touched.
         draft.updates.extend(desired.placement)
     if hold is None:
-        draft.creates.extend(queueing.steer(draft, p, flavors) for p in seen.missing)
+        missing, held = _held_back(draft, desired, seen.missing)
+        draft.creates.extend(queueing.steer(draft, p, flavors) for p in missing)
+        if held:
+            seen.waiting = held
     elif seen.missing:
         seen.waiting = hold
     draft.creates.extend(s for s in desired.services if podlib.name(s) not in draft.services)
+
+
+def _held_back(draft: Draft, desired: Desired, missing: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The missing pods that may be created now, and why the others wait (:meth:`Framework.starts_after`)."""
+    framework = desired.framework
+    assert framework is not None
+    by_role: dict[str, list[str]] = {}
+    for pod in desired.pods:
+        found = podlib.replica_of(pod, draft.kind)
+        if found is not None:
+            by_role.setdefault(found[0], []).append(podlib.name(pod))
+    roles = {r.lower(): r for r in draft.job.spec.replica_specs}
+    now: list[dict[str, Any]] = []
+    why = ""
+    for pod in missing:
+        found = podlib.replica_of(pod, draft.kind)
+        replica = Replica(roles.get(found[0], found[0]), found[1]) if found is not None else None
+        awaited = framework.starts_after(draft.job, replica) if replica is not None else ()
+        short = []
+        for role in awaited:
+            names = by_role.get(role.lower(), [])
+            ready = [n for n in names if n in draft.pods and podlib.ready(draft.pods[n])]
+            if len(ready) < len(names):
+                short.append(f"{len(ready)} of {len(names)} {role} ready")
+        if short:
+            why = why or f"{podlib.name(pod)} waits for its peers to be ready: {', '.join(short)}"
+        else:
+            now.append(pod)
+    return now, why
 
 
 def _progress(draft: Draft, seen: _Observed, judgement: rules.Judgement) -> None:

@@ -111,3 +111,46 @@ def test_a_framework_without_objects_renders_none():
     desired = desire(job_of(Plain()), plugins_with(Plain()))
     assert desired.ok
     assert desired.objects == ()
+
+
+class Waits(Hosts):
+    """Its Leader starts only once every Worker is Ready (the MPI Operator's WaitForWorkersReady, for its launcher)."""
+
+    name = "waits"
+    roles = (
+        Role("Leader", default_port=22, leader=True, min_replicas=1, max_replicas=1),
+        Role("Worker", default_port=22, min_replicas=1, runs_until_stopped=True),
+    )
+
+    def objects(self, job: MLJob, cluster: Cluster) -> Sequence[Mapping[str, Any]]:
+        return ()
+
+    def starts_after(self, job: MLJob, replica: Replica) -> tuple[str, ...]:
+        return ("Worker",) if replica.role == "Leader" else ()
+
+
+def _ready(pod: dict[str, Any], ready: bool) -> dict[str, Any]:
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    return {**pod, "status": {"phase": "Running", "conditions": [condition]}}
+
+
+def test_a_replica_that_starts_after_others_waits_for_every_one_of_them_to_be_ready():
+    framework = Waits()
+    job = make_job(framework, {"Leader": 1, "Worker": 2}, name="mpi")
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"uid": "uid-2"})})
+    desired = desire(job, plugins_with(framework))
+    assert desired.ok, desired.problems
+    pods = {p["metadata"]["name"]: p for p in desired.pods}
+    first = plan(job, desired, [], None, NOW)
+    assert sorted(c["metadata"]["name"] for c in first.creates if c["kind"] == "Pod") == [
+        "mpi-worker-0",
+        "mpi-worker-1",
+    ]
+    assert first.status is not None
+    assert "mpi-leader-0 waits for its peers to be ready: 0 of 2 Worker ready" in str(first.status)
+    one_ready = [_ready(pods["mpi-worker-0"], True), _ready(pods["mpi-worker-1"], False)]
+    second = plan(job, desired, one_ready, desired.service, NOW)
+    assert [c for c in second.creates if c["kind"] == "Pod"] == []
+    all_ready = [_ready(pods["mpi-worker-0"], True), _ready(pods["mpi-worker-1"], True)]
+    third = plan(job, desired, all_ready, desired.service, NOW)
+    assert [c["metadata"]["name"] for c in third.creates if c["kind"] == "Pod"] == ["mpi-leader-0"]

@@ -220,6 +220,12 @@ class MPI(Framework):
             },
         ]
 
+    def starts_after(self, job: MLJob, replica: Replica) -> tuple[str, ...]:
+        """``launcherCreationPolicy: WaitForWorkersReady``: the launcher's pod only once every worker is Ready."""
+        if replica.role == LAUNCHER.role and launcher_waits_for_workers(job):
+            return ("Worker",)
+        return ()
+
     def succeeded(self, job: MLJob, outcomes: Mapping[Replica, Outcome]) -> bool:
         """The launcher decides, as in the MPI Operator: its ``mpirun`` ends when every rank has."""
         return outcomes.get(LAUNCHER) is Outcome.SUCCEEDED

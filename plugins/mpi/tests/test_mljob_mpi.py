@@ -171,6 +171,13 @@ def test_launcher_creation_policy_defaults_to_at_startup() -> None:
     assert launcher_waits_for_workers(job) is True
 
 
+def test_wait_for_workers_ready_holds_only_the_launcher_for_the_workers() -> None:
+    waits = make_job(MPI_, {"Launcher": 1, "Worker": 2}, options={"launcherCreationPolicy": "WaitForWorkersReady"})
+    assert MPI_.starts_after(waits, Replica("Launcher", 0)) == ("Worker",)
+    assert MPI_.starts_after(waits, Replica("Worker", 1)) == ()
+    assert MPI_.starts_after(PI, Replica("Launcher", 0)) == ()  # AtStartup: all at once
+
+
 S, R, F = Outcome.SUCCEEDED, Outcome.RUNNING, Outcome.FAILED
 
 
