@@ -107,6 +107,12 @@ CASES = [
         6.0,
         {"launcher-0": "succeeded"},
     ),
+    Example(
+        "mpi-pytorch-ddp",  # DDP's ranks started by mpirun (rank and world from OpenMPI's env); the launcher waits
+        ("launcher-0",),  # for its workers to be Ready in a cluster (WaitForWorkersReady)
+        6.0,
+        {"launcher-0": "succeeded"},
+    ),
 ]
 MODEL = re.compile(r" model=(?P<digest>[0-9a-f]+)")
 
