@@ -181,9 +181,10 @@ class Framework:
     def objects(self, job: MLJob, cluster: Cluster) -> Sequence[Mapping[str, Any]]:
         """Per-job ConfigMaps and Secrets the job's pods mount (an MPI job's hostfile and SSH keys); default none.
 
-        Each is created in the job's namespace before any of its pods, idempotently (an existing one is kept: a
-        key generated here is generated once per spec generation, and the first one created stays), labelled and
-        owned by the job, so it is deleted with it. Return ``apiVersion: v1`` objects of kind ``ConfigMap`` or
+        Each is created in the job's namespace before any of its pods, once (an existing one is kept: a key
+        generated here is generated once per spec generation, and the first one created stays; a Secret that
+        exists is used as it is, since the operator may not read Secrets), labelled and owned by the job, so it is
+        deleted with it. Return ``apiVersion: v1`` objects of kind ``ConfigMap`` or
         ``Secret`` whose ``metadata.name`` starts with the job's name; the core sets their namespace, labels and
         owner. The pods mount them by name (a ``mljob_mutate_pod`` hook adds the volumes). Not called by the
         local runtime (see :meth:`local_wiring`).

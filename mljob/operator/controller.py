@@ -30,6 +30,7 @@ from mljob.core.kueue import KUEUE_API, flavor_names
 from mljob.core.names import Key
 from mljob.core.plan import Delete, Plan
 from mljob.core.reconcile import plan
+from mljob.core.render import JOB_OBJECT_KINDS
 from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 from mljob.framework import Problem
 from mljob.kube import Api, ApiError
@@ -97,6 +98,9 @@ class Controller:
         self._desired: dict[Key, tuple[tuple[str, int | None], Desired]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._clashes: set[tuple[Key, str, str]] = set()
+        self._made: dict[Key, set[tuple[str, str, str]]] = {}
+        """The per-job objects (a framework's ConfigMaps and Secrets) known to exist, by job: (job uid, kind,
+        name). They are not watched, so the planner asks for them whenever pods are missing; asked once each."""
         self._refusals: dict[Key, str] = {}
         """Why the API server refused a child of the job in its last pass: the next pass's plan says it."""
         self.expectations = Expectations()
@@ -149,6 +153,7 @@ class Controller:
     def forget(self, key: Key) -> None:
         self.jobs.pop(key, None)
         self._desired.pop(key, None)
+        self._made.pop(key, None)
         self._failures.pop(key, None)
         self.expectations.forget(key)
         self._refusals.pop(key, None)
@@ -398,12 +403,21 @@ class Controller:
     async def _create(self, key: Key, body: Mapping[str, Any], obj: Mapping[str, Any], framework: str) -> str | None:
         """Create one child; returns ``Created||<what>`` for the pass's summary event."""
         kind, child = str(obj["kind"]), str(obj["metadata"]["name"])
+        made_once = (_uid(body), kind, child)
+        if kind in JOB_OBJECT_KINDS and made_once in self._made.get(key, ()):
+            return None  # a framework's per-job object, made (or found) in an earlier pass
         try:
             made = await self.api.create(obj)
         except ApiError as error:
             if error.status in (400, 403, 404, 422):  # refused as asked (a missing PriorityClass, CRD, quota)
                 self._refused(key, f"could not create {kind.lower()} {child}: {error.message}")
             raise
+        if kind in JOB_OBJECT_KINDS and (made is not None or kind == "Secret"):
+            # A Secret that exists is taken as the job's: the operator's role may create Secrets but not read them
+            # (least privilege), so an existing one (a user's own SSH keys, say) is used as it is.
+            self._made.setdefault(key, set()).add(made_once)
+            if made is None:
+                return None
         if made is not None:
             if kind in ("Pod", "Service"):  # the children the watch shows; a PodGroup is not watched
                 self.expectations.created(key, kind, made)
@@ -420,6 +434,8 @@ class Controller:
             # will tell this job that the name is free, so the pass must be retried.
             raise ApiError(409, "AlreadyExists", f"{kind.lower()} {child} was refused as existing but is gone")
         if podlib.controller_uid(existing) == _uid(body):
+            if kind in JOB_OBJECT_KINDS:
+                self._made.setdefault(key, set()).add(made_once)
             return None
         clash = (key, child, podlib.uid(existing))
         if clash not in self._clashes:

@@ -133,6 +133,19 @@ def _is_operator(proc: Path) -> bool:
     return False
 
 
+def test_an_mpi_job_gets_its_config_map_and_secret_from_the_operators_role(local: LocalCluster, tmp_path: Path):
+    """The MPI plugin's per-job objects, created by the operator as deploy/'s ServiceAccount (it may create Secrets,
+    never read one); the launcher's mpirun reaches the workers over ssh with them."""
+    cp = local.control_plane
+    apply_example(local, "mpi-allreduce", tmp_path)
+    succeeded(cp, "mpi-allreduce")
+    made = cp.kubectl("get", "configmap/mpi-allreduce-config", "secret/mpi-allreduce-ssh", "-o", "name").split()
+    assert made == ["configmap/mpi-allreduce-config", "secret/mpi-allreduce-ssh"]
+    log = cp.kubectl("logs", "mpi-allreduce-launcher-0")
+    assert "RESULT ok" in log
+    assert "rank 2 of 3 on mpi-allreduce-worker-2" in log
+
+
 def test_the_api_server_calls_the_webhook_through_its_service(local: LocalCluster, tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
