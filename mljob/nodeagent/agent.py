@@ -22,6 +22,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Agent:
             backoff_base=config.backoff_base,
             backoff_max=config.backoff_max,
             sync_seconds=config.sync_seconds,
+            # the agent's environment, its interpreter, and where mljob itself is (a checkout, for an editable install)
+            image_roots=(sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])),
             allocatable={"cpu": first.cpu, "memory": first.memory, "pods": first.pods},
             hierarchy=config.hierarchy,
             no_cgroups=config.no_cgroups,

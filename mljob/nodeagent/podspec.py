@@ -69,6 +69,9 @@ class PodContext:
     base_env: Mapping[str, str]
     """What every container starts with before its own env (PATH, HOME, ...): the image's env stands in here."""
     sources: Sources = field(default_factory=Sources)
+    image_roots: tuple[str, ...] = ()
+    """What stands in for a container's image: the agent's Python environment and the interpreter it links to
+    (:func:`image_binds`)."""
     """The ConfigMaps, Secrets and Services the env reads, and the Node's allocatable (fetched by the worker)."""
 
 
@@ -178,10 +181,28 @@ def launch(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: PodContext
     variables = {**ctx.base_env, **own}
     argv = tuple(expand(part, variables) for part in (*command, *(str(a) for a in container.get("args") or ())))
     binds = mounts(pod, container, ctx)
+    binds += image_binds(binds, own.get("PATH") or ctx.base_env.get("PATH", ""), ctx.image_roots)
     hostname = str((pod.get("spec") or {}).get("hostname") or (pod.get("metadata") or {}).get("name") or "")
     env = {**ctx.base_env, "HOSTNAME": hostname, **own}
     scratch = posixpath.join(posixpath.dirname(ctx.volumes_dir), "scratch", str(container.get("name")))
     return ContainerLaunch(argv, env, str(container.get("workingDir") or "/"), tuple(binds), scratch)
+
+
+def image_binds(binds: Sequence[Mount], path: str, roots: Sequence[str]) -> list[Mount]:
+    """The image's files a volume would hide: bound again, read-only, over it.
+
+    No image is run: the agent's Python environment (and each environment a ``PATH`` entry names, the MXNet one's,
+    say) stands in for the image's software. An image's files are not under a pod's volumes, so a volume's
+    ``mountPath`` never hides them; here they are host folders, and an emptyDir at ``/tmp`` hides a checkout under
+    ``/tmp``. Each such folder a volume covers is bound back, over the volume, where it was.
+    """
+    candidates = [*roots, *(posixpath.dirname(p) for p in path.split(":") if p.startswith("/") and p.endswith("/bin"))]
+    covered = [m.path.rstrip("/") for m in binds]
+    out = []
+    for root in dict.fromkeys(posixpath.normpath(c) for c in candidates):
+        if any(root == c or root.startswith(c + "/") for c in covered if c):
+            out.append(Mount(root, root, read_only=True))
+    return out
 
 
 def containers(pod: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:

@@ -41,11 +41,12 @@ while [ "$1" != -- ]; do
   shift 2
 done
 shift
-layers=0
+layers=0 mounted=
+inside() { for m in $mounted; do case "$1/" in "$m"/*) return 0;; esac; done; return 1; }
 point() {  # make mount point $1 (a folder, or a file when $2 is f); see "A bind needs a mount point" below
   p=$1
   while [ ! -e "$p" ]; do p=$(dirname "$p"); done
-  if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ]; then
+  if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ] && ! inside "$p"; then
     layers=$((layers + 1)); u=layer$layers j=0
     subs=$(awk -v p="$p/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)
     for m in $subs; do  # the mounts below $p (the pod's /etc/hosts...): kept, on top of the overlay
@@ -75,6 +76,7 @@ while [ "$1" != -- ]; do
   if [ -d "$from" ]; then kind=d; else kind=f; fi
   point "$dst" $kind || fail "cannot create mount point $dst"
   mount --no-canonicalize --bind "$from" "$dst" || fail "cannot bind $src at $dst"
+  mounted="$mounted $dst"
   if [ "$mode" = ro ]; then mount -o remount,bind,ro "$dst" || fail "cannot make $dst read-only"; fi
 done
 shift
@@ -101,6 +103,9 @@ The mounts below that folder (the pod's own ``/etc/hosts`` and ``resolv.conf``..
 overlay, so the container still sees them. A missing top-level
 ``mountPath`` (``/data``) is made on the host as an empty folder, as before: an overlay of ``/`` would hide
 ``/proc``, ``/sys`` and ``/dev``.
+
+A mount point inside a volume the shim has already bound (a folder of an emptyDir mounted at ``/tmp``) is made in
+that volume's folder, as runc makes a nested mount's point inside the outer volume.
 
 Staged: the sources are host paths, and one volume's ``mountPath`` may cover another's source (an emptyDir at
 ``/tmp`` while the agent's state folder is under ``/tmp``, as in the operator's own Deployment). So every source is

@@ -60,6 +60,9 @@ class Settings:
     host_ip: str
     backoff_base: float = 10.0
     backoff_max: float = 300.0
+    image_roots: tuple[str, ...] = ()
+    """The agent's Python environment and its interpreter's installation: what stands in for an image's software
+    (podspec.image_binds)."""
     sync_seconds: float = 60.0
     """How often API volumes (ConfigMaps, Secrets, tokens, the downward API) are brought up to date, and how soon
     a volume or env that could not be set up is tried again (the kubelet's --sync-frequency)."""
@@ -368,6 +371,7 @@ class PodWorker:
             volumes_dir=str(self.dir / "volumes"),
             base_env=self.settings.base_env,
             sources=sources or Sources(),
+            image_roots=self.settings.image_roots,
         )
         try:
             if sources is None:

@@ -112,3 +112,22 @@ def test_no_command_is_a_start_error_not_a_config_wait():
     c = {"name": "c", "image": "busybox"}
     with pytest.raises(NoCommand):
         launch(pod(c), c, CTX)
+
+
+def test_the_image_stand_in_stays_visible_under_a_volume_that_covers_it():
+    """An emptyDir at /tmp must not hide the agent's environment when the checkout is under /tmp."""
+    c = {"name": "c", "command": ["mljob"], "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+         "env": [{"name": "PATH", "value": "/tmp/co/.venv-mxnet/bin:/usr/bin"}]}  # fmt: skip
+    ctx = PodContext(**{**CTX.__dict__, "image_roots": ("/tmp/co/.venv", "/opt/python", "/tmp/co")})
+    got = launch(pod(c, [{"name": "tmp", "emptyDir": {}}]), c, ctx)
+    assert got.mounts == (
+        Mount("/state/pods/x/volumes/tmp", "/tmp"),
+        Mount("/tmp/co/.venv", "/tmp/co/.venv", read_only=True),
+        Mount("/tmp/co", "/tmp/co", read_only=True),
+        Mount("/tmp/co/.venv-mxnet", "/tmp/co/.venv-mxnet", read_only=True),
+    )
+    uncovered = PodContext(**{**CTX.__dict__, "image_roots": ("/opt/python",)})
+    assert launch(pod(c, [{"name": "tmp", "emptyDir": {}}]), c, uncovered).mounts == (
+        Mount("/state/pods/x/volumes/tmp", "/tmp"),
+        Mount("/tmp/co/.venv-mxnet", "/tmp/co/.venv-mxnet", read_only=True),
+    )
