@@ -275,6 +275,8 @@ def _held_back(draft: Draft, desired: Desired, missing: Sequence[dict[str, Any]]
     """The missing pods that may be created now, and why the others wait (:meth:`Framework.starts_after`)."""
     framework = desired.framework
     assert framework is not None
+    if not missing:  # the common pass: nothing to create, nothing to index
+        return [], ""
     by_role: dict[str, list[str]] = {}
     for pod in desired.pods:
         found = podlib.replica_of(pod, draft.kind)
