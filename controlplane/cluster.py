@@ -367,7 +367,12 @@ class ControlPlane:
                     # Kueue's own integrations of Kubeflow's kinds, which mljob also serves (--kubeflow): Kueue makes
                     # their Workloads and flips runPolicy.suspend itself. Their CRDs must exist before Kueue starts.
                     "integrations": {
-                        "frameworks": ["batch/job", "kubeflow.org/pytorchjob", "kubeflow.org/tfjob"],
+                        "frameworks": [
+                            "batch/job",
+                            "kubeflow.org/pytorchjob",
+                            "kubeflow.org/tfjob",
+                            "kubeflow.org/mpijob",
+                        ],
                         "externalFrameworks": ["MLJob.v1alpha1.mljob.io"],
                     },
                 }

@@ -1,6 +1,6 @@
-"""``mljob convert``: a Kubeflow TFJob, PyTorchJob, MXJob, XGBoostJob, JAXJob or PaddleJob becomes the equivalent
-MLJob. Pure. The operator's Kubeflow front door (:mod:`mljob.core.kubeflow.door`) maps the objects it serves the
-same way.
+"""``mljob convert``: a Kubeflow TFJob, PyTorchJob, MXJob, XGBoostJob, JAXJob, PaddleJob or MPIJob becomes the
+equivalent MLJob. Pure. The operator's Kubeflow front door (:mod:`mljob.core.kubeflow.door`) maps the objects it
+serves the same way.
 
 Formats, from Kubeflow's training-operator API (``kubeflow.org/v1``) and its oldest TFJob (``v1alpha1``):
 
@@ -9,6 +9,9 @@ Formats, from Kubeflow's training-operator API (``kubeflow.org/v1``) and its old
   schedulingPolicy, suspend); releases before runPolicy kept those four at ``spec`` level, and both are read.
   TFJob's ``successPolicy`` and PyTorchJob's ``nprocPerNode`` (or ``elasticPolicy.nProcPerNode``) become
   ``frameworkOptions``.
+* MPIJob, the MPI Operator's ``v2beta1`` or training-operator's ``v1``: ``spec.mpiReplicaSpecs`` (Launcher, Worker);
+  ``slotsPerWorker``, ``launcherCreationPolicy``, ``mpiImplementation`` and ``sshAuthMountPath`` become the MPI
+  plugin's ``frameworkOptions``; v1's spec-level ``cleanPodPolicy`` is read like the other spec-level policies.
 * v1alpha1 TFJob: ``spec.replicaSpecs`` is a list of ``{replicas, tfReplicaType: MASTER|PS|WORKER, template}``;
   MASTER is the chief.
 
@@ -25,10 +28,11 @@ from typing import Any
 
 from mljob.api import API_VERSION, KIND
 from mljob.core.kubeflow.kinds import KINDS as KUBEFLOW
+from mljob.core.kubeflow.kinds import MPIJOB
 from mljob.framework import Problem
 
 KUBEFLOW_GROUP = "kubeflow.org"
-KINDS = {k.kind: (k.framework, k.replica_specs_field) for k in KUBEFLOW.values()}
+KINDS = {k.kind: (k.framework, k.replica_specs_field) for k in (*KUBEFLOW.values(), MPIJOB)}
 """Kind -> (the framework it maps to, its replica-specs field), from the facts of :mod:`mljob.core.kubeflow.kinds`."""
 ROLES = {
     "tensorflow": ("Chief", "Master", "PS", "Worker", "Evaluator"),
@@ -37,7 +41,10 @@ ROLES = {
     "xgboost": ("Master", "Worker"),
     "jax": ("Worker",),
     "paddle": ("Master", "Worker"),
+    "mpi": ("Launcher", "Worker"),
 }
+MPI_OPTIONS = ("slotsPerWorker", "launcherCreationPolicy", "mpiImplementation", "sshAuthMountPath")
+"""An MPIJob's (v2beta1, and v1's ``slotsPerWorker``) spec fields that are the MPI plugin's ``frameworkOptions``."""
 V1ALPHA1_TYPES = {"MASTER": "Chief", "PS": "PS", "WORKER": "Worker"}
 RUN_POLICY = ("cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit")
 SCHEDULING = ("minAvailable", "queue", "minResources", "priorityClass", "scheduleTimeoutSeconds")
@@ -59,7 +66,7 @@ def convert(doc: Any) -> Converted:
         return Converted(problems=[Problem("", "the document is not a mapping")])
     kind, api_version = doc.get("kind"), str(doc.get("apiVersion") or "")
     if kind not in KINDS or not api_version.startswith(f"{KUBEFLOW_GROUP}/"):
-        known = ", ".join(f"{KUBEFLOW_GROUP}/v1 {k}" for k in KINDS)
+        known = ", ".join(f"{KUBEFLOW_GROUP}/{'v2beta1 or v1' if k == MPIJOB.kind else 'v1'} {k}" for k in KINDS)
         return Converted(problems=[Problem("kind", f"not a Kubeflow job ({api_version} {kind}); converts {known}")])
     framework, specs_field = KINDS[str(kind)]
     out = Converted()
@@ -206,9 +213,34 @@ def _options(framework: str, spec: Mapping[str, Any], out: Converted) -> tuple[d
         if "nprocPerNode" in spec:
             seen.add("nprocPerNode")
             options["nprocPerNode"] = spec["nprocPerNode"]
+    if framework == "mpi":
+        for key in MPI_OPTIONS:
+            if key in spec:
+                seen.add(key)
+                options[key] = spec[key]
+        if "runLauncherAsWorker" in spec:
+            seen.add("runLauncherAsWorker")
+            if spec["runLauncherAsWorker"] is not False:
+                why = "the launcher as a worker too has no MLJob equivalent: give the Worker replicas every slot"
+                out.dropped.append(Problem("spec.runLauncherAsWorker", why))
+        if "mainContainer" in spec:  # v1: the container kubectl exec ran in; mljob's wiring goes to the first
+            seen.add("mainContainer")
+            containers = _launcher_containers(spec)
+            if containers and containers[0] != spec["mainContainer"]:
+                main = spec["mainContainer"]
+                why = f"the MPI plugin wires the first container ({containers[0]!r}): put {main!r} first"
+                out.dropped.append(Problem("spec.mainContainer", why))
     if framework == "mxnet" and "jobMode" in spec:
         seen.add("jobMode")
         if spec["jobMode"] != "MXTrain":
             why = f"{spec['jobMode']!r} (tuning) has no MLJob equivalent; only MXTrain (training) converts"
             out.dropped.append(Problem("spec.jobMode", why))
     return options, seen
+
+
+def _launcher_containers(spec: Mapping[str, Any]) -> list[str]:
+    """The names of an MPIJob's Launcher containers, in order ([] where the spec has none)."""
+    launcher = (spec.get("mpiReplicaSpecs") or {}).get("Launcher")
+    pod = ((launcher or {}).get("template") or {}).get("spec") if isinstance(launcher, Mapping) else None
+    containers = (pod or {}).get("containers") if isinstance(pod, Mapping) else None
+    return [str(c.get("name")) for c in containers or () if isinstance(c, Mapping)]

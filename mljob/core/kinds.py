@@ -98,9 +98,13 @@ class JobKind:
         """Whether ``replica`` is the one the leader label marks: the framework says, for MLJob."""
         return framework.is_leader(job, replica)
 
+    def pod_name(self, job: str, replica: Replica) -> str:
+        """The name of ``replica``'s pod: ``<job>-<role>-<index>`` (:func:`mljob.core.names.pod_name`)."""
+        return pod_name(job, replica)
+
     def host(self, job: MLJob, replica: Replica) -> str:
         """Where ``replica`` is reached: ``<pod>.<job>.<namespace>.svc``, behind the job's one headless service."""
-        return f"{pod_name(job.name, replica)}.{job.name}.{job.namespace}.svc"
+        return f"{self.pod_name(job.name, replica)}.{job.name}.{job.namespace}.svc"
 
     def replica_of(self, labels: Mapping[str, str]) -> tuple[str, int] | None:
         """(lower-case role, index) from a child's labels."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mljob.api import GangScheduler, MLJob, RestartPolicy
 from mljob.core import placement
 from mljob.core.kinds import MLJOB, JobKind
-from mljob.core.names import LABEL_SPEC_HASH, pod_name
+from mljob.core.names import LABEL_SPEC_HASH
 from mljob.core.status import spec_hash
 from mljob.framework import Address, Framework, Replica, replicas_of
 from mljob.plugins import PluginError
@@ -121,7 +121,7 @@ def render_pod(
     template = job.spec.replica_specs[replica.role].template
     meta = template.get("metadata") or {}
     spec = copy.deepcopy(template.get("spec") or {})
-    name = pod_name(job.name, replica)
+    name = kind.pod_name(job.name, replica)
     containers: list[dict[str, Any]] = spec.get("containers") or []
     index = wiring_container(containers, framework)
     if index is not None:
@@ -206,7 +206,7 @@ def render_replica_service(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": pod_name(job.name, replica),
+            "name": kind.pod_name(job.name, replica),
             "namespace": job.namespace,
             "labels": labels,
             "ownerReferences": [owner_reference(job, uid, kind)],

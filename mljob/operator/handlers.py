@@ -35,12 +35,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 
 from mljob import kube
+from mljob.core.kubeflow import mpijob
 from mljob.operator.controller import Controller
 from mljob.operator.informer import informers
 from mljob.operator.kopfcompat import NoDiffBase, kopf, kopf_pause
-from mljob.operator.webhook import WebhookOptions, handler_id, review, write_key_pair
+from mljob.operator.webhook import CONVERT_ID, WebhookOptions, handler_id, review, write_key_pair
 
 logger = logging.getLogger("mljob.operator")
 
@@ -176,6 +178,27 @@ async def run_kopf(
     )
 
 
+class ConvertingWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server that also answers the CRD conversion reviews of MPIJob (:mod:`~mljob.core.kubeflow.mpijob`)
+    on the same port and certificate, at :data:`~mljob.operator.webhook.CONVERT_PATH`.
+
+    kopf serves admission only; its server routes every ``POST /<id>`` to one method, ``_serve``, which this
+    overrides for the conversion id alone (kopf's private API: pinned with kopf, see kopfcompat).
+    """
+
+    async def _serve(self, fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:  # type: ignore[override]
+        if request.match_info.get("id") != CONVERT_ID:
+            response: aiohttp.web.Response = await super()._serve(fn, request)
+            return response
+        try:
+            review = await request.json()
+        except ValueError as error:
+            raise aiohttp.web.HTTPBadRequest(reason=f"not a ConversionReview: {error}") from None
+        if not isinstance(review, dict):
+            raise aiohttp.web.HTTPBadRequest(reason="not a ConversionReview")
+        return aiohttp.web.json_response(mpijob.conversion_review(review))
+
+
 def webhook_server(options: WebhookOptions, cert: bytes, key: bytes) -> kopf.WebhookServer:
     """kopf's webhook server over the key pair every replica shares."""
     certfile, keyfile = write_key_pair(cert, key)
@@ -186,7 +209,7 @@ def webhook_server(options: WebhookOptions, cert: bytes, key: bytes) -> kopf.Web
         "pkeyfile": str(keyfile),
         "cadata": cert,
     }
-    server = kopf.WebhookServer(host=options.host or "127.0.0.1", **common)
+    server = ConvertingWebhookServer(host=options.host or "127.0.0.1", **common)
     reached = f"service {options.service}" if options.service else f"https://{options.host or '127.0.0.1'}"
     logger.info("admission webhook on :%d, reached as %s (ValidatingWebhookConfiguration %s)", options.port,
                 reached, options.config)  # fmt: skip

@@ -103,6 +103,11 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
             for k in (MLJOB, *kinds)
         ]
         namespaces = None if options.all_namespaces else list(options.namespaces)
+        if options.webhook is None and any(k.kind == "MPIJob" for k in kinds):
+            logger.warning(
+                "MPIJob without --webhook: v2beta1 is served, but v1 MPIJobs need the conversion webhook "
+                "(the CRD's conversion stays as it is)"
+            )
         server = None
         if options.webhook is not None:
             cert, key = await shared_key_pair(api, options.webhook.secret, options.webhook.hosts())

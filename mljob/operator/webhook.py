@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ from typing import Any
 from mljob.core.desired import Placement, placement_problems
 from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.kubeflow import admission as kubeflow_admission
+from mljob.core.kubeflow import mpijob
 from mljob.core.validation import DEFAULT_LIMITS, Limits, check_document
 from mljob.framework import Problem
 from mljob.kube import Api, ApiError
 from mljob.plugins import Plugins
+
+logger = logging.getLogger("mljob.operator")
 
 DEFAULT_SECRET = "mljob-system/mljob-webhook-cert"
 DEFAULT_CONFIG = "mljob.io"
@@ -80,7 +84,10 @@ def review(
     document = {key: value for key, value in body.items() if key != "status"}
     problems: list[Problem] = []
     if kind is not MLJOB:
-        problems += kubeflow_admission.review(kind.kind, document, old)
+        if kind.kind == "MPIJob":
+            problems += mpijob.review(document, old)
+        else:
+            problems += kubeflow_admission.review(kind.kind, document, old)
         if problems:
             return [str(p) for p in problems]
         view, unmapped = kind.view(document)
@@ -168,6 +175,11 @@ async def shared_key_pair(api: Api, secret: str, hosts: list[str]) -> tuple[byte
     raise RuntimeError(f"could not agree on the webhook key pair in secret {secret}")
 
 
+CONVERT_ID = "convert-mpijobs"
+"""The id (``/convert-mpijobs``) at which the webhook server answers MPIJob's CRD conversion reviews."""
+CONVERTED_CRDS = ("mpijobs.kubeflow.org",)
+"""The CRDs whose versions the operator converts (:mod:`mljob.core.kubeflow.mpijob`)."""
+
 WEBHOOK_PATH = "/review"
 """kopf serves each handler at /<handler id>; the MLJob handler is ``review``."""
 
@@ -194,16 +206,26 @@ def configuration(
     }
 
 
-def _webhook(options: WebhookOptions, ca: bytes, namespaces: list[str], kind: JobKind) -> dict[str, Any]:
-    path = "/" + handler_id(kind)
+def client_config(options: WebhookOptions, ca: bytes, path: str) -> dict[str, Any]:
+    """How the API server reaches ``path`` on the operator: through its Service, else at its URL."""
     bundle = base64.b64encode(ca).decode()
-    client: dict[str, Any]
     if options.service:
         namespace, name = options.service.split("/", 1)
         service = {"namespace": namespace, "name": name, "port": options.port, "path": path}
-        client = {"service": service, "caBundle": bundle}
-    else:
-        client = {"url": f"https://{options.host or '127.0.0.1'}:{options.port}{path}", "caBundle": bundle}
+        return {"service": service, "caBundle": bundle}
+    return {"url": f"https://{options.host or '127.0.0.1'}:{options.port}{path}", "caBundle": bundle}
+
+
+def conversion(options: WebhookOptions, ca: bytes) -> dict[str, Any]:
+    """The ``spec.conversion`` of a CRD whose versions the operator converts."""
+    return {
+        "strategy": "Webhook",
+        "webhook": {"conversionReviewVersions": ["v1"], "clientConfig": client_config(options, ca, f"/{CONVERT_ID}")},
+    }
+
+
+def _webhook(options: WebhookOptions, ca: bytes, namespaces: list[str], kind: JobKind) -> dict[str, Any]:
+    client = client_config(options, ca, "/" + handler_id(kind))
     hook: dict[str, Any] = {
         "name": "review.mljob.io" if kind is MLJOB else f"{kind.plural}.{kind.group}.review.mljob.io",
         "admissionReviewVersions": ["v1"],
@@ -232,13 +254,23 @@ def _webhook(options: WebhookOptions, ca: bytes, namespaces: list[str], kind: Jo
 async def register(
     api: Api, options: WebhookOptions, ca: bytes, namespaces: list[str], kinds: Sequence[JobKind] = (MLJOB,)
 ) -> None:
-    """Apply the configuration (every replica applies the same one: idempotent)."""
+    """Apply the configuration (every replica applies the same one: idempotent), and point the CRDs the operator
+    converts (MPIJob's v1 and v2beta1) at its conversion webhook."""
     path = (
         f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{options.config}"
         "?fieldManager=mljob-operator&force=true"
     )
     body = configuration(options, ca, namespaces, kinds)
     await api.request("PATCH", path, body, "application/apply-patch+yaml")
+    for crd in CONVERTED_CRDS:
+        if any(f"{kind.plural}.{kind.group}" == crd for kind in kinds):
+            # A merge patch of spec.conversion alone: the CRD's other fields stay whoever's they are (kubectl's).
+            crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"
+            patch = {"spec": {"conversion": conversion(options, ca)}}
+            try:
+                await api.request("PATCH", crd_path, patch, "application/merge-patch+json")
+            except ApiError as error:  # v2beta1 is still served; v1 requests then fail, saying why
+                logger.warning("could not point %s at the conversion webhook: %s", crd, error)
 
 
 def write_key_pair(cert: bytes, key: bytes) -> tuple[Path, Path]:

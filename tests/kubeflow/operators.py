@@ -11,7 +11,8 @@ and stops the operator on the way out.
 * :func:`training_operator`: Kubeflow's training-operator v1.8.1, built by ``make controlplane``, out of cluster as
   bench/headtohead.py runs it, with every kind enabled (its default) and its six CRDs from its module.
 * :func:`mljob`: ``python -m mljob.operator --kubeflow all``, with mljob's own CRDs for the kinds (crds/kubeflow/)
-  and its admission webhook (Kubeflow's rules, e.g. ``runPolicy.managedBy``), registered by the operator itself.
+  and its admission webhook (Kubeflow's rules, e.g. ``runPolicy.managedBy``), registered by the operator itself,
+  which also converts MPIJob between the suite's v1 and the stored v2beta1.
 
 Gang runs need scheduler-plugins' scheduler and its PodGroup CRD on the control plane first
 (:meth:`ControlPlane.start_coscheduler`): training-operator refuses to start with ``--gang-scheduler-name`` when the
@@ -153,7 +154,7 @@ def training_operator(cp: ControlPlane, *, namespace: str, gang: bool, workdir: 
 def mljob(cp: ControlPlane, *, namespace: str, gang: bool, workdir: Path) -> Iterator[Path]:
     """mljob serving Kubeflow's kinds for ``namespace``: ``python -m mljob.operator --kubeflow all``.
 
-    Its CRDs (MLJob's, and the kinds' from crds/kubeflow/: JAXJob included, no MPIJob), its webhook on a free
+    Its CRDs (MLJob's, and the kinds' from crds/kubeflow/: JAXJob and MPIJob included), its webhook on a free
     loopback port with its key pair in a Secret of namespace ``kubeflow`` (not the suite's, which suite.run empties),
     and for the gang run scheduler-plugins' PodGroups (``--gang-scheduler coscheduling``). It runs with this
     interpreter, so in the project's environment. The namespace must exist before it starts (suite.create_namespace).
@@ -180,7 +181,7 @@ def mljob(cp: ControlPlane, *, namespace: str, gang: bool, workdir: Path) -> Ite
     since = AuditLog(cp.audit_log).mark()
     process = OperatorProcess(workdir / f"{user}.log").start(args, env)
     with _running(process) as log:
-        watching(cp, user, {*JOB_PLURALS, "jaxjobs", "pods"}, process, since)
+        watching(cp, user, {*JOB_PLURALS, "jaxjobs", "mpijobs", "pods"}, process, since)
         until(
             lambda: _exists(cp, "validatingwebhookconfiguration", f"mljob-{namespace}"),
             READY_TIMEOUT,

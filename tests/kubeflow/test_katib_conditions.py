@@ -25,8 +25,8 @@ from mljob.core.validation import parse_job
 from mljob.plugins import load_plugins
 from tests.kubeflow import katib_conditions as katib
 
-KUBEFLOW_DEFAULTED = ("TFJob", "PyTorchJob", "XGBoostJob")
-"""The kinds mljob serves that Katib defaults: ``KubeflowJobKinds`` (constants.go:53-59) also has MPIJob and TrainJob,
+KUBEFLOW_DEFAULTED = ("TFJob", "PyTorchJob", "XGBoostJob", "MPIJob")
+"""The kinds mljob serves that Katib defaults: ``KubeflowJobKinds`` (constants.go:53-59) also has TrainJob,
 not MXJob, JAXJob or PaddleJob."""
 SUCCESS = 'status.conditions.#(type=="Succeeded")#|#(status=="True")#'  # constants.go:33
 FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'  # constants.go:36

@@ -105,7 +105,7 @@ def test_committed_crd_is_up_to_date(kind):
         pytest.fail(f"{path.relative_to(REPO)} is out of date with mljob/core/kubeflow/api.py; run `{REFRESH}`\n{diff}")
 
 
-def test_the_folder_holds_the_six_crds_and_nothing_else(tmp_path):
+def test_the_folder_holds_the_seven_crds_and_nothing_else(tmp_path):
     written = write_crds(tmp_path)
     assert sorted(p.name for p in written) == sorted(p.name for p in FOLDER.glob("kubeflow.org_*.yaml"))
     assert all((FOLDER / p.name).read_text() == p.read_text() for p in written)

@@ -173,13 +173,13 @@ KUBEFLOW_CRDS = Path(__file__).resolve().parents[2] / "crds" / "kubeflow"
 
 @pytest.fixture(scope="session")
 def kubeflow_crds(e2e: Session) -> list[str]:
-    """mljob's CRDs of Kubeflow's six kinds (crds/kubeflow/), Established; they stay (a CRD is deleted slowly)."""
+    """mljob's CRDs of Kubeflow's seven kinds (crds/kubeflow/), Established; they stay (a CRD is deleted slowly)."""
     cp = e2e.control_plane
     if cp is None:
         pytest.skip("installs CRDs cluster-wide: only on the local control plane")
     cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mljob-e2e", "-k", str(KUBEFLOW_CRDS))
     names = [f"{plural}.kubeflow.org" for plural in ("tfjobs", "pytorchjobs", "mxjobs", "xgboostjobs", "jaxjobs",
-                                                      "paddlejobs")]  # fmt: skip
+                                                      "paddlejobs", "mpijobs")]  # fmt: skip
 
     def established() -> bool:  # not `kubectl wait`: it fails on a CRD whose status the server has not written yet
         path = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status} {end}'

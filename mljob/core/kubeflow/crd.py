@@ -1,4 +1,5 @@
-"""The CRDs of Kubeflow's six kinds, generated from :mod:`.api` with :func:`mljob.core.crd.structural`.
+"""The CRDs of Kubeflow's seven kinds (MPIJob's with two versions: :func:`mpijob_crd`), generated from :mod:`.api`
+with :func:`mljob.core.crd.structural`.
 
 What matches Kubeflow's own CRDs (training-operator v1.9.3's ``manifests/base/crds/``, v1.8.1's for MXJob; a test
 compares them): the names (``tfjobs.kubeflow.org``, kind, listKind, plural, singular, no short names), group,
@@ -31,8 +32,9 @@ from typing import Any
 import yaml
 
 from mljob.core.crd import structural
-from mljob.core.kubeflow.api import JOBS, KubeflowJob
-from mljob.core.kubeflow.kinds import KINDS, WORKER, KubeflowKind
+from mljob.core.kubeflow import mpijob
+from mljob.core.kubeflow.api import JOBS, KubeflowModel
+from mljob.core.kubeflow.kinds import KINDS, MPIJOB, WORKER, KubeflowKind
 
 REFRESH = "python -m mljob.core.kubeflow.crd crds/kubeflow"
 HEADER = "# Generated from mljob/core/kubeflow/api.py; do not edit. Refresh: {refresh}\n"
@@ -53,9 +55,10 @@ def _without_enums(node: Any) -> Any:
     return node
 
 
-def openapi_schema(kind: KubeflowKind) -> dict[str, Any]:
-    """The structural ``openAPIV3Schema`` of one kind; metadata is left to the API server."""
-    model: type[KubeflowJob] = JOBS[kind.kind]
+def openapi_schema(kind: KubeflowKind, model: type[KubeflowModel] | None = None) -> dict[str, Any]:
+    """The structural ``openAPIV3Schema`` of one kind (of ``model``, else the kind's v1 model); metadata is left to
+    the API server."""
+    model = model or JOBS[kind.kind]
     schema = model.model_json_schema(by_alias=True)
     defs: dict[str, Any] = schema.get("$defs", {})
     properties = schema["properties"]
@@ -81,8 +84,8 @@ def openapi_schema(kind: KubeflowKind) -> dict[str, Any]:
     return openapi
 
 
-def crd(kind: KubeflowKind) -> dict[str, Any]:
-    """One kind's CustomResourceDefinition (apiextensions.k8s.io/v1)."""
+def crd(kind: KubeflowKind, versions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One kind's CustomResourceDefinition (apiextensions.k8s.io/v1); ``versions`` replace its one ``v1``."""
     names: dict[str, Any] = {
         "kind": kind.kind,
         "listKind": kind.list_kind,
@@ -106,7 +109,8 @@ def crd(kind: KubeflowKind) -> dict[str, Any]:
             "group": kind.group,
             "names": names,
             "scope": "Namespaced",
-            "versions": [
+            "versions": versions
+            or [
                 {
                     "name": kind.version,
                     "served": True,
@@ -120,6 +124,48 @@ def crd(kind: KubeflowKind) -> dict[str, Any]:
     }
 
 
+MPIJOB_ENUMS = {
+    ("properties", "spec", "properties", "mpiImplementation"): [m.value for m in mpijob.MPIImplementation],
+    ("properties", "status", "properties", "conditions", "items", "properties", "status"): ["True", "False", "Unknown"],
+}
+"""The only enums of the MPI Operator's v2beta1 CRD (its other Go enums are plain strings there too)."""
+
+
+def mpijob_crd() -> dict[str, Any]:
+    """MPIJob's one CRD: ``v2beta1`` (the MPI Operator v0.8.0's, stored) and ``v1`` (training-operator v1.8.1's),
+    converted by the operator's webhook (:mod:`.mpijob`).
+
+    The file sets no ``conversion`` (the API server's default is ``None``): a cluster can apply it before the
+    operator runs, the operator points it at its webhook when it starts (``mljob operator --kubeflow MPIJob`` with
+    ``--webhook``), and applying the file again leaves that alone. v2beta1 has no
+    printer columns and a status whose conditions are a map keyed by type, as the MPI Operator's CRD.
+    """
+    v2 = openapi_schema(MPIJOB, mpijob.MPIJobV2)
+    for path, values in MPIJOB_ENUMS.items():
+        node = v2
+        for key in path:
+            node = node[key]
+        node["enum"] = list(values)
+    versions = [
+        {
+            "name": "v2beta1",
+            "served": True,
+            "storage": True,
+            "schema": {"openAPIV3Schema": v2},
+            "subresources": {"status": {}},
+        },
+        {
+            "name": "v1",
+            "served": True,
+            "storage": False,
+            "schema": {"openAPIV3Schema": openapi_schema(MPIJOB, mpijob.MPIJobV1)},
+            "subresources": {"status": {}},
+            "additionalPrinterColumns": [dict(column) for column in reversed(PRINTER_COLUMNS)],  # MPIJob's order
+        },
+    ]
+    return crd(MPIJOB, versions)
+
+
 def file_name(kind: KubeflowKind) -> str:
     """``kubeflow.org_tfjobs.yaml``: Kubeflow's own file names."""
     return f"{kind.group}_{kind.plural}.yaml"
@@ -127,16 +173,17 @@ def file_name(kind: KubeflowKind) -> str:
 
 def crd_yaml(kind: KubeflowKind) -> str:
     """One CRD as its file: stable key order, no line folding, so diffs stay small."""
-    body = yaml.safe_dump(crd(kind), sort_keys=False, width=10_000, allow_unicode=True)
+    document = mpijob_crd() if kind is MPIJOB else crd(kind)
+    body = yaml.safe_dump(document, sort_keys=False, width=10_000, allow_unicode=True)
     return HEADER.format(refresh=REFRESH) + body
 
 
 def write_crds(folder: Path | str) -> list[Path]:
-    """Write the six CRDs into ``folder`` (created if missing); the paths written."""
+    """Write the seven CRDs into ``folder`` (created if missing); the paths written."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in KINDS.values():
+    for kind in (*KINDS.values(), MPIJOB):
         path = out / file_name(kind)
         path.write_text(crd_yaml(kind))
         written.append(path)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from mljob.api import API_VERSION, KIND, MLJobStatus, format_time
 from mljob.core.convert import convert
 from mljob.core.kinds import JobKind, Labels
-from mljob.core.kubeflow.kinds import KINDS
+from mljob.core.kubeflow import mpijob
+from mljob.core.kubeflow.kinds import KINDS, MPIJOB
 from mljob.core.names import pod_name
 from mljob.core.status import merge_diff
 from mljob.framework import Framework, Problem, Replica
@@ -307,5 +308,91 @@ def _merged(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-KUBEFLOW_KINDS: dict[str, KubeflowJobKind] = {kind: KubeflowJobKind.of(kind) for kind in KINDS}
+SSHD = ["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -De"]
+"""What a v1 MPIJob's worker runs when its first container has no command (training-operator ran ``sleep 365d``
+there and reached it with ``kubectl exec``; mljob's launcher reaches workers over SSH)."""
+
+
+@dataclass(frozen=True)
+class MPIJobKind(KubeflowJobKind):
+    """MPIJob: stored as the MPI Operator's v2beta1, served as training-operator's v1 too (:mod:`.mpijob`).
+
+    Its children are written the way the operator of the job's API writes them (:func:`.mpijob.style_of`): the
+    launcher's pod ``<job>-launcher``, workers ``<job>-worker-<i>`` behind ONE headless Service ``<job>`` (the MPI
+    Operator's, which both styles use: the hostfile names ``<job>-worker-<i>.<job>.<namespace>.svc``), labelled
+    ``training.kubeflow.org/{job-name,operator-name,replica-type,replica-index,job-role}``: ``operator-name``
+    ``mpi-operator`` and ``job-role`` ``launcher``/``worker`` for v2beta1, ``mpijob-controller`` and ``job-role:
+    master`` on the launcher for v1. ``replica-type`` is on both (v1's; the MPI Operator's pods lack it) and is the
+    role the planner reads.
+    """
+
+    @classmethod
+    def make(cls) -> MPIJobKind:
+        return cls(
+            kind=MPIJOB.kind,
+            plural=MPIJOB.plural,
+            version="v2beta1",
+            labels=Labels(**LABELS),  # type: ignore[arg-type]
+            framework=MPIJOB.framework,
+            specs_field=MPIJOB.replica_specs_field,
+            service_per_replica=False,
+        )
+
+    def selector(self) -> str:
+        return f"{self.labels.job},{OPERATOR_LABEL} in ({','.join(mpijob.OPERATOR_NAMES)})"
+
+    def job_labels(self, job: str) -> dict[str, str]:
+        return {self.labels.job: job}
+
+    def pod_labels(self, job: MLJob, framework: Framework, replica: Replica) -> dict[str, str]:
+        style = mpijob.style_of({"annotations": job.metadata.annotations})
+        labels = {
+            self.labels.job: job.name,
+            OPERATOR_LABEL: style.operator_name,
+            self.labels.role: replica.role.lower(),
+            self.labels.index: str(replica.index),
+        }
+        role = style.launcher_role if replica.role == mpijob.LAUNCHER else style.worker_role
+        if role is not None:
+            labels[self.labels.leader[0]] = role
+        return labels
+
+    def leads(self, job: MLJob, framework: Framework, replica: Replica) -> bool:
+        return replica.role == mpijob.LAUNCHER
+
+    def pod_name(self, job: str, replica: Replica) -> str:
+        return f"{job}-launcher" if replica.role == mpijob.LAUNCHER else pod_name(job, replica)
+
+    def host(self, job: MLJob, replica: Replica) -> str:
+        return f"{self.pod_name(job.name, replica)}.{job.name}.{job.namespace}.svc"
+
+    def managed_elsewhere(self, body: Mapping[str, Any]) -> str | None:
+        value = ((body.get("spec") or {}).get("runPolicy") or {}).get("managedBy")
+        return str(value) if value and value not in mpijob.THIS_OPERATOR else None
+
+    def view(self, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
+        """The MLJob view, with the defaults of the job's API: the MPI Operator's (Launcher OnFailure, Worker
+        Never) or training-operator v1's (both Never, its spec-level cleanPodPolicy, a worker with no command
+        running sshd)."""
+        style = mpijob.style_of(body.get("metadata"))
+        spec = dict(body.get("spec") or {})
+        if style is mpijob.V1_STYLE:
+            kept = mpijob.kept_fields(body.get("metadata"), mpijob.V1_FIELDS)
+            spec.update({k: v for k, v in kept.items() if k in mpijob.V1_ONLY and k not in spec})
+        view, problems = super().view({**body, "spec": spec})
+        job_spec = view.get("spec") or {}
+        for role, replica in (job_spec.get("replicaSpecs") or {}).items():
+            default = style.launcher_restart if role == mpijob.LAUNCHER else style.worker_restart
+            replica.setdefault("restartPolicy", default.value)
+            if style is mpijob.V1_STYLE and role == mpijob.WORKER:
+                containers = ((replica.get("template") or {}).get("spec") or {}).get("containers") or []
+                if containers and isinstance(containers[0], dict) and not containers[0].get("command"):
+                    containers[0]["command"] = list(SSHD)
+        return view, problems
+
+
+KUBEFLOW_KINDS: dict[str, KubeflowJobKind] = {
+    **{kind: KubeflowJobKind.of(kind) for kind in KINDS},
+    MPIJOB.kind: MPIJobKind.make(),
+}
 """Every Kubeflow kind mljob can serve, by kind name."""

@@ -147,3 +147,19 @@ KINDS: dict[str, KubeflowKind] = {k.kind: k for k in (TFJOB, PYTORCHJOB, MXJOB, 
 """Kind -> its facts, in Kubeflow's documentation order."""
 BY_PLURAL: dict[str, KubeflowKind] = {k.plural: k for k in KINDS.values()}
 """Plural (the resource) -> its facts."""
+
+MPIJOB = KubeflowKind(
+    kind="MPIJob",
+    plural="mpijobs",
+    singular="mpijob",
+    replica_specs_field="mpiReplicaSpecs",
+    replica_types=("Launcher", WORKER),
+    container_name="mpi",
+    port_name="mpi-port",
+    port=9999,
+    restart_policy=RestartPolicy.NEVER,
+    framework="mpi",
+    release="v1.8.1",
+)
+"""training-operator v1.8.1's ``kubeflow.org/v1`` MPIJob, which is also the MPI Operator v0.8.0's ``v2beta1`` MPIJob
+(one CRD, two versions: :mod:`.mpijob`). Not in :data:`KINDS`: its CRD, admission and conversion are its own."""
