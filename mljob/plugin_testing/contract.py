@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from mljob.api import MLJob, RestartPolicy
 from mljob.core.names import LABEL_LEADER, dns1123_problem, pod_name
-from mljob.core.render import ServiceCluster, render, wiring_container
+from mljob.core.render import ServiceCluster, render, render_objects, wiring_container
 from mljob.core.schema import object_problems
 from mljob.core.validation import INVALID_SPEC, PLUGIN_ERROR, check_job
 from mljob.framework import Framework, LocalWiring, Outcome, Problem, Replica, replicas_of
@@ -68,6 +68,10 @@ class FrameworkContract:
     """
 
     framework: ClassVar[Framework]
+    hooks: ClassVar[Sequence[object]] = ()
+    """Your plugin's other hook implementations (objects or modules with ``@hookimpl`` functions, not the one that
+    registers the framework): the contract renders pods through them as the operator would, so a pod your
+    ``mljob_mutate_pod`` mounts an object into is checked against what :meth:`~Framework.objects` makes."""
 
     def sample_job(self) -> MLJob:
         """A valid, representative job: by default every role, two replicas each within bounds."""
@@ -102,7 +106,7 @@ class FrameworkContract:
         """(every derived shape, the valid ones with the sample jobs first), computed once per class."""
         cached = _shapes_cache.get(type(self))
         if cached is None:
-            plugins = plugins_for(self.framework)
+            plugins = plugins_for(self.framework, extra=self.hooks)
             shapes: dict[str, MLJob] = {}
             for base in self.sample_jobs():
                 for job in job_shapes(self.framework, base):
@@ -178,7 +182,7 @@ class FrameworkContract:
             self.framework.options_model.model_validate({UNKNOWN_OPTION: 1})
 
     def test_sample_jobs_pass_validation(self) -> None:
-        plugins = plugins_for(self.framework)
+        plugins = plugins_for(self.framework, extra=self.hooks)
         for job in self.sample_jobs():
             checked = check_job(job, plugins)
             assert checked.ok, [str(p) for p in checked.problems]
@@ -197,7 +201,7 @@ class FrameworkContract:
         )
 
     def test_any_shape_is_validated_with_field_paths_never_a_crash(self) -> None:
-        plugins = plugins_for(self.framework)
+        plugins = plugins_for(self.framework, extra=self.hooks)
         for job in self._all_shapes()[0]:
             checked = check_job(job, plugins)
             assert checked.reason != PLUGIN_ERROR, f"{shape_of(job)}: validation raised: {checked.problems}"
@@ -209,7 +213,7 @@ class FrameworkContract:
     def test_invalid_jobs_are_refused_with_field_paths(self) -> None:
         doc = wire(self.sample_job())
         doc["spec"]["frameworkOptions"] = {**doc["spec"].get("frameworkOptions", {}), UNKNOWN_OPTION: 1}
-        plugins = plugins_for(self.framework)
+        plugins = plugins_for(self.framework, extra=self.hooks)
         unknown_option = check_job(MLJob.model_validate(doc), plugins)
         assert f"spec.frameworkOptions.{UNKNOWN_OPTION}" in [p.path for p in unknown_option.problems], (
             unknown_option.problems
@@ -233,7 +237,7 @@ class FrameworkContract:
             pytest.skip("the framework reserves no variables")
         job = self.sample_job()
         role = next(r for r, spec in job.spec.replica_specs.items() if spec.replicas)
-        plugins = plugins_for(self.framework)
+        plugins = plugins_for(self.framework, extra=self.hooks)
         for var in sorted(self.framework.reserved_env):
             data = wire(job)
             containers = data["spec"]["replicaSpecs"][role]["template"]["spec"]["containers"]
@@ -327,7 +331,7 @@ class FrameworkContract:
     # -- for a cluster: the operator's render path -------------------------------------------------
 
     def test_renders_for_a_cluster(self) -> None:
-        plugins = plugins_for(self.framework)
+        plugins = plugins_for(self.framework, extra=self.hooks)
         samples = [wire(j) for j in self.sample_jobs()]
         for job in self._valid_shapes():
             objects = render(job, self.framework, plugins)
@@ -343,6 +347,52 @@ class FrameworkContract:
                 self._check_rendered_pod(job, replica, pod, cluster)
             leaders = [p["metadata"]["name"] for p in pods if p["metadata"]["labels"].get(LABEL_LEADER) == "true"]
             assert len(leaders) <= 1, f"{shape_of(job)}: several pods labelled leader: {leaders}"
+
+    def test_per_job_objects_are_the_jobs_and_are_what_its_pods_mount(self) -> None:
+        """What :meth:`~Framework.objects` returns: ConfigMaps and Secrets named after the job (the core refuses
+        anything else, failing the job), each name once, the same names on every call (the operator creates them
+        once and keeps them), schema-valid; and every ConfigMap or Secret a rendered pod mounts or reads by a name
+        of the job's is one of them, so no pod waits forever for an object nobody makes."""
+        plugins = plugins_for(self.framework, extra=self.hooks)
+        samples = [wire(j) for j in self.sample_jobs()]
+        for job in self._valid_shapes():
+            cluster = ServiceCluster.of(job, self.framework)
+            objects = render_objects(job, self.framework, cluster)
+            names = [(o["kind"], o["metadata"]["name"]) for o in objects]
+            assert len(names) == len(set(names)), f"{shape_of(job)}: objects() names one object twice: {names}"
+            again = [(o["kind"], o["metadata"]["name"]) for o in render_objects(job, self.framework, cluster)]
+            assert again == names, f"{shape_of(job)}: objects() names different objects on a second call"
+            if wire(job) in samples:
+                for obj in objects:
+                    problems = object_problems(obj)
+                    assert not problems, (shape_of(job), obj["kind"], [str(p) for p in problems])
+            pods = [o for o in render(job, self.framework, plugins) if o["kind"] == "Pod"]
+            for pod in pods:
+                for kind, name in _referenced(pod):
+                    if name.startswith(job.name):
+                        assert (kind, name) in names, (
+                            f"{shape_of(job)}: {pod['metadata']['name']} uses {kind} {name}, which objects() "
+                            "does not make"
+                        )
+
+    def test_starts_after_names_other_roles_of_the_job_and_never_waits_in_a_circle(self) -> None:
+        """What :meth:`~Framework.starts_after` returns: roles of the job other than the replica's own, with no
+        cycle (two roles waiting on each other would never start)."""
+        for job in self._valid_shapes():
+            roles = set(job.spec.replica_specs)
+            waits: dict[str, set[str]] = {}
+            for replica in replicas_of(job):
+                after = self.framework.starts_after(job, replica)
+                assert isinstance(after, tuple), f"{replica}: starts_after returned {type(after).__name__}"
+                unknown = set(after) - (roles - {replica.role})
+                assert not unknown, f"{shape_of(job)}: {replica} waits for {sorted(unknown)}, not other roles"
+                waits.setdefault(replica.role, set()).update(after)
+            for role in roles:
+                seen, frontier = set(), set(waits.get(role, ()))
+                while frontier:
+                    seen |= frontier
+                    frontier = {r for f in frontier for r in waits.get(f, ())} - seen
+                assert role not in seen, f"{shape_of(job)}: {role} waits, through others, for itself"
 
     def _check_rendered_pod(self, job: MLJob, replica: Replica, pod: dict[str, Any], cluster: ServiceCluster) -> None:
         containers = pod["spec"]["containers"]
@@ -379,7 +429,11 @@ class FrameworkContract:
         moved = MLJob.model_validate(data)
         cluster = ServiceCluster.of(moved, self.framework)
         assert dict(cluster.ports) == chosen
-        pods = [o for o in render(moved, self.framework, plugins_for(self.framework)) if o["kind"] == "Pod"]
+        pods = [
+            o
+            for o in render(moved, self.framework, plugins_for(self.framework, extra=self.hooks))
+            if o["kind"] == "Pod"
+        ]
         for replica, pod in zip(replicas_of(moved), pods, strict=True):
             self._check_rendered_pod(moved, replica, pod, cluster)
 
@@ -461,3 +515,30 @@ class FrameworkContract:
                 for outcomes in (failed, missing):
                     answer = self.framework.succeeded(job, outcomes)
                     assert isinstance(answer, bool), f"{shape_of(job)}: succeeded() returned {answer!r}"
+
+
+def _referenced(pod: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and Secret ``pod`` mounts or reads env from."""
+    spec = pod.get("spec") or {}
+    for volume in spec.get("volumes") or ():
+        if "configMap" in volume:
+            yield "ConfigMap", str(volume["configMap"].get("name"))
+        if "secret" in volume:
+            yield "Secret", str(volume["secret"].get("secretName"))
+        for source in (volume.get("projected") or {}).get("sources") or ():
+            if "configMap" in source:
+                yield "ConfigMap", str(source["configMap"].get("name"))
+            if "secret" in source:
+                yield "Secret", str(source["secret"].get("name"))
+    for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+        for source in container.get("envFrom") or ():
+            if "configMapRef" in source:
+                yield "ConfigMap", str(source["configMapRef"].get("name"))
+            if "secretRef" in source:
+                yield "Secret", str(source["secretRef"].get("name"))
+        for env in container.get("env") or ():
+            ref = env.get("valueFrom") or {}
+            if "configMapKeyRef" in ref:
+                yield "ConfigMap", str(ref["configMapKeyRef"].get("name"))
+            if "secretKeyRef" in ref:
+                yield "Secret", str(ref["secretKeyRef"].get("name"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from mljob import Cluster, Framework, LocalWiring, MLJob, Outcome, Problem, Replica, Role
+from mljob import Cluster, Framework, LocalWiring, MLJob, Outcome, Problem, Replica, Role, hookimpl
 from mljob.core.validation import check_job
 from mljob.framework import replicas_of
 from mljob.plugin_testing import FakeCluster, FrameworkContract, field_path_problem, job_shapes, make_job, plugins_for
@@ -34,7 +35,7 @@ class Good(Framework):
         }
 
 
-def failures(framework: Framework, *, local: bool = True) -> dict[str, str]:
+def failures(framework: Framework, *, local: bool = True, hooks: tuple[object, ...] = ()) -> dict[str, str]:
     """Run every contract test against ``framework``: test name -> the first failure's message.
 
     ``local=False`` leaves out the real local run: a framework broken on purpose may never let it end
@@ -45,6 +46,7 @@ def failures(framework: Framework, *, local: bool = True) -> dict[str, str]:
         pass
 
     Contract.framework = framework
+    Contract.hooks = hooks
     contract = Contract()
     failed: dict[str, str] = {}
     for name, method in inspect.getmembers(contract, inspect.ismethod):
@@ -252,6 +254,70 @@ class UnreservedLocalVariable(Good):
 class FileOutsideTheFolder(Good):
     def local_wiring(self, job: MLJob, replica: Replica, folder: Path) -> LocalWiring:
         return LocalWiring(files={"../escape": ""})
+
+
+class MakesItsConfig(Good):
+    def objects(self, job: MLJob, cluster: Cluster) -> list[dict[str, Any]]:
+        return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{job.name}-config"}, "data": {}}]
+
+
+def mounting(suffix: str) -> object:
+    """A plugin whose ``mljob_mutate_pod`` mounts ConfigMap ``<job><suffix>`` into every pod."""
+
+    @hookimpl
+    def mljob_mutate_pod(job: MLJob, replica: Replica, pod: dict[str, Any]) -> None:
+        volume = {"name": "cfg", "configMap": {"name": job.name + suffix}}
+        pod["spec"].setdefault("volumes", []).append(volume)
+
+    return SimpleNamespace(mljob_mutate_pod=mljob_mutate_pod)
+
+
+class ObjectsTwice(Good):
+    def objects(self, job: MLJob, cluster: Cluster) -> list[dict[str, Any]]:
+        config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{job.name}-config"}, "data": {}}
+        return [config, dict(config)]
+
+
+class FreshNames(Good):
+    calls = 0
+
+    def objects(self, job: MLJob, cluster: Cluster) -> list[dict[str, Any]]:
+        FreshNames.calls += 1
+        name = f"{job.name}-config-{FreshNames.calls}"
+        return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}}]
+
+
+class WaitsInACircle(Good):
+    def starts_after(self, job: MLJob, replica: Replica) -> tuple[str, ...]:
+        others = {"Leader": "Worker", "Worker": "Leader"}
+        return (
+            (others[replica.role],) if replica.role in others and others[replica.role] in job.spec.replica_specs else ()
+        )
+
+
+class WaitsForAStranger(Good):
+    def starts_after(self, job: MLJob, replica: Replica) -> tuple[str, ...]:
+        return ("Chief",) if replica.role == "Worker" else ()
+
+
+def test_a_framework_whose_pods_mount_the_objects_it_makes_passes() -> None:
+    found = failures(MakesItsConfig(), local=False, hooks=(mounting("-config"),))
+    assert found == {}
+
+
+@pytest.mark.parametrize(
+    ("framework", "hooks", "test"),
+    [
+        (MakesItsConfig(), (mounting("-other"),), "test_per_job_objects_are_the_jobs_and_are_what_its_pods_mount"),
+        (ObjectsTwice(), (), "test_per_job_objects_are_the_jobs_and_are_what_its_pods_mount"),
+        (FreshNames(), (), "test_per_job_objects_are_the_jobs_and_are_what_its_pods_mount"),
+        (WaitsInACircle(), (), "test_starts_after_names_other_roles_of_the_job_and_never_waits_in_a_circle"),
+        (WaitsForAStranger(), (), "test_starts_after_names_other_roles_of_the_job_and_never_waits_in_a_circle"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Framework) else None,
+)
+def test_the_contract_catches_bad_objects_and_waits(framework: Framework, hooks: tuple[object, ...], test: str) -> None:
+    assert test in failures(framework, local=False, hooks=hooks)
 
 
 def test_a_framework_that_leaves_replicas_out_of_a_local_run_passes() -> None:

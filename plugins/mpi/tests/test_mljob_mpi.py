@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import mljob_mpi
 import pytest
@@ -27,6 +28,7 @@ MPI_ = MPI()
 
 class TestMPIContract(FrameworkContract):
     framework = MPI_
+    hooks = (SimpleNamespace(mljob_mutate_pod=mljob_mpi.mljob_mutate_pod),)  # mounts <job>-config and <job>-ssh
 
     def sample_job(self) -> MLJob:
         return make_job(MPI_, {"Launcher": 1, "Worker": 2}, name="contract-job")
