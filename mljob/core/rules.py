@@ -11,7 +11,9 @@ Order of precedence, first match wins (docs/job-lifecycle.md):
    model and exited 0); a worker failing in the same instant does not undo it.
 2. **A permanent failure**: a replica exited and its restart policy does not retry that exit
    (``Never``; ``ExitCode`` with 1-127). Also: every replica has finished and the success rule is
-   still not met (nothing is left that could meet it).
+   still not met (nothing is left that could meet it). Of several failures in one look, a role that
+   runs until stopped is named first (it never exits because a peer did: an MPI worker whose death
+   ended its launcher's ``mpirun``), then replica order.
 3. **backoffLimit**: the restarts so far plus the ones this exit needs would exceed it.
 4. **activeDeadlineSeconds** passed since the start.
 5. **A spec change** that running pods would have to pick up (the operator only).
@@ -200,7 +202,7 @@ def judge(
     names the pods that would have to be created or removed with the new spec.
     """
     outcomes: dict[Replica, Outcome] = {}
-    failures: list[str] = []
+    failures: list[tuple[Replica, str]] = []
     wanted: list[Restart] = []
     restarted: list[str] = []  # why each replica restarted just now or must restart, in replica order
     for replica, now_seen in seen.items():
@@ -225,7 +227,12 @@ def judge(
 
 
 def _outcome(
-    job: MLJob, framework: Framework, replica: Replica, seen: Seen, failures: list[str], wanted: list[Restart]
+    job: MLJob,
+    framework: Framework,
+    replica: Replica,
+    seen: Seen,
+    failures: list[tuple[Replica, str]],
+    wanted: list[Restart],
 ) -> Outcome:
     """One replica's outcome for the success rule; an exit adds a failure or a restart."""
     if seen.state is not State.EXITED:
@@ -235,7 +242,7 @@ def _outcome(
     if result is Verdict.SUCCEEDED:
         return Outcome.SUCCEEDED
     if result is Verdict.FAILED:
-        failures.append(stop.describe(replica))
+        failures.append((replica, stop.describe(replica)))
         return Outcome.FAILED
     wanted.append(Restart(replica, stop.describe(replica), seen.counted))
     return Outcome.PENDING
@@ -245,7 +252,7 @@ def _finish(
     job: MLJob,
     framework: Framework,
     outcomes: Mapping[Replica, Outcome],
-    failures: Sequence[str],
+    failures: Sequence[tuple[Replica, str]],
     wanted: Sequence[Restart],
     restarts: int,
     restarted: Sequence[str],
@@ -261,8 +268,11 @@ def _finish(
     if succeeded:
         return Finish(True, SUCCEEDED, SUCCEEDED_MESSAGE)
     if failures:
+        # A role that runs until stopped never exits because a peer did, so its failure is a cause, not a
+        # consequence: named first (an MPI worker that died, not the launcher whose mpirun then lost it).
+        first = min(failures, key=lambda f: not _runs_until_stopped(framework, f[0]))[1]
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        return Finish(False, REPLICA_FAILED, failures[0] + more)
+        return Finish(False, REPLICA_FAILED, first + more)
     if not wanted and all(o is Outcome.SUCCEEDED for o in outcomes.values()):
         message = f"every replica has finished but the {framework.name} success rule is not met"
         return Finish(False, REPLICA_FAILED, message)
@@ -277,3 +287,8 @@ def _finish(
         message = f"activeDeadlineSeconds ({seconds}s) passed since startTime {format_time(started)}"
         return Finish(False, DEADLINE_EXCEEDED, message)
     return None
+
+
+def _runs_until_stopped(framework: Framework, replica: Replica) -> bool:
+    role = framework.role(replica.role)
+    return role is not None and role.runs_until_stopped

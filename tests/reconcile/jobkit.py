@@ -213,7 +213,7 @@ class World:
             for obj in result.creates:
                 if obj["kind"] == "Service":
                     self.service = {**copy.deepcopy(obj), "metadata": {**obj["metadata"], "uid": "svc-uid"}}
-                else:
+                elif obj["kind"] == "Pod":  # not a plugin's objects (MPI's ConfigMap and Secret): not watched
                     self._uids += 1
                     self.put(PodBuilder(obj, f"pod-uid-{self._uids}"))
         return self
