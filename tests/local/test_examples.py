@@ -113,6 +113,12 @@ CASES = [
         6.0,
         {"launcher-0": "succeeded"},
     ),
+    Example(
+        "mpi-deepspeed",  # DeepSpeed over gloo, rank, world and rank 0's address discovered over MPI (mpi4py)
+        ("launcher-0",),
+        6.0,
+        {"launcher-0": "succeeded"},
+    ),
 ]
 MODEL = re.compile(r" model=(?P<digest>[0-9a-f]+)")
 

@@ -233,7 +233,8 @@ def test_example_trains_through_the_operator(local: LocalCluster, operator: None
         phase = until(lambda: finished(cp, example.folder), DEADLINE, f"{example.folder} to finish", interval=0.2)
         TIMES[example.folder] = time.monotonic() - started
         status = job_status(cp, example.folder)
-        assert phase == "Succeeded", f"{status}\n{cp.kubectl('get', 'pods', '-n', NAMESPACE, '-o', 'wide')}"
+        tail = "\n".join(follower.lines()[-60:])  # what the replicas said last: why it failed
+        assert phase == "Succeeded", f"{status}\n{cp.kubectl('get', 'pods', '-n', NAMESPACE, '-o', 'wide')}\n{tail}"
         stopped = [r for r, result in example.summary.items() if result == "stopped"]
         # The roles that serve until stopped (TF's workers and PS) are stopped by the operator: their pods go.
         until(lambda: not set(stopped) & pod_replicas(cp, example.folder), 60, "the served roles to be stopped")
