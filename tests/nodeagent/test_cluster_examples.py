@@ -12,12 +12,13 @@ test_operator.py (a replica killed with 137 under ExitCode, OnFailure restarts a
 stopping every process) run here again, unchanged, on this cluster's namespaced network: the module overrides
 conftest's ``cluster`` and ``agent`` fixtures with it.
 
-The PyTorch DDP and TF ParameterServer examples run again as the PyTorchJob and TFJob a user of Kubeflow's
-training-operator writes (:func:`kubeflow_job`: job.yaml with ``replicaSpecs`` renamed and ``framework`` dropped),
-served by the same operator (``--kubeflow PyTorchJob,TFJob``, crds/kubeflow installed), and driven by Kubeflow's own
+The PyTorch DDP, TF ParameterServer and MPI all-reduce examples run again as the PyTorchJob, TFJob and v1 MPIJob a
+user of Kubeflow's training-operator writes (:func:`kubeflow_job`: job.yaml with ``replicaSpecs`` renamed and
+``framework`` dropped), served by the same operator (``--kubeflow PyTorchJob,TFJob,MPIJob`` with its webhook, which
+converts v1 MPIJobs to the stored v2beta1; crds/kubeflow installed), and driven by Kubeflow's own
 ``kubeflow-training`` SDK alone (tests/nodeagent/kubeflow_sdk_driver.py, in ``.venv-kubeflow-1.9.4``):
 ``create_job``, ``wait_for_job_conditions``, ``is_job_succeeded`` and ``get_job_logs``, whose RESULT lines are checked
-as ``mljob run``'s.
+as ``mljob run``'s. The MPI all-reduce also runs as the MPI Operator's v2beta1 MPIJob, applied with kubectl.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import test_operator as on_host
 import yaml
 from agentkit import core, local_cluster
 
-from controlplane.cluster import BIN, ControlPlane
+from controlplane.cluster import BIN, ControlPlane, free_port
 from controlplane.examples import EXAMPLES, patches, write_overlay
 from controlplane.localcluster import LocalCluster
 from controlplane.waiting import until
@@ -53,7 +54,7 @@ NAMESPACE = "examples"
 KUBEFLOW_NAMESPACE = "kubeflow-examples"
 """Where the examples run as Kubeflow jobs, under the examples' names (the MLJobs' finished pods keep the same pod
 names in ``examples``)."""
-KUBEFLOW_KINDS = ("PyTorchJob", "TFJob")
+KUBEFLOW_KINDS = ("PyTorchJob", "TFJob", "MPIJob")
 SDK_PYTHON = ROOT / ".venv-kubeflow-1.9.4" / "bin" / "python"
 SDK_DRIVER = Path(__file__).with_name("kubeflow_sdk_driver.py")
 DEADLINE = 300.0
@@ -83,11 +84,15 @@ LOCAL = _local_examples()
 # mpi-allreduce (the launcher's mpirun reaches the workers' sshd with the job's SSH key Secret and hostfile ConfigMap).
 CASES = [c for c in LOCAL.CASES if c.folder not in ("jax-distributed", "xgboost-distributed")]
 TIMES: dict[str, float] = {}
-KUBEFLOW = {"pytorch": ("PyTorchJob", "pytorchReplicaSpecs"), "tensorflow": ("TFJob", "tfReplicaSpecs")}
+KUBEFLOW = {
+    "pytorch": ("PyTorchJob", "pytorchReplicaSpecs"),
+    "tensorflow": ("TFJob", "tfReplicaSpecs"),
+    "mpi": ("MPIJob", "mpiReplicaSpecs"),
+}
 """An MLJob's framework -> the Kubeflow v1 kind and its replica specs' field."""
-SDK_MODELS = {"PyTorchJob": "KubeflowOrgV1PyTorchJob", "TFJob": "KubeflowOrgV1TFJob"}
+SDK_MODELS = {"PyTorchJob": "KubeflowOrgV1PyTorchJob", "TFJob": "KubeflowOrgV1TFJob", "MPIJob": "KubeflowOrgV1MPIJob"}
 """Each kind's model class in the SDK (its ``constants.JOB_PARAMETERS[kind]["model"]``)."""
-MASTERS = {"pytorch-ddp": "master-0", "tensorflow-ps": "chief-0"}
+MASTERS = {"pytorch-ddp": "master-0", "tensorflow-ps": "chief-0", "mpi-allreduce": "launcher-0"}
 """The replica Kubeflow labels ``job-role=master`` (its IsMasterRole), whose log ``get_job_logs`` reads by default."""
 KUBEFLOW_CASES = [c for c in CASES if c.folder in MASTERS]
 SDK_TIMES: dict[str, float] = {}
@@ -139,13 +144,20 @@ def operator(local: LocalCluster, kubeflow_crds: None, tmp_path_factory: pytest.
     environ = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "PYTHONUNBUFFERED": "1"}
     namespaces = ("--namespace", NAMESPACE, "--namespace", KUBEFLOW_NAMESPACE)
     kubeflow = ("--kubeflow", ",".join(KUBEFLOW_KINDS))
+    # The webhook: admission, and the conversion of the SDK's v1 MPIJobs to the stored v2beta1.
+    webhook = (
+        "--webhook", "--webhook-host", "127.0.0.1", "--webhook-port", str(free_port()),
+        "--webhook-secret", f"{KUBEFLOW_NAMESPACE}/mljob-webhook", "--webhook-config", "mljob-examples",
+    )  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*on_host.MLJOB, "operator", *namespaces, *kubeflow, "--standalone"],
+            [*on_host.MLJOB, "operator", *namespaces, *kubeflow, *webhook, "--standalone"],
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    until(lambda: "mljob-examples" in cp.kubectl("get", "validatingwebhookconfiguration", "-o", "name"), 60,
+          "the operator to register its webhook", interval=0.2)  # fmt: skip
     yield
     proc.terminate()
     proc.wait(30)
@@ -266,13 +278,16 @@ def pod_replicas(cp: ControlPlane, job: str) -> set[str]:
     return {n.removeprefix(f"pod/{job}-") for n in names}
 
 
-def kubeflow_job(folder: Path) -> dict[str, Any]:
+def kubeflow_job(folder: Path, version: str = "v1") -> dict[str, Any]:
     """``folder``/job.yaml (an MLJob) as the Kubeflow v1 job a training-operator user writes, for the node agent.
 
     Generated, not committed beside the example, so it cannot drift from job.yaml: ``replicaSpecs`` becomes the
     kind's field (``pytorchReplicaSpecs``), ``framework`` goes, ``runPolicy`` stays, the containers keep their names
-    (``pytorch``, ``tensorflow``: the SDK's and Kubeflow's defaults). The node agent's additions are
-    controlplane/examples.py's own patches (workingDir, an image's environment), applied before the rename.
+    (``pytorch``, ``tensorflow``, ``mpi``: the SDK's and Kubeflow's defaults). The node agent's additions are
+    controlplane/examples.py's own patches (workingDir, an image's environment), applied before the rename. An MPI
+    job's options become spec fields; as v1 its workers lose their command, as Kubeflow's e2e MPIJob has none
+    (training-operator ran ``sleep 365d`` there, mljob runs sshd); ``version="v2beta1"`` gives the MPI Operator's
+    MPIJob instead, commands kept.
     """
     # Through JSON: a YAML alias (tensorflow-ps's ``*pod``) would otherwise be one dict shared by every role.
     job = json.loads(json.dumps(yaml.safe_load((folder / "job.yaml").read_text())))
@@ -287,9 +302,25 @@ def kubeflow_job(folder: Path) -> dict[str, Any]:
         else:
             target[last] = patch["value"]
     spec = job["spec"]
-    kind, specs_field = KUBEFLOW[spec.pop("framework")]
+    framework = spec.pop("framework")
+    kind, specs_field = KUBEFLOW[framework]
     replica_specs = spec.pop("replicaSpecs")
-    assert set(spec) <= {"runPolicy"}, f"{folder}/job.yaml: no Kubeflow field for {sorted(set(spec) - {'runPolicy'})}"
+    if framework == "mpi":  # the options are spec fields
+        spec.update(spec.pop("frameworkOptions", {}))
+        if version == "v2beta1":  # the MPI Operator's: every option a field of its own, the workers' command kept
+            body = {"slotsPerWorker": spec.pop("slotsPerWorker", 1), "mpiReplicaSpecs": replica_specs}
+            metadata = {"name": job["metadata"]["name"]}
+            return {
+                "apiVersion": "kubeflow.org/v2beta1",
+                "kind": "MPIJob",
+                "metadata": metadata,
+                "spec": {**body, **spec},
+            }
+        assert set(spec) <= {"runPolicy", "slotsPerWorker"}, f"{folder}/job.yaml: not an MPIJob v1 field: {spec}"
+        worker = replica_specs["Worker"]["template"]["spec"]["containers"][0]
+        del worker["command"]  # as Kubeflow's e2e MPIJob: a worker with no command (mljob runs sshd there)
+    extra = sorted(set(spec) - {"runPolicy", "slotsPerWorker"})
+    assert not extra, f"{folder}/job.yaml: no Kubeflow field for {extra}"
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": kind,
@@ -298,15 +329,24 @@ def kubeflow_job(folder: Path) -> dict[str, Any]:
     }
 
 
+def replica_of(job: str, pod: str) -> str:
+    """``worker-1`` from ``<job>-worker-1``; an MPIJob's ``<job>-launcher`` is ``launcher-0``."""
+    name = pod.removeprefix(f"{job}-")
+    return name if re.search(r"-\d+$", name) else f"{name}-0"
+
+
+def pod_of(job: str, replica: str) -> str:
+    """The pod of ``replica`` of the Kubeflow job ``job``: ``<job>-launcher`` for an MPIJob's launcher."""
+    return f"{job}-launcher" if replica == "launcher-0" else f"{job}-{replica}"
+
+
 def sdk_results(out: dict[str, Any]) -> dict[str, re.Match[str]]:
     """The RESULT lines in the logs the SDK read, by replica (the pod name less the job's), as ``mljob run`` prints
     them (``[master-0] RESULT ok ...``), so tests/local/test_examples.py's pattern reads them."""
     logs = dict(out["master_logs"])
     for by_pod in out["replica_logs"].values():
         logs.update(by_pod)
-    lines = [
-        f"[{pod.removeprefix(out['name'] + '-')}] {line}" for pod, log in logs.items() for line in log.splitlines()
-    ]
+    lines = [f"[{replica_of(out['name'], pod)}] {line}" for pod, log in logs.items() for line in log.splitlines()]
     return {m["replica"]: m for m in map(LOCAL.RESULT.match, lines) if m}
 
 
@@ -348,7 +388,7 @@ def test_example_trains_as_a_kubeflow_job_through_the_sdk(
     role = master.split("-")[0].capitalize()
     assert status["replicaStatuses"][role].get("succeeded") == 1, status
     # get_job_logs(is_master=True) read the one master pod, and RESULT lines from every rank that checks.
-    assert out["master_pods"] == [f"{job['metadata']['name']}-{master}"], out["master_pods"]
+    assert out["master_pods"] == [pod_of(job["metadata"]["name"], master)], out["master_pods"]
     assert list(out["master_logs"]) == out["master_pods"], out["master_logs"]
     assert all(phase == "Succeeded" for phase in out["replica_phases"].values()), out["replica_phases"]
     results = sdk_results(out)
@@ -366,6 +406,49 @@ def test_example_trains_as_a_kubeflow_job_through_the_sdk(
         lambda: not cp.kubectl("get", "pods", "-n", KUBEFLOW_NAMESPACE, "-l", selector, "-o", "name").strip(),
         90,
         f"{example.folder}'s pods to go after delete_job",
+    )
+
+
+def test_mpi_allreduce_trains_as_the_mpi_operators_v2beta1_mpijob(
+    local: LocalCluster, operator: None, tmp_path: Path
+) -> None:
+    """examples/mpi-allreduce as the MPI Operator's v2beta1 MPIJob, applied with kubectl: its children carry the MPI
+    Operator's names and labels, and the ranks train for real, mpirun reaching the workers' sshd."""
+    cp = local.control_plane
+    job = kubeflow_job(EXAMPLES / "mpi-allreduce", version="v2beta1")
+    name = job["metadata"]["name"]
+    (tmp_path / "mpijob.json").write_text(json.dumps(job, indent=1))
+    resource = "mpijobs.v2beta1.kubeflow.org"
+
+    def finished() -> dict[str, Any] | None:
+        body: dict[str, Any] = json.loads(cp.kubectl("get", resource, name, "-n", KUBEFLOW_NAMESPACE, "-o", "json"))
+        true = {c["type"] for c in (body.get("status") or {}).get("conditions") or () if c["status"] == "True"}
+        return body if true & {"Succeeded", "Failed"} else None
+
+    started = time.monotonic()
+    cp.kubectl("apply", "-n", KUBEFLOW_NAMESPACE, "-f", str(tmp_path / "mpijob.json"))
+    body = until(finished, DEADLINE, f"the v2beta1 MPIJob {name} to finish", interval=0.2)
+    TIMES[f"MPIJob v2beta1 {name}"] = time.monotonic() - started
+    selector = f"training.kubeflow.org/job-name={name}"
+    pods = json.loads(cp.kubectl("get", "pods", "-n", KUBEFLOW_NAMESPACE, "-l", selector, "-o", "json"))["items"]
+    launcher_log = cp.kubectl("logs", "-n", KUBEFLOW_NAMESPACE, f"{name}-launcher")
+    conditions = {c["type"]: c for c in body["status"]["conditions"]}
+    assert conditions["Succeeded"]["status"] == "True", f"{body['status']}\n{launcher_log}"
+    assert conditions["Succeeded"]["reason"] == "MPIJobSucceeded"
+    labels = {p["metadata"]["name"]: p["metadata"]["labels"] for p in pods}
+    launcher = labels[f"{name}-launcher"]  # the launcher's pod stays (cleanPodPolicy None); the workers are stopped
+    assert launcher["training.kubeflow.org/operator-name"] == "mpi-operator"
+    assert launcher["training.kubeflow.org/job-role"] == "launcher"
+    results = [m for m in map(LOCAL.RESULT.match, (f"[launcher-0] {line}" for line in launcher_log.splitlines())) if m]
+    assert len(results) == 1, launcher_log
+    assert results[0]["status"] == "ok", results[0].group(0)
+    assert float(results[0]["last"]) < float(results[0]["first"]), results[0].group(0)
+    assert float(results[0]["allreduce"]) == 6.0, results[0].group(0)
+    cp.kubectl("delete", resource, name, "-n", KUBEFLOW_NAMESPACE, "--wait=true")
+    until(
+        lambda: not cp.kubectl("get", "pods", "-n", KUBEFLOW_NAMESPACE, "-l", selector, "-o", "name").strip(),
+        90,
+        f"{name}'s pods to go with the MPIJob",
     )
 
 
