@@ -3,7 +3,7 @@
     python bench/kubeflow_suite.py                                  # training-operator v1.8.1, suites 1.9.4 and 1.8.1
     python bench/kubeflow_suite.py --operator mljob                 # mljob serving the kubeflow.org/v1 kinds
     python bench/kubeflow_suite.py --versions 1.9.4 --modes gang    # one suite, one mode
-    python bench/kubeflow_suite.py --mpi                            # the MPIJob tests too (deselected by default)
+    python bench/kubeflow_suite.py --no-mpi                         # without the MPIJob tests
 
 One control plane (controlplane/, `make controlplane`) with scheduler-plugins' scheduler for the gang run, the
 operator started twice, for the plain namespace and for the gang one (``--gang-scheduler-name=scheduler-plugins``
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="plain,gang", help="plain, gang or both (default both)")
     parser.add_argument("--timeout", type=float, default=suite.TIMEOUT, help="seconds one test may take")
     parser.add_argument("--workers", type=int, help="test files side by side (default: all of them; 1: in turn)")
-    parser.add_argument("--mpi", action="store_true", help="run the MPIJob tests too")
+    parser.add_argument("--no-mpi", dest="mpi", action="store_false", help="leave out the MPIJob tests")
     parser.add_argument("--json", type=Path, help="also write every outcome to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, reports, audit log)")
     args = parser.parse_args(argv)

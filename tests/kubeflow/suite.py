@@ -45,7 +45,7 @@ NAMESPACES = {False: "kubeflow-e2e", True: "kubeflow-e2e-gang"}
 GANG_SCHEDULER = "scheduler-plugins"
 """The suite's GANG_SCHEDULER_NAME for the gang run; its pods then ask for scheduler ``scheduler-plugins-scheduler``."""
 MPI = "e2e/test_e2e_mpijob.py"
-"""The MPIJob tests, deselected unless asked for: MPI is served by another operator in mljob's plan."""
+"""The MPIJob tests: run unless ``mpi=False`` (mljob serves v1 MPIJobs through its conversion webhook)."""
 TIMEOUT = 180.0
 """Seconds one test may take (pytest-timeout): a gang test takes about 45 (the suite polls every 15 s), while a
 test whose job never finishes would wait 600 or 900."""
@@ -146,7 +146,7 @@ def command(
     workdir: Path,
     timeout: float = TIMEOUT,
     workers: int | None = None,
-    mpi: bool = False,
+    mpi: bool = True,
     pytest_args: tuple[str, ...] = (),
 ) -> list[str]:
     """The pytest command line: the wheel's ``test/e2e`` with its own conftest (``--namespace``), nothing of ours.
@@ -196,7 +196,7 @@ def run(
     namespace: str | None = None,
     timeout: float = TIMEOUT,
     workers: int | None = None,
-    mpi: bool = False,
+    mpi: bool = True,
     pytest_args: tuple[str, ...] = (),
 ) -> SuiteRun:
     """Run ``version``'s suite, plain or gang, in ``namespace`` (emptied first) against the operator serving it.
