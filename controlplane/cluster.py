@@ -21,6 +21,7 @@ stop sends SIGTERM, then SIGKILL after a grace period, and waits for each.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import datetime
@@ -127,6 +128,10 @@ def _parent_death_signal() -> None:
     """In the child, before exec: die with the test run that started us, whatever killed it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+KUEUE_NAMESPACE = "kueue-system"
+"""Kueue's own namespace: where it reads MultiKueueClusters' kubeconfig Secrets."""
 
 
 def kubeconfig_text(server: str, ca: Path, user: str, *, client: Pair | None = None, token: str | None = None) -> str:
@@ -244,6 +249,29 @@ class ControlPlane:
         path = path or self.workdir / f"{user.replace(':', '_')}.kubeconfig"
         path.write_text(kubeconfig_text(self.server, self.ca, user, client=pair))
         return path
+
+    def inline_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> str:
+        """A kubeconfig for ``user`` with every certificate inline (``*-data``), as a Secret carries it to another
+        program: Kueue's MultiKueue reads a worker cluster's this way, and refuses paths to files."""
+        assert self._ca is not None
+        pair = self._ca.issue(f"user-{user.replace(':', '_')}", user, orgs=groups)
+
+        def data(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "local", "cluster": {"server": self.server, "certificate-authority-data": data(self.ca)}}
+            ],
+            "users": [
+                {"name": user, "user": {"client-certificate-data": data(pair.cert), "client-key-data": data(pair.key)}}
+            ],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        }
+        return yaml.safe_dump(config, sort_keys=False)
 
     def token_kubeconfig(self, token: str, user: str, path: Path) -> Path:
         """A kubeconfig that authenticates with a bearer token (a ServiceAccount's)."""
@@ -364,6 +392,17 @@ class ControlPlane:
                     "internalCertManagement": {"enable": False},
                     "clientConnection": {"qps": 100, "burst": 200},
                     "featureGates": {"VisibilityOnDemand": False},
+                    # Where Kueue reads a MultiKueueCluster's kubeconfig Secret (the default, a pod's ServiceAccount
+                    # namespace, does not exist out of cluster).
+                    "namespace": KUEUE_NAMESPACE,
+                    # MultiKueue dispatches MLJobs (spec.managedBy: kueue.x-k8s.io/multikueue) to worker clusters
+                    # through its adapter for custom jobs (feature gates MultiKueue and
+                    # MultiKueueAdaptersForCustomJobs, both on by default in v0.17). Only ClusterQueues with a
+                    # MultiKueue AdmissionCheck dispatch; a cluster without one works as before.
+                    "multiKueue": {
+                        "externalFrameworks": [{"name": "MLJob.v1alpha1.mljob.io"}],
+                        "gcInterval": "10s",
+                    },
                     # Kueue's own integrations of Kubeflow's kinds, which mljob also serves (--kubeflow): Kueue makes
                     # their Workloads and flips runPolicy.suspend itself. Their CRDs must exist before Kueue starts.
                     "integrations": {

@@ -220,6 +220,15 @@ class RunPolicy(Model):
     scheduling_policy: SchedulingPolicy | None = Field(None, description="Gang scheduling hints.")
 
 
+MLJOB_CONTROLLER = "mljob.io/operator"
+"""``spec.managedBy`` for a job this operator runs (also when unset)."""
+MULTIKUEUE_CONTROLLER = "kueue.x-k8s.io/multikueue"
+"""``spec.managedBy`` for a job Kueue's MultiKueue dispatches to a worker cluster: on this (the manager) cluster the
+operator only queues it (its Kueue Workload); a copy runs on the worker and Kueue copies its status back."""
+MANAGED_BY_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-A-Za-z0-9_.~/]+$"
+"""A domain-prefixed path, as Kubernetes' ``Job.spec.managedBy``: ``example.com/my-controller``."""
+
+
 class MLJobSpec(Model):
     """What the user asks for."""
 
@@ -231,6 +240,16 @@ class MLJobSpec(Model):
         default_factory=dict, description="Options validated by the framework plugin's own model."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Job-level run policy.")
+    managed_by: str | None = Field(
+        None,
+        max_length=63,
+        pattern=MANAGED_BY_PATTERN,
+        description=(
+            "The controller that runs the job: mljob.io/operator (also when unset); kueue.x-k8s.io/multikueue "
+            "(Kueue's MultiKueue runs it on a worker cluster, this operator only queues it here); any other "
+            "controller's name leaves the job alone. Immutable."
+        ),
+    )
 
 
 class Condition(Model):

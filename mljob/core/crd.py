@@ -46,6 +46,14 @@ SPEC_RULES = [
         "fieldPath": ".replicaSpecs",
         "reason": "FieldValueForbidden",
     },
+    {
+        # Set or unset is part of it: a job that MultiKueue dispatched must not become this operator's, or back.
+        "rule": "has(self.managedBy) == has(oldSelf.managedBy) "
+        "&& (!has(self.managedBy) || self.managedBy == oldSelf.managedBy)",
+        "message": "managedBy is immutable",
+        "fieldPath": ".managedBy",
+        "reason": "FieldValueInvalid",
+    },
 ]
 FRAMEWORK_RULES = [
     {"rule": "self == oldSelf", "message": "framework is immutable; create a new MLJob instead"},

@@ -122,7 +122,7 @@ def desire(
     objects = tuple(c for c in children if c["kind"] in JOB_OBJECT_KINDS)
     grouped = tuple(c for c in children if c["kind"] not in ("Pod", "Service", *JOB_OBJECT_KINDS))
     queued = None
-    if kind.owns_workload and queueing.queue_name(job) is not None:
+    if kind.owns_workload and queueing.queue_name(job) is not None and queueing.prebuilt_workload(job) is None:
         queued = queueing.workload(job, owner_reference(job, job.metadata.uid, kind))
     return Desired(
         framework, pods, services, grouped, backend, queued, spec_hash=spec_hash(job), kind=kind, objects=objects

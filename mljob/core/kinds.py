@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from mljob.api import GROUP, KIND, PLURAL, VERSION, Condition, ConditionType, Phase
+from mljob.api import (
+    GROUP,
+    KIND,
+    MLJOB_CONTROLLER,
+    MULTIKUEUE_CONTROLLER,
+    PLURAL,
+    VERSION,
+    Condition,
+    ConditionType,
+    Phase,
+)
 from mljob.core.names import LABEL_FRAMEWORK, LABEL_INDEX, LABEL_JOB, LABEL_LEADER, LABEL_ROLE, pod_name
 from mljob.core.status import derive_phase
 from mljob.framework import Framework, Problem, Replica
@@ -144,12 +154,21 @@ class JobKind:
         return path
 
     def managed_elsewhere(self, body: Mapping[str, Any]) -> str | None:
-        """The other controller that manages ``body`` (its ``managedBy``), or None when it is this operator's."""
-        return None
+        """The other controller that manages ``body`` (its ``managedBy``), or None when it is this operator's.
+
+        MultiKueue's jobs are this operator's on the manager too (it queues them: :func:`dispatched`)."""
+        value = (body.get("spec") or {}).get("managedBy")
+        return str(value) if value and value not in (MLJOB_CONTROLLER, MULTIKUEUE_CONTROLLER) else None
 
 
 def _true(condition: Mapping[str, Any]) -> bool:
     return condition.get("status") == "True" and condition.get("type") in {t.value for t in ConditionType}
+
+
+def dispatched(job: MLJob) -> bool:
+    """Whether Kueue's MultiKueue runs ``job`` on a worker cluster (``spec.managedBy: kueue.x-k8s.io/multikueue``):
+    here, on the manager, the operator only queues it."""
+    return job.spec.managed_by == MULTIKUEUE_CONTROLLER
 
 
 MLJOB = JobKind()

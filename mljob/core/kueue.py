@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from mljob.api import ConditionType, MLJob
 from mljob.core import children as podlib
 from mljob.core.names import LABEL_JOB, QUEUE_LABEL
-from mljob.core.plan import Draft
+from mljob.core.plan import Draft, Plan
 from mljob.core.status import clear_condition
 from mljob.core.status import condition as condition_of
 
@@ -45,13 +45,23 @@ NOT_SERVED = (
 )
 
 
+PREBUILT_LABEL = "kueue.x-k8s.io/prebuilt-workload-name"
+"""On a worker cluster, the Workload MultiKueue made for the job (a copy of the manager's): the job's own, which the
+operator adopts (a controller ownerReference) instead of creating one, as Kueue's job controllers do."""
+
+
+def prebuilt_workload(job: MLJob) -> str | None:
+    """The Workload MultiKueue made for ``job`` on this worker cluster, if it is such a copy."""
+    return job.metadata.labels.get(PREBUILT_LABEL)
+
+
 def queue_name(job: MLJob) -> str | None:
     """The LocalQueue the job asks for, if any."""
     return job.metadata.labels.get(QUEUE_LABEL)
 
 
 def workload_name(job: MLJob) -> str:
-    return job.name
+    return prebuilt_workload(job) or job.name
 
 
 def workload(job: MLJob, owner: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +221,8 @@ def admitted(draft: Draft, queue: str, queued: dict[str, Any] | None) -> bool:
     granted = admission(wl, queue)
     if wl is None and queued is not None:
         draft.creates.append(queued)
+    if wl is None and (prebuilt := prebuilt_workload(draft.job)) is not None:
+        granted = replace(granted, waiting=f"waiting to adopt Workload {prebuilt}, which MultiKueue made for the job")
     if granted.admitted:
         found = condition_of(draft.old, ConditionType.SUSPENDED)
         if found is not None and found.status == "True" and found.reason == QUEUED:
@@ -243,6 +255,21 @@ def release(draft: Draft, wl: Mapping[str, Any], evicted: str) -> None:
     draft.patch_status(
         KUEUE_API, "Workload", wl, {"admission": None, "conditions": conditions}, "the job's pods are gone"
     )
+
+
+def dispatch(draft: Draft, queue: str | None, queued: dict[str, Any] | None) -> Plan:
+    """A job Kueue's MultiKueue runs on a worker cluster (``spec.managedBy: kueue.x-k8s.io/multikueue``), on the
+    manager: its Workload only, which Kueue's admission check dispatches; no pod, no service, and no status write,
+    because Kueue copies the worker's status onto this job. An evicted Workload still holding quota is released
+    at once (there are no pods to wait for), which is what makes Kueue delete the worker's copy and queue again.
+    """
+    wl = draft.placed.get("Workload")
+    creates = [queued] if wl is None and queued is not None else []
+    if wl is not None and queue is not None:
+        granted = admission(wl, queue)
+        if granted.evicted is not None and granted.holds_quota:
+            release(draft, wl, granted.evicted)
+    return Plan(creates=tuple(creates), patches=tuple(draft.patches))
 
 
 def gate(draft: Draft, message: str) -> None:

@@ -40,7 +40,7 @@ from mljob.core import children as podlib
 from mljob.core import kueue as queueing
 from mljob.core import rules
 from mljob.core.desired import Desired, Placement, desire, placement_problems, reject
-from mljob.core.kinds import JobKind
+from mljob.core.kinds import JobKind, dispatched
 from mljob.core.kueue import QUEUED
 from mljob.core.placement import waits_for
 from mljob.core.plan import Delete, Draft, Event, Plan, StatusPatch
@@ -84,6 +84,8 @@ def plan(
         return Plan()  # the garbage collector removes the children with the job
     draft = Draft(job, now, pods, services, placed, desired.kind)
     queue = queueing.queue_name(job) if desired.kind.owns_workload else None  # else Kueue's own integration
+    if dispatched(job) and desired.ok:  # an invalid one is failed here: no other cluster will say why
+        return queueing.dispatch(draft, queue, desired.queued)
     if terminal(draft.old):
         _after_finish(draft, desired)
     elif not desired.ok:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mljob.api import API_VERSION, KIND, MLJob
+from mljob.api import API_VERSION, KIND, MULTIKUEUE_CONTROLLER, MLJob
 from mljob.core.names import (
     DNS_LABEL_MAX,
     QUEUE_LABEL,
@@ -363,6 +363,12 @@ def _core_problems(job: MLJob, framework: Framework, gang_may_wait: bool = False
     queue = meta.labels.get(QUEUE_LABEL)
     if queue is not None and (why := dns1123_problem(queue)):
         yield Problem(f"metadata.labels.{QUEUE_LABEL}", f"{why} (it names a Kueue LocalQueue)")
+    if job.spec.managed_by == MULTIKUEUE_CONTROLLER and queue is None:
+        yield Problem(
+            "spec.managedBy",
+            f"{MULTIKUEUE_CONTROLLER} dispatches a job through Kueue: label the job {QUEUE_LABEL} with a LocalQueue "
+            "whose ClusterQueue has the MultiKueue admission check",
+        )
 
 
 def quantity_problem(value: object) -> str | None:

@@ -26,11 +26,11 @@ from mljob.api import MLJob
 from mljob.core import children as podlib
 from mljob.core.desired import Desired, Placement, desire, reject
 from mljob.core.kinds import MLJOB, JobKind
-from mljob.core.kueue import KUEUE_API, flavor_names
+from mljob.core.kueue import KUEUE_API, flavor_names, prebuilt_workload
 from mljob.core.names import Key
 from mljob.core.plan import Delete, Plan
 from mljob.core.reconcile import plan
-from mljob.core.render import JOB_OBJECT_KINDS
+from mljob.core.render import JOB_OBJECT_KINDS, owner_reference
 from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
 from mljob.framework import Problem
 from mljob.kube import Api, ApiError
@@ -263,6 +263,8 @@ class Controller:
             desired = self._desire(key, job)
             pods, services = self.expectations.view(key, *self._children(key))
             placed = self._placed(key)
+            if "Workload" not in placed and prebuilt_workload(job) is not None and self.kind.owns_workload:
+                await self._adopt(job, str(prebuilt_workload(job)))
             flavors = await self._resource_flavors(placed.get("Workload"))
             result = plan(job, desired, pods, services, now, placed, flavors, self._refusals.get(key))
             framework = desired.framework.name if desired.framework is not None else "unknown"
@@ -272,6 +274,29 @@ class Controller:
         if finished(self.jobs.get(key) or body):
             self._desired.pop(key, None)  # a finished job creates nothing more: no rendering kept for it
         return result
+
+    async def _adopt(self, job: MLJob, name: str) -> None:
+        """On a worker cluster, make the Workload MultiKueue created for ``job`` the job's: a controller
+        ownerReference, as Kueue's job controllers set on a prebuilt Workload. Its watch event then brings it to the
+        job's pass; until then the job waits, saying so. One another controller owns is left alone."""
+        found = await self.api.get("Workload", job.namespace, name, KUEUE_API)
+        if found is None:
+            return  # MultiKueue creates it before the job: a watch event of it will come
+        meta = found.get("metadata") or {}
+        refs = list(meta.get("ownerReferences") or [])
+        if any(ref.get("controller") for ref in refs):
+            if not any(ref.get("uid") == job.metadata.uid for ref in refs):
+                logger.warning("%s/%s: Workload %s has another controller: not adopted", job.namespace, job.name, name)
+            return
+        owner = owner_reference(job, job.metadata.uid, self.kind)
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"), "ownerReferences": [*refs, owner]}}
+        try:
+            await self.api.patch(KUEUE_API, "Workload", job.namespace, name, patch)
+        except ApiError as error:
+            if error.status != 409:  # a concurrent change: the next pass tries again
+                raise
+            return
+        logger.info("%s/%s: adopted Workload %s, which MultiKueue made for the job", job.namespace, job.name, name)
 
     async def _resource_flavors(self, workload: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
         """The ResourceFlavors a Kueue admission names: their node labels and tolerations steer the pods.

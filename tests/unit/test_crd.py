@@ -210,8 +210,10 @@ def test_crd_rejects_what_the_models_reject(path, value):
 # The CEL rules, evaluated with cel-python (the API server runs them for real; this pins their meaning).
 
 
-def transition_rules(node: dict[str, Any]) -> list[str]:
-    return [rule["rule"] for rule in node.get("x-kubernetes-validations", [])]
+def transition_rules(node: dict[str, Any], field: str | None = None) -> list[str]:
+    """The node's CEL rules (those about ``field``, by their fieldPath, when given)."""
+    rules = node.get("x-kubernetes-validations", [])
+    return [rule["rule"] for rule in rules if field is None or rule.get("fieldPath") == f".{field}"]
 
 
 def evaluate(rule: str, new: Any, old: Any) -> bool:
@@ -241,18 +243,38 @@ def spec_with(replicas: int, suspend: bool | None) -> dict[str, Any]:
     ],
 )
 def test_replica_specs_immutable_unless_suspended(old_suspend, new_suspend, replicas_change, allowed):
-    (rule,) = transition_rules(schema()["properties"]["spec"])
+    (rule,) = transition_rules(schema()["properties"]["spec"], "replicaSpecs")
     old = spec_with(2, old_suspend)
     new = spec_with(3 if replicas_change else 2, new_suspend)
     assert evaluate(rule, new, old) is allowed
 
 
 def test_template_changes_count_as_changes():
-    (rule,) = transition_rules(schema()["properties"]["spec"])
+    (rule,) = transition_rules(schema()["properties"]["spec"], "replicaSpecs")
     old = spec_with(2, False)
     new = spec_with(2, False)
     new["replicaSpecs"]["Worker"]["template"] = {"spec": {"nodeSelector": {"a": "b"}}}
     assert evaluate(rule, new, old) is False
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (None, None, True),
+        ("kueue.x-k8s.io/multikueue", "kueue.x-k8s.io/multikueue", True),
+        (None, "kueue.x-k8s.io/multikueue", False),  # a job this operator runs is not handed to MultiKueue later
+        ("kueue.x-k8s.io/multikueue", None, False),  # ... nor taken back
+        ("kueue.x-k8s.io/multikueue", "mljob.io/operator", False),
+    ],
+)
+def test_managed_by_is_immutable(old: str | None, new: str | None, allowed: bool) -> None:
+    (rule,) = transition_rules(schema()["properties"]["spec"], "managedBy")
+    before, after = spec_with(2, None), spec_with(2, None)
+    if old is not None:
+        before["managedBy"] = old
+    if new is not None:
+        after["managedBy"] = new
+    assert evaluate(rule, after, before) is allowed
 
 
 def test_framework_is_immutable():

@@ -403,7 +403,7 @@ def test_field_paths(path: str) -> None:
         ("", "the path is empty"),
         (
             "spec.replica_specs.Worker",
-            "spec has no 'replica_specs'; fields there: framework, frameworkOptions, replicaSpecs",
+            "spec has no 'replica_specs'; fields there: framework, frameworkOptions, managedBy, replicaSpecs",
         ),
         ("spec.replicaSpecs.Worker.count", "spec.replicaSpecs.Worker has no 'count'"),
         ("spec.runPolicy.backoffLimit.x", "spec.runPolicy.backoffLimit has no 'x'"),
