@@ -45,7 +45,10 @@ class Worker:
         self.cp.kubectl("apply", "--server-side", "-k", str(ROOT / "crds" / "kubeflow"))
         self.cp.start_kueue()
         self.operator = OperatorProcess(
-            self.cp.kubeconfig, "", workdir / f"{name}-operator.log", args=["--all-namespaces", "--standalone"]
+            self.cp.kubeconfig,
+            "",
+            workdir / f"{name}-operator.log",
+            args=["--all-namespaces", "--standalone", "--kubeflow", "PyTorchJob"],
         ).start()
 
     def kube(self, namespace: str) -> Kube:
@@ -258,3 +261,49 @@ def test_two_jobs_go_to_two_workers_with_room_for_one_each(kueue, world, workers
         manager.wait(both_running, timeout=180, what="c and d running, one on each worker")
         homes = {job: i for i, kube in enumerate(on_workers) for job in ("c", "d") if kube.get("mljobs", job)}
         assert sorted(homes.values()) == [0, 1], homes
+
+
+def test_a_pytorchjob_goes_through_kueues_own_kubeflow_adapter_and_mljob_runs_it_on_the_worker(kueue, world, workers):
+    """A PyTorchJob with runPolicy.managedBy kueue.x-k8s.io/multikueue: Kueue's built-in integration queues and
+    dispatches it (its Workload, its copy on the worker, unsuspended there on admission); mljob serves the kind on
+    both clusters, leaves the manager's alone and runs the worker's."""
+    w = world(operator=False)
+    w.operator.extra_args = ["--kubeflow", "PyTorchJob"]
+    w.operator.start()
+    manager = w.kube
+    with multikueue(manager, workers[:1], cpus=2) as (worker,):
+        container = {"name": "pytorch", "image": "busybox:1.36", "resources": {"requests": {"cpu": "1"}}}
+        body = {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "PyTorchJob",
+            "metadata": {"name": "e", "labels": {"kueue.x-k8s.io/queue-name": QUEUE}},
+            "spec": {
+                # What Kueue's webhook would set (not registered on the local control planes): suspended, managed
+                "runPolicy": {"suspend": True, "managedBy": MULTIKUEUE},
+                "pytorchReplicaSpecs": {
+                    "Master": {
+                        "replicas": 1,
+                        "restartPolicy": "OnFailure",
+                        "template": {"spec": {"containers": [container]}},
+                    }
+                },
+            },
+        }
+        started = time.monotonic()
+        manager.custom.create_namespaced_custom_object("kubeflow.org", "v1", manager.namespace, "pytorchjobs", body)
+
+        def running() -> bool:
+            pods = worker.list("pods", "training.kubeflow.org/job-name=e")
+            return [p["status"].get("phase") for p in pods] == ["Running"]
+
+        worker.wait(running, timeout=120, what="e's master running on the worker")
+        TIMES["submit -> pods running on the worker"].append(time.monotonic() - started)
+        assert manager.list("pods", "training.kubeflow.org/job-name=e") == []
+        worker.exit("e-master-0", 0)
+
+        def succeeded() -> bool:
+            job = manager.custom_get("kubeflow.org/v1", "pytorchjobs", "e") or {}
+            conditions = (job.get("status") or {}).get("conditions") or ()
+            return any(c["type"] == "Succeeded" and c["status"] == "True" for c in conditions)
+
+        manager.wait(succeeded, timeout=120, what="the worker's Succeeded copied to the manager's PyTorchJob")
