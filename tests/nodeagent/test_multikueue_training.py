@@ -9,7 +9,6 @@ examples/pytorch-ddp (as controlplane/examples.py patches it for the node agent)
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -97,17 +96,15 @@ def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Control
                 cp.kubectl("create", "namespace", NAMESPACE)
                 procs.append(operator(cp, folder / f"{cp.workdir.name}-operator.log"))
             kubectl_apply(worker.control_plane, queues(NAMESPACE, None), folder, "worker-queues")
-            kubeconfig = worker.control_plane.inline_kubeconfig("multikueue")
-            secret = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "worker", "namespace": KUEUE_NAMESPACE},
-                "data": {"kubeconfig": base64.b64encode(kubeconfig.encode()).decode()},
-            }
+            # As docs/multicluster.md has a person do it: the worker's kubeconfig, flattened, in a Secret.
+            kubeconfig = folder / "worker.kubeconfig"
+            kubeconfig.write_text(worker.control_plane.kubectl("config", "view", "--minify", "--flatten"))
             manager.kubectl("create", "namespace", KUEUE_NAMESPACE)
+            manager.kubectl(
+                "create", "secret", "generic", "worker", "-n", KUEUE_NAMESPACE, f"--from-file=kubeconfig={kubeconfig}"
+            )
             api = "kueue.x-k8s.io/v1beta2"
             multikueue = [
-                secret,
                 {"apiVersion": api, "kind": "MultiKueueCluster", "metadata": {"name": "worker"},
                  "spec": {"clusterSource": {"kubeConfig": {"locationType": "Secret", "location": "worker"}}}},
                 {"apiVersion": api, "kind": "MultiKueueConfig", "metadata": {"name": "multikueue"},
