@@ -271,6 +271,37 @@ class ReplicaStatus(Model):
     restarts: NonNegativeInt = Field(0, description="Restarts of this role's replicas, in place or by recreation.")
 
 
+class Metric(Model):
+    """One named metric's latest value, a string as Kubeflow Trainer writes it (``loss``: ``0.0421``)."""
+
+    name: str = Field(min_length=1, max_length=64, description="The metric's name, e.g. loss, eval_accuracy.")
+    value: str = Field(min_length=1, max_length=64, description="Its latest value, as a string.")
+
+
+class TrainerStatus(Model):
+    """The latest progress report, in Kubeflow Trainer's ``TrainJobStatus`` shape (``status.trainerStatus``), plus
+    mljob's ``step`` and ``totalSteps``. Written by the operator's progress endpoint (docs/progress.md)."""
+
+    progress_percentage: int | None = Field(None, ge=0, le=100, description="How complete the job is, 0-100.")
+    estimated_remaining_seconds: int | None = Field(None, ge=0, description="Seconds of training left, estimated.")
+    metrics: list[Metric] = Field(default_factory=list, max_length=256, description="Latest value of each metric.")
+    last_updated_time: Time | None = Field(None, description="When the latest report was made.")
+    step: int | None = Field(None, ge=0, description="The latest step reported (mljob).")
+    total_steps: int | None = Field(None, ge=1, description="The steps the job trains for, as reported (mljob).")
+
+
+class MetricCurve(Model):
+    """A numeric metric's values over the job's life, thinned to at most 128 points (the UI's curve)."""
+
+    name: str = Field(min_length=1, max_length=64, description="The metric's name.")
+    x: list[Annotated[int, Field(description="A point's step.")]] = Field(
+        default_factory=list, max_length=256, description="The step of each point (the report's count if no step)."
+    )
+    y: list[Annotated[float, Field(description="A point's value.")]] = Field(
+        default_factory=list, max_length=256, description="The metric's value at each point."
+    )
+
+
 class MLJobStatus(Model):
     """What the operator observed; the phase is derived from the conditions."""
 
@@ -282,6 +313,12 @@ class MLJobStatus(Model):
     completion_time: Time | None = Field(None, description="When the job reached Succeeded or Failed.")
     observed_generation: int | None = Field(None, description="The spec generation this status reflects.")
     message: str = Field("", description="The latest thing a person should know, naming replica and cause.")
+    trainer_status: TrainerStatus | None = Field(None, description="The training's latest progress report.")
+    progress: str | None = Field(None, description="Progress for a person: 42% (or step 420 with no total known).")
+    eta: str | None = Field(None, description="Estimated time left for a person: 3m10s.")
+    metric_history: list[MetricCurve] | None = Field(
+        None, max_length=8, description="Numeric metrics over time, for the UI."
+    )
 
 
 class MLJob(Model):

@@ -220,6 +220,8 @@ def crd() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "Framework", "type": "string", "jsonPath": ".spec.framework"},
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "ETA", "type": "string", "jsonPath": ".status.eta"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

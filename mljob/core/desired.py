@@ -17,6 +17,7 @@ from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import QUEUE_LABEL
 from mljob.core.placement import NOT_SERVED, gang_scheduler
 from mljob.core.plan import Event, Plan
+from mljob.core.progress import Endpoint
 from mljob.core.render import JOB_OBJECT_KINDS, owner_reference, render
 from mljob.core.status import derive_phase, set_condition, spec_hash, status_patch, terminal
 from mljob.core.validation import DEFAULT_LIMITS, INVALID_SPEC, PLUGIN_ERROR, Limits, check_job
@@ -90,9 +91,11 @@ def desire(
     placement: Placement | None = None,
     limits: Limits = DEFAULT_LIMITS,
     kind: JobKind = MLJOB,
+    endpoint: Endpoint | None = None,
 ) -> Desired:
     """Check and render ``job``; a plugin that raises becomes a ``PluginError`` for this job only.
 
+    ``endpoint`` is where the pods report progress, when the operator serves it.
     ``kind`` is the API kind the job came as: its children are that kind's, and the problems name that kind's
     fields (``spec.pytorchReplicaSpecs.Worker...`` for a PyTorchJob).
     """
@@ -111,7 +114,9 @@ def desire(
             kind=kind,
         )
     try:
-        children = render(job, framework, plugins, uid=job.metadata.uid, gang=placement.default, kind=kind)
+        children = render(
+            job, framework, plugins, uid=job.metadata.uid, gang=placement.default, kind=kind, endpoint=endpoint
+        )
     except PluginError as error:
         return Desired(framework, problems=(Problem("", str(error)),), reason=PLUGIN_ERROR, kind=kind)
     except Exception as error:  # the framework's own env(): any exception is the plugin's

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from mljob.api import ConditionType, MLJob, MLJobStatus, Phase, ReplicaStatus
+from mljob.api import ConditionType, MLJob, MLJobStatus, Phase, ReplicaStatus, TrainerStatus
 from mljob.core import children as podlib
+from mljob.core import progress
 from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.status import LEDGER_ANNOTATION, Ledger, derive_phase, set_condition, status_patch
 
@@ -195,10 +196,28 @@ class Draft:
             )
         return result
 
+    def _progress(self, phase: Phase) -> dict[str, Any]:
+        """The progress the job reported (:mod:`mljob.core.progress`), carried over: the endpoint writes it, the
+        pass keeps it. A finished job's is ended: 100% with nothing left on success, no ETA on failure."""
+        old = self.job.status
+        if old is None or old.trainer_status is None:
+            return {}
+        before = old.to_dict()
+        fields = {"trainerStatus": before.get("trainerStatus"), "progress": old.progress, "eta": old.eta}
+        if phase in (Phase.SUCCEEDED, Phase.FAILED):
+            fields.update(progress.finished(before, phase == Phase.SUCCEEDED) or {})
+        return {
+            "trainer_status": TrainerStatus.model_validate(fields["trainerStatus"]),
+            "progress": fields["progress"],
+            "eta": fields["eta"],
+            "metric_history": old.metric_history,
+        }
+
     def plan(self) -> Plan:
         """The frozen plan: the status patch is the difference from the status the pass read."""
+        phase = derive_phase(self.conditions)
         new = MLJobStatus(
-            phase=derive_phase(self.conditions),
+            phase=phase,
             conditions=self.conditions,
             replica_statuses=self.replica_statuses,
             restart_count=self.ledger.total,
@@ -206,6 +225,7 @@ class Draft:
             completion_time=self.completion_time,
             observed_generation=self.job.metadata.generation,
             message=self.message,
+            **self._progress(phase),
         )
         annotations = None
         if self.ledger.changed:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mljob.api import GangScheduler, MLJob, RestartPolicy
-from mljob.core import placement
+from mljob.core import placement, progress
 from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import LABEL_SPEC_HASH
 from mljob.core.status import spec_hash
@@ -112,8 +112,12 @@ def render_pod(
     gang: GangScheduler = GangScheduler.NONE,
     fingerprint: str | None = None,
     kind: JobKind = MLJOB,
+    endpoint: progress.Endpoint | None = None,
 ) -> dict[str, Any]:
     """The Pod for one replica, with the framework's wiring in its wiring container.
+
+    With an ``endpoint`` (the operator serves progress reports), an MLJob's pods get Kubeflow Trainer's env and
+    token (:func:`mljob.core.progress.pod_wiring`); Kubeflow's kinds keep the pods their operator made.
 
     Its ``mljob.io/spec-hash`` label is :func:`mljob.core.status.spec_hash` of the job (``fingerprint`` when the
     caller has it already): the operator reads from the pods which spec a running job started with.
@@ -157,6 +161,8 @@ def render_pod(
     if meta.get("annotations"):
         pod["metadata"]["annotations"] = dict(meta["annotations"])
     placement.place_pod(job, gang, pod)
+    if endpoint is not None and kind is MLJOB:
+        progress.pod_wiring(pod, endpoint, job.namespace, job.name)
     if plugins is not None:
         plugins.mutate_pod(job, replica, pod)
     return pod
@@ -259,6 +265,7 @@ def render(
     uid: str | None = None,
     gang: GangScheduler = GangScheduler.NONE,
     kind: JobKind = MLJOB,
+    endpoint: progress.Endpoint | None = None,
 ) -> list[dict[str, Any]]:
     """Every child of the job: what its gang scheduler reads, the pods in replica order, then the service(s).
 
@@ -273,7 +280,9 @@ def render(
     ]
     fingerprint = spec_hash(job)
     replicas = replicas_of(job)
-    pods = [render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint, kind) for r in replicas]
+    pods = [
+        render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint, kind, endpoint) for r in replicas
+    ]
     if kind.service_per_replica:
         return [*grouped, *pods, *(render_replica_service(job, framework, r, cluster, uid) for r in replicas)]
     return [*grouped, *pods, render_service(job, framework, cluster, uid)]

@@ -77,6 +77,8 @@ def test_crd_identity():
     assert columns == {
         "Framework": ("string", ".spec.framework"),
         "Phase": ("string", ".status.phase"),
+        "Progress": ("string", ".status.progress"),
+        "ETA": ("string", ".status.eta"),
         "Age": ("date", ".metadata.creationTimestamp"),
     }
 
