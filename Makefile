@@ -33,7 +33,14 @@ KUBEFLOW_E2E_VERSIONS := 1.9.4 1.8.1
 	PIP_DISABLE_PIP_VERSION_CHECK=1 .venv-kubeflow-$*/bin/pip install -q -r requirements/kubeflow-e2e.txt kubeflow-training==$*
 	touch $@
 
-setup-kubeflow-e2e: $(foreach v,$(KUBEFLOW_E2E_VERSIONS),.venv-kubeflow-$(v)/bin/pytest)
+# Kubeflow's own SDK (`kubeflow`, Trainer v2's client; it pins kubernetes<36 too): its unmodified progress helper
+# drives mljob's progress endpoint in tests/operator/test_e2e_progress.py.
+.venv-kubeflow-sdk/bin/python: requirements/kubeflow-sdk.txt
+	$(PYTHON) -m venv .venv-kubeflow-sdk
+	PIP_DISABLE_PIP_VERSION_CHECK=1 .venv-kubeflow-sdk/bin/pip install -q -r requirements/kubeflow-sdk.txt
+	touch $@
+
+setup-kubeflow-e2e: $(foreach v,$(KUBEFLOW_E2E_VERSIONS),.venv-kubeflow-$(v)/bin/pytest) .venv-kubeflow-sdk/bin/python
 
 # Debian's Chromium for the web UI's browser tests (tests/operator/test_e2e_ui.py): Playwright drives it through
 # executable_path and downloads no browser of its own. Root installs it; anyone else through sudo.

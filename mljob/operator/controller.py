@@ -29,6 +29,7 @@ from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.kueue import KUEUE_API, flavor_names, prebuilt_workload
 from mljob.core.names import Key
 from mljob.core.plan import Delete, Plan
+from mljob.core.progress import Endpoint
 from mljob.core.reconcile import plan
 from mljob.core.render import JOB_OBJECT_KINDS, owner_reference
 from mljob.core.validation import DEFAULT_LIMITS, PLUGIN_ERROR, Limits, parse_job
@@ -81,6 +82,8 @@ class Controller:
         self.kind = kind
         self.placement = placement or Placement()
         self.limits = limits
+        self.endpoint: Endpoint | None = None
+        """Where MLJobs' pods report progress, when the operator serves it (set before the watch starts)."""
         self.clock = clock
         self.debounce = debounce
         self.jobs: dict[Key, Mapping[str, Any]] = {}
@@ -240,7 +243,7 @@ class Controller:
         if cached is not None and cached[0] == version:
             return cached[1]
         try:
-            desired = desire(job, self.plugins, self.placement, self.limits, self.kind)
+            desired = desire(job, self.plugins, self.placement, self.limits, self.kind, self.endpoint)
         except Exception as error:  # a plugin bug that escaped the core's own guards
             problem = Problem("", f"{type(error).__name__}: {error}")
             desired = Desired(None, problems=(problem,), reason=PLUGIN_ERROR, kind=self.kind)

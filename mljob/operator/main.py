@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from mljob.api import GangScheduler
 from mljob.core.kinds import MLJOB
 from mljob.core.kubeflow.door import GROUP as KUBEFLOW_GROUP
 from mljob.core.kubeflow.door import KUBEFLOW_KINDS, VERSION, KubeflowJobKind
+from mljob.core.progress import Endpoint
 from mljob.core.validation import DEFAULT_LIMITS, Limits
 from mljob.kube import Api, Credentials
 from mljob.operator.controller import Controller
@@ -26,6 +28,7 @@ from mljob.operator.discovery import discover_placement
 from mljob.operator.handlers import build_registry, configure_logging, run_kopf, webhook_server
 from mljob.operator.kopfcompat import track_kopf_pause
 from mljob.operator.metrics import Metrics
+from mljob.operator.progress import ProgressCollector, ProgressServer
 from mljob.operator.webhook import DEFAULT_CONFIG, WebhookOptions, register, shared_key_pair
 from mljob.operator.webhook import DEFAULT_SECRET as DEFAULT_SECRET_NAME
 from mljob.plugins import Plugins, load_plugins
@@ -63,6 +66,12 @@ class Options:
     """Serve the validating admission webhook (None: status-level validation only)."""
     kubeflow: tuple[str, ...] = ()
     """Kubeflow's ``kubeflow.org/v1`` kinds to serve beside MLJob (``--kubeflow``): TFJob, PyTorchJob, ..."""
+    progress_port: int | None = None
+    """Serve the progress endpoint (docs/progress.md) on this port, and wire MLJobs' pods to it (None: off)."""
+    progress_url: str | None = None
+    secret: str = DEFAULT_SECRET_NAME
+    """``namespace/name`` of the Secret with the key pair the webhook and the progress endpoint serve."""
+    """The endpoint's base URL as pods reach it; by default the webhook Service's name, else the webhook host."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -109,10 +118,20 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
                 "(the CRD's conversion stays as it is)"
             )
         server = None
-        if options.webhook is not None:
-            cert, key = await shared_key_pair(api, options.webhook.secret, options.webhook.hosts())
+        cert = key = None
+        if options.webhook is not None or options.progress_port is not None:
+            hosts = tls_hosts(options)
+            cert, key = await shared_key_pair(api, options.webhook.secret if options.webhook else options.secret, hosts)
+        if options.webhook is not None and cert is not None and key is not None:
             await register(api, options.webhook, cert, list(namespaces or ()), [MLJOB, *kinds])
             server = webhook_server(options.webhook, cert, key)
+        reporting = None
+        if options.progress_port is not None and cert is not None:
+            reporting = ProgressServer(api, lookup=controller.jobs.get)
+            await reporting.start(options.progress_port, cert, key)
+            controller.endpoint = Endpoint(progress_url(options), cert.decode())
+            metrics.registry.register(ProgressCollector(reporting))
+            logger.info("progress endpoint on :%d, reached as %s", options.progress_port, controller.endpoint.url)
         peering = bool(options.peering)
         registry = build_registry(controller, server, options.peering_lifetime, namespaces, peering, others)
         scope = "all namespaces" if options.all_namespaces else ", ".join(options.namespaces)
@@ -125,15 +144,41 @@ async def serve(options: Options, plugins: Plugins | None = None, stop: asyncio.
         mode = f"peering {options.peering}, priority {priority}" if options.peering else "standalone"
         served = ", ".join(["MLJobs", *(f"{k.kind}s" for k in kinds)])
         logger.info("watching %s in %s (%s)", served, scope, mode)
-        await run_kopf(
-            registry,
-            options.namespaces,
-            options.all_namespaces,
-            options.peering,
-            priority,
-            stop,
-            options.health_port,
-        )
+        try:
+            await run_kopf(
+                registry,
+                options.namespaces,
+                options.all_namespaces,
+                options.peering,
+                priority,
+                stop,
+                options.health_port,
+            )
+        finally:
+            if reporting is not None:
+                await reporting.stop()
+
+
+def progress_url(options: Options) -> str:
+    """Where pods reach the progress endpoint: ``--progress-url``, else the webhook Service's DNS name (in cluster),
+    else the webhook's host (out of cluster), at the progress port."""
+    if options.progress_url:
+        return options.progress_url.rstrip("/")
+    webhook = options.webhook or WebhookOptions()
+    if webhook.service:
+        namespace, name = webhook.service.split("/", 1)
+        return f"https://{name}.{namespace}.svc:{options.progress_port}"
+    return f"https://{webhook.host or '127.0.0.1'}:{options.progress_port}"
+
+
+def tls_hosts(options: Options) -> list[str]:
+    """The names the shared certificate is for: the webhook's, and the progress URL's host."""
+    hosts = (options.webhook or WebhookOptions()).hosts()
+    if options.progress_port is not None:
+        host = urllib.parse.urlsplit(progress_url(options)).hostname
+        if host and host not in hosts:
+            hosts.insert(0, host)
+    return hosts
 
 
 async def require_peering_crd(api: Api, namespaces: Sequence[str]) -> None:
@@ -239,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             limits=Limits(args.max_replicas, args.max_pods, args.max_name_length),
             webhook=webhook_options(args),
             kubeflow=args.kubeflow,
+            progress_port=args.progress_port,
+            progress_url=args.progress_url,
+            secret=args.webhook_secret,
         )
     )
 
@@ -255,6 +303,12 @@ def add_limit_and_webhook_arguments(parser: Any) -> None:
     parser.add_argument("--webhook-service", help="NAMESPACE/NAME of the Service in front of the operator (in cluster)")
     parser.add_argument("--webhook-secret", default=DEFAULT_SECRET_NAME, help="NAMESPACE/NAME of its key pair's Secret")
     parser.add_argument("--webhook-config", default=DEFAULT_CONFIG, help="the ValidatingWebhookConfiguration's name")
+    parser.add_argument(
+        "--progress-port", type=int, help="serve the progress endpoint on this port and wire MLJobs' pods to it"
+    )
+    parser.add_argument(
+        "--progress-url", help="the progress endpoint's base URL as pods reach it (default: the webhook's Service)"
+    )
 
 
 def webhook_options(args: Any) -> WebhookOptions | None:

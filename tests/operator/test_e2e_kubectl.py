@@ -29,7 +29,7 @@ def test_kubectl_wait_for_succeeded_and_get_shows_the_printer_columns(backend: B
     got = kubectl(backend, "get", "mljobs")
     assert got.returncode == 0, got.stderr
     header, row = got.stdout.splitlines()
-    assert header.split() == ["NAME", "FRAMEWORK", "PHASE", "AGE"]
+    assert header.split() == ["NAME", "FRAMEWORK", "PHASE", "PROGRESS", "ETA", "AGE"]  # empty: it never reported
     assert row.split()[:3] == [name, "pytorch", "Succeeded"]
     phase = kubectl(backend, "get", f"mljob/{name}", "-o", "jsonpath={.status.phase}")
     assert phase.stdout == "Succeeded"
