@@ -3,8 +3,8 @@
 :func:`run_file` is ``mljob run``. The parts: :mod:`~mljob.local.jobfiles` (reading job files, which
 the other commands share), :mod:`~mljob.local.policy` (the rulebook's answers as actions),
 :mod:`~mljob.local.launch` and :mod:`~mljob.local.cluster` (what each replica runs, where it listens),
-:mod:`~mljob.local.gpus`, :mod:`~mljob.local.supervisor` (processes) and :mod:`~mljob.local.display`
-(what a person sees).
+:mod:`~mljob.local.gpus`, :mod:`~mljob.local.supervisor` (processes), :mod:`~mljob.local.progress` (the
+endpoint replicas report their training's progress to) and :mod:`~mljob.local.display` (what a person sees).
 """
 
 from __future__ import annotations

@@ -27,9 +27,14 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from mljob.core.progress import Progress, duration
 from mljob.framework import Replica
 
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta")
+LIVE_METRICS = 3
+"""Metrics on the status line, the first reported: the line must fit a terminal's width."""
+LIVE_METRIC_WIDTH = 24
+"""Characters of one ``name=value`` on the status line; longer ones are cut with an ellipsis."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Counts:
     elapsed: float
     stopped: int = 0
     """Ended by mljob (the job finished or was interrupted): neither succeeded nor failed."""
+    progress: Progress | None = None
+    """What the job reported of its training (:mod:`mljob.local.progress`); None or empty when it did not."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,8 @@ class _StatusLine:
 
 
 def status_text(c: Counts) -> Text:
-    """``running 2 · succeeded 1 · failed 0 · restarts 1/6 · 4.2s``; ``stopped N`` once mljob stops some."""
+    """``running 2 · succeeded 1 · failed 0 · restarts 1/6 · 4.2s``; ``stopped N`` once mljob stops some, and
+    the training's progress once it reports (``· 42% ETA 3m10s loss=0.31``)."""
     parts: list[tuple[str, str]] = [
         (f" running {c.running}", "bold"),
         (f"succeeded {c.succeeded}", "green"),
@@ -88,12 +96,45 @@ def status_text(c: Counts) -> Text:
         parts.append((f"stopped {c.stopped}", "yellow"))
     parts.append((f"restarts {c.restarts}/{c.backoff_limit}", "yellow" if c.restarts else ""))
     parts.append((format_duration(c.elapsed), ""))
+    shown = live_progress(c.progress) if c.progress is not None else ""
+    if shown:
+        parts.append((shown, "cyan"))
     text = Text()
     for i, (words, style) in enumerate(parts):
         if i:
             text.append(" · ")
         text.append(words, style)
     return text
+
+
+def _printable(text: str) -> str:
+    """A reported string safe on one line: a metric may hold a newline or an escape sequence."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def live_progress(p: Progress) -> str:
+    """The status line's progress: ``42% ETA 3m10s loss=0.31 acc=0.9``, or ``step 420 loss=0.31`` without a
+    total; the first :data:`LIVE_METRICS` metrics, each cut short. Empty until the job reports."""
+    words = [p.display()] if p.display() else []
+    if p.eta_seconds and p.percent != 100:
+        words.append(f"ETA {duration(p.eta_seconds)}")
+    words += [_cut(_printable(f"{n}={v}"), LIVE_METRIC_WIDTH) for n, v in p.metrics[:LIVE_METRICS]]
+    return " ".join(words)
+
+
+def final_progress(p: Progress) -> str:
+    """The summary's progress: ``100% (step 50/50) · loss=0.31 · acc=0.92``, every metric's latest value, in
+    the order first reported. Empty for a job that never reported."""
+    head = p.display()
+    if p.percent is not None and p.step is not None:
+        head += f" (step {p.step}{'' if p.total is None else f'/{p.total}'})"
+    parts = [head] if head else []
+    parts += [_printable(f"{n}={v}") for n, v in p.metrics]
+    return " · ".join(parts)
 
 
 class Display:
@@ -179,8 +220,9 @@ class Display:
         if self.on_closed is not None:
             self.on_closed()
 
-    def summary(self, rows: Sequence[SummaryRow]) -> None:
-        """The final table: replica, result, exit code, restarts, duration."""
+    def summary(self, rows: Sequence[SummaryRow], progress: Progress | None = None) -> None:
+        """The final table: replica, result, exit code, restarts, duration; then the training's final progress
+        when it reported any."""
         table = Table(box=None, pad_edge=False, header_style="bold")
         table.add_column("replica")
         table.add_column("result")
@@ -197,6 +239,9 @@ class Display:
                 format_duration(row.duration),
             )
         self._print(table, soft_wrap=False, crop=False, width=max(self.console.width, 80))
+        shown = final_progress(progress) if progress is not None else ""
+        if shown:
+            self.say(f"progress {shown}", "bold")
 
 
 class LogFiles:

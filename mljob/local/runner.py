@@ -22,6 +22,7 @@ from mljob.local.display import Display, LogFiles, format_duration
 from mljob.local.gpus import GpuError, assign_gpus, detect_gpus, gpu_requests
 from mljob.local.jobfiles import STDIN, JobFileError, job_and_framework, load_jobs
 from mljob.local.launch import Launches, plan
+from mljob.local.progress import ProgressServer, final
 from mljob.local.supervisor import RunResult, Supervisor
 from mljob.plugins import PluginError, Plugins
 
@@ -88,9 +89,16 @@ def run_job(
     live: bool | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Run a checked job to its end and show it; raises :class:`CannotRun` before starting anything."""
+    """Run a checked job to its end and show it; raises :class:`CannotRun` before starting anything.
+
+    The run's folder (the framework's files, the progress endpoint's token) lives as long as the run."""
     with tempfile.TemporaryDirectory(prefix=f"mljob-{job.name}-") as folder:
-        return _run_job(job, framework, base_dir, Path(folder), logs_dir, out, live, environ)
+        try:
+            server = ProgressServer(job.namespace, job.name, Path(folder))
+        except OSError as error:
+            raise CannotRun(f"cannot serve the progress endpoint on loopback: {error}") from error
+        with server:
+            return _run_job(job, framework, base_dir, Path(folder), server, logs_dir, out, live, environ)
 
 
 def _run_job(
@@ -98,11 +106,13 @@ def _run_job(
     framework: Framework,
     base_dir: Path,
     folder: Path,
+    server: ProgressServer,
     logs_dir: Path | None,
     out: TextIO | None,
     live: bool | None,
     environ: Mapping[str, str] | None,
 ) -> RunResult:
+    environ = server.environ(os.environ if environ is None else environ)
     prepared, cluster = prepare(job, framework, base_dir, environ, folder)
     logs = None
     if logs_dir is not None:
@@ -121,14 +131,24 @@ def _run_job(
         display.say(f"{job.name}: {count} replica{'' if count == 1 else 's'} of {framework.name}: {addresses}")
         if logs is not None:
             display.say(f"logs: {logs.folder}/<replica>.log")
-        supervisor = Supervisor(job, framework, prepared.launches, display, logs)
-        result = asyncio.run(supervisor.run())
-        display.summary(result.rows)
+        supervisor = Supervisor(job, framework, prepared.launches, display, logs, progress=lambda: server.progress)
+        result = asyncio.run(_supervise(supervisor, server))
+        display.summary(result.rows, final(server.progress, result.finish.succeeded, server.now()))
         if result.finish.succeeded:
             display.say(f"job succeeded in {format_duration(result.elapsed)}", "bold green")
         else:
             display.say(f"job failed: {result.finish.message}", "bold red")
     return result
+
+
+async def _supervise(supervisor: Supervisor, server: ProgressServer) -> RunResult:
+    """The run, with its progress endpoint served in the same loop from before the first replica starts until
+    the last has exited."""
+    await server.start()
+    try:
+        return await supervisor.run()
+    finally:
+        await server.stop()
 
 
 def run_file(

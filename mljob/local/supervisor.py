@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from mljob.api import MLJob
+from mljob.core.progress import Progress
 from mljob.core.render import restart_policy
 from mljob.framework import Framework, Replica
 from mljob.local.display import Counts, Display, LogFiles, SummaryRow
@@ -147,6 +148,7 @@ class Supervisor:
         display: Display,
         logs: LogFiles | None = None,
         clock: Callable[[], float] = time.monotonic,
+        progress: Callable[[], Progress] | None = None,
     ) -> None:
         self.job = job
         self.framework = framework
@@ -154,6 +156,8 @@ class Supervisor:
         self.display = display
         self.logs = logs
         self.clock = clock
+        self.progress = progress
+        """What the job reported so far (its progress endpoint's), for the status line."""
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.restarts = 0
         self.started = 0.0
@@ -177,7 +181,9 @@ class Supervisor:
             elif record.observed.state is State.EXITED:
                 failed += 1
         limit = self.job.spec.run_policy.backoff_limit
-        return Counts(running, succeeded, failed, self.restarts, limit, self.clock() - self.started, stopped)
+        progress = self.progress() if self.progress is not None else None
+        elapsed = self.clock() - self.started
+        return Counts(running, succeeded, failed, self.restarts, limit, elapsed, stopped, progress)
 
     async def run(self) -> RunResult:
         """Start the replicas, apply the policy until the job finishes, stop what still runs."""
