@@ -5,12 +5,18 @@ Every process holds one CPU device and its own shard of the data. The batch is o
 sharded over all the processes' devices, the parameters are replicated, and ``jax.jit`` turns the
 gradient of the global mean loss into a cross-process all-reduce (gloo on CPU). The script checks
 its own result and exits non-zero unless the loss fell, a sum over the processes gives the
-expected value on every process, and every process ends with the same parameters.
+expected value on every process, and every process ends with the same parameters. Process 0
+reports its progress (step, loss) with mljob.progress.
 """
 
 import os
 
 import jax
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_cpu_collectives_implementation", os.environ.get("JAX_DISTRIBUTED_BACKEND", "gloo"))
@@ -65,7 +71,9 @@ def step(params, x, y):
 losses = []
 for i in range(steps):
     params, loss = step(params, x, y)
-    losses.append(float(loss))
+    losses.append(float(loss))  # the mean over every process's rows
+    if progress and rank == 0:  # one process reports; report() sends at most one a second
+        progress.report(step=i + 1, total=steps, loss=losses[-1])
     if i % 20 == 0:
         print(f"step {i} loss {losses[-1]:.4f}", flush=True)
 

@@ -4,7 +4,7 @@ For the scheduler and the server, ``import mxnet`` is the whole program: with DM
 scheduler or server it serves the kvstore and exits when the workers are done. Each worker
 trains a linear model with a gluon Trainer whose updates run on the server (synchronously, over
 both workers' gradients), then checks the result: the loss fell, and a value pushed by every
-worker comes back as their sum.
+worker comes back as their sum. Worker 0 reports its progress (step, loss) with mljob.progress.
 """
 
 import os
@@ -12,6 +12,11 @@ import sys
 
 import mxnet as mx  # on the scheduler and the server this serves and never returns
 from mxnet import autograd, gluon, nd
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 steps = int(os.environ.get("STEPS", "40"))
 kv = mx.kv.create("dist_sync")
@@ -42,6 +47,8 @@ for step in range(steps):
     loss.backward()
     trainer.step(x.shape[0])
     losses.append(float(loss.mean().asscalar()))
+    if progress and rank == 0:  # one worker reports; report() sends at most one a second
+        progress.report(step=step + 1, total=steps, loss=losses[-1])
     if step % 10 == 0:
         print(f"step {step} loss {losses[-1]:.4f}", flush=True)
 

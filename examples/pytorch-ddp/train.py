@@ -2,7 +2,8 @@
 
 Every rank trains on its own shard; DDP averages the gradients. The script checks its own
 result and exits non-zero if training did not work: the loss must fall, an all-reduce must give
-the same sum on every rank, and the ranks' weights must be identical at the end.
+the same sum on every rank, and the ranks' weights must be identical at the end. Rank 0 reports
+its progress (step, loss) with mljob.progress.
 """
 
 import datetime
@@ -11,6 +12,11 @@ import os
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 torch.set_num_threads(1)
 steps = int(os.environ.get("STEPS", "60"))
@@ -34,6 +40,8 @@ for step in range(steps):
     loss.backward()
     optimizer.step()
     losses.append(loss.item())
+    if progress and rank == 0:  # one process reports; report() sends at most one a second
+        progress.report(step=step + 1, total=steps, loss=losses[-1])
     if step % 20 == 0:
         print(f"step {step} loss {loss.item():.4f}", flush=True)
 

@@ -2,7 +2,8 @@
 
 torchrun itself was configured entirely by the PET_* variables of the MLJob wiring; this
 script checks that (TORCHELASTIC_RUN_ID is set only under torchrun), trains a small model on
-synthetic data with DDP and exits non-zero unless the loss fell and every rank agrees.
+synthetic data with DDP and exits non-zero unless the loss fell and every rank agrees. Rank 0
+reports its progress (step, loss) with mljob.progress.
 """
 
 import argparse
@@ -13,6 +14,11 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=60)
@@ -43,6 +49,8 @@ for step in range(steps):
     loss.backward()
     optimizer.step()
     losses.append(loss.item())
+    if progress and rank == 0:  # one process reports; report() sends at most one a second
+        progress.report(step=step + 1, total=steps, loss=losses[-1])
     if step % 20 == 0:
         print(f"step {step} loss {loss.item():.4f}", flush=True)
 

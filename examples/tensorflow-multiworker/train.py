@@ -3,7 +3,9 @@
 A custom training loop (no Keras, so it does not depend on which Keras TensorFlow ships):
 variables are mirrored on every worker and updated with the mean of the workers' gradients.
 The script exits non-zero unless the loss fell, an all-reduce over the workers gives the
-expected sum, and the workers' weights are identical.
+expected sum, and the workers' weights are identical. Worker 0 (the chief) reports its progress
+(step, loss) with mljob.progress: a custom loop calls report() itself (with model.fit, pass
+``callbacks=[progress.keras_callback()]`` instead).
 """
 
 import json
@@ -11,6 +13,11 @@ import os
 import sys
 
 import tensorflow as tf
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -54,7 +61,9 @@ def token_sum() -> tf.Tensor:
 
 losses = []
 for i in range(steps):
-    losses.append(float(step()))
+    losses.append(float(step()))  # the mean over the workers
+    if progress and task["index"] == 0:  # the chief reports; report() sends at most one a second
+        progress.report(step=i + 1, total=steps, loss=losses[-1])
     if i % 10 == 0:
         print(f"step {i} loss {losses[-1]:.4f}", flush=True)
 

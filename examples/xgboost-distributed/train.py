@@ -5,7 +5,8 @@ Rank 0 (the Master) runs XGBoost's tracker on MASTER_ADDR:MASTER_PORT and trains
 joins the collective through the tracker and trains on its own shard: XGBoost all-reduces the
 gradient histograms, so all ranks grow the same trees. The script checks its own result and exits
 non-zero unless the training loss fell, a sum over the ranks gives the expected value, and every
-rank holds the same model (the SHA-256 of its saved JSON, printed per rank).
+rank holds the same model (the SHA-256 of its saved JSON, printed per rank). Rank 0 reports its
+progress (round, train-logloss) with mljob.progress's XGBoost callback.
 """
 
 import hashlib
@@ -17,6 +18,11 @@ import numpy as np
 import xgboost as xgb
 from xgboost import collective
 from xgboost.tracker import RabitTracker
+
+try:
+    from mljob import progress  # reports to the job's progress endpoint; a no-op outside a job
+except ImportError:  # mljob is not installed in this image: train without reporting
+    progress = None
 
 # A worker that starts before rank 0's tracker is up retries (dmlc_retry below); keep those
 # expected retries out of the log. A tracker that never comes up still fails the join.
@@ -52,8 +58,15 @@ with collective.CommunicatorContext(**args):
     train = xgb.DMatrix(x, label=y)
     history: dict = {}
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 4, "eta": 0.3, "nthread": 1}
+    callbacks = [progress.xgboost_callback(rounds)] if progress and rank == 0 else []  # one rank reports
     booster = xgb.train(
-        params, train, num_boost_round=rounds, evals=[(train, "train")], evals_result=history, verbose_eval=5
+        params,
+        train,
+        num_boost_round=rounds,
+        evals=[(train, "train")],
+        evals_result=history,
+        verbose_eval=5,
+        callbacks=callbacks,
     )
     losses = history["train"]["logloss"]  # evaluated over every rank's rows
     total = float(collective.allreduce(np.array([rank + 1.0]), collective.Op.SUM)[0])
