@@ -7,15 +7,17 @@ error; 3 no such job; 4 the wait timed out; 5 the cluster could not be reached o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from mljob.api import MLJob
+from mljob.api import MLJob, format_time
 from mljob.core.text import age
+from mljob.ui.view import progress_of
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TIMEOUT, EXIT_CLUSTER = 1, 2, 3, 4, 5
 
@@ -57,6 +59,46 @@ def _client(namespace: str | None) -> Any:
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters shown escaped (``\\x1b``): a metric's name is the user's, and a
+    terminal would obey the escape sequences in it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def progress_cells(status: Mapping[str, Any] | None, now: datetime) -> list[str]:
+    """``get``'s PROGRESS and ETA cells (``42%``, ``3m10s``), as kubectl's columns show them; empty for a job that
+    never reported."""
+    shown = progress_of(status, now)
+    return ["", ""] if shown is None else [printable(shown.label), printable(shown.eta)]
+
+
+def progress_lines(status: Mapping[str, Any] | None, now: datetime) -> list[str]:
+    """``describe``'s Progress section: percent, step/total, ETA, the last report's age, each metric's latest
+    value. No lines at all for a job that never reported, so its description reads as before."""
+    shown = progress_of(status, now)
+    if shown is None:
+        return []
+    lines = ["Progress:"]
+    if shown.percent is not None:
+        lines.append(f"  Percent:     {shown.percent}%")
+    if shown.steps:
+        lines.append(f"  Step:        {shown.steps}")
+    if shown.eta:
+        lines.append(f"  ETA:         {printable(shown.eta)}")
+    if shown.updated is not None:
+        lines.append(f"  Last report: {shown.reported} ago ({format_time(shown.updated)})")
+    if shown.metrics:
+        lines.append("  Metrics:")
+        rows = [(printable(name), printable(value)) for name, value in shown.metrics]
+        width = max(len(name) for name, _ in rows)
+        lines += [f"    {name:<{width}}  {value}" for name, value in rows]
+    return lines
+
+
+def _status_dict(job: MLJob) -> dict[str, Any] | None:
+    return job.status.to_dict() if job.status is not None else None
 
 
 def _progress(job: MLJob, seen: list[str]) -> None:
@@ -105,7 +147,7 @@ def register(app: typer.Typer) -> None:
         all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
         output: Annotated[str | None, typer.Option("--output", "-o", help="yaml or json: the whole object.")] = None,
     ) -> None:
-        """A table of jobs like `kubectl get`: framework, phase, replicas ready/total, restarts, age."""
+        """A table of jobs like `kubectl get`: framework, phase, replicas ready/total, restarts, progress, ETA, age."""
         if output not in (None, "yaml", "json"):
             _exit([f"--output: {output!r}; choose yaml or json"], EXIT_USAGE)
         with client_errors():
@@ -121,7 +163,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo("No MLJobs found" + ("" if all_namespaces else f" in {client.namespace}"), err=True)
                 return
             ready = _ready(client, jobs)
-            header = ["NAME", "FRAMEWORK", "PHASE", "READY", "RESTARTS", "AGE"]
+            header = ["NAME", "FRAMEWORK", "PHASE", "READY", "RESTARTS", "PROGRESS", "ETA", "AGE"]
+            now = datetime.now(UTC)
             rows = [(["NAMESPACE"] if all_namespaces else []) + header]
             for job in jobs:
                 total = sum(spec.replicas for spec in job.spec.replica_specs.values())
@@ -132,7 +175,8 @@ def register(app: typer.Typer) -> None:
                     status.phase.value if status is not None else "Pending",
                     f"{ready.get((job.namespace, job.name), 0)}/{total}",
                     str(status.restart_count if status is not None else 0),
-                    age(job.metadata.creation_timestamp),
+                    *progress_cells(_status_dict(job), now),
+                    age(job.metadata.creation_timestamp, now),
                 ]
                 rows.append(([job.namespace] if all_namespaces else []) + cells)
             typer.echo(table(rows))
@@ -151,6 +195,7 @@ def register(app: typer.Typer) -> None:
                 f"Phase:       {status.phase.value if status else 'Pending'}",
                 f"Message:     {status.message if status else ''}",
                 f"Restarts:    {status.restart_count if status else 0}",
+                *progress_lines(_status_dict(job), datetime.now(UTC)),
                 "Conditions:",
             ]
             for c in status.conditions if status else []:

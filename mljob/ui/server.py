@@ -200,6 +200,7 @@ def templates() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["chart"] = view.metric_chart  # {{ curve | chart }}: the SVG is built, and escaped, in view.py
     return env
 
 

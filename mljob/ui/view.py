@@ -6,6 +6,7 @@ job it is given, even one the models would refuse (an older or hand-edited objec
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,9 +14,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from mljob.api import parse_time
-from mljob.core import text
+from mljob.core import progress, text
 from mljob.core.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, Key
+from mljob.core.progress import HISTORY_METRICS, HISTORY_POINTS
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 """The phases in the order the plot stacks them: live work at the bottom, finished work on top."""
@@ -91,6 +95,8 @@ class JobRow:
     restarts: int
     age: str
     message: str
+    progress: JobProgress | None = None
+    """None for a job that never reported its progress: no bar, no section."""
 
 
 def job_row(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime) -> JobRow:
@@ -109,6 +115,7 @@ def job_row(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: date
         restarts=int(status.get("restartCount") or 0),
         age=age((job.get("metadata") or {}).get("creationTimestamp"), now),
         message=str(status.get("message") or ""),
+        progress=progress_of(status, now),
     )
 
 
@@ -346,3 +353,181 @@ def _steps(xs: Sequence[float], ys: Sequence[float]) -> list[str]:
             points += [(xs[i], ys[i - 1]), (xs[i], ys[i])]
     points.append((xs[-1], ys[-1]))
     return [f"{px:.1f},{py:.1f}" for px, py in points]
+
+
+# --- training progress ---------------------------------------------------------------------------------------
+
+CHART_POINTS = 4 * HISTORY_POINTS
+"""Points drawn per curve at most: the operator keeps 128, so only a hand-edited status is thinned to this."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One metric's points as ``status.metricHistory`` holds them: x the step, y the value, in the order given."""
+
+    name: str
+    points: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a job's status says of its training's progress, for the list's bar, the job page and ``describe``.
+
+    Everything here comes from the job's status, which the operator keeps for the job's life: the curves survive
+    restarts of the UI and of the operator, and a job that is deleted takes them with it.
+    """
+
+    label: str
+    """``42%``, or ``step 420`` when no total is known (``status.progress``, kubectl's PROGRESS column)."""
+    percent: int | None
+    step: int | None
+    total: int | None
+    eta: str
+    """``3m10s``, empty when unknown or over (``status.eta``)."""
+    updated: datetime | None
+    """When the latest report was made (``trainerStatus.lastUpdatedTime``)."""
+    reported: str
+    """How long ago that was, kubectl's AGE (``12s``); empty when unknown."""
+    metrics: tuple[tuple[str, str], ...]
+    """The latest value of each metric, as reported (values are strings on the wire)."""
+    curves: tuple[Curve, ...]
+    """The metric histories, the main one (``loss`` if any, else the first) first."""
+
+    @property
+    def width(self) -> str | None:
+        """The bar's filled width as CSS (``42%``); None when only a step is known (no bar, just the label)."""
+        return None if self.percent is None else f"{self.percent}%"
+
+    @property
+    def steps(self) -> str:
+        """``420/1000``, ``420`` with no total known, empty with no step."""
+        if self.step is None:
+            return ""
+        return f"{self.step}/{self.total}" if self.total is not None else str(self.step)
+
+
+def _count(value: object, low: int, high: int | None = None) -> int | None:
+    """An integer field of a status that may have been written by anyone: None unless a whole number in range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        return None
+    number = int(value)
+    return number if number >= low and (high is None or number <= high) else None
+
+
+def _curves(history: object) -> tuple[Curve, ...]:
+    """The well-formed curves of ``status.metricHistory`` (points that are not numbers are dropped), main first."""
+    curves = []
+    for item in history if isinstance(history, list) else ():
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            continue
+        xs, ys = item.get("x"), item.get("y")
+        if not isinstance(xs, list) or not isinstance(ys, list):
+            continue
+        points = []
+        for x, y in zip(xs, ys, strict=False):
+            step = _count(x, 0)
+            value = float(y) if isinstance(y, int | float) and not isinstance(y, bool) else math.nan
+            if step is not None and math.isfinite(value):
+                points.append((step, value))
+        if len(points) > CHART_POINTS:  # every k-th, counted from the last so the latest point stays
+            stride = math.ceil(len(points) / CHART_POINTS)
+            points = points[::-1][::stride][::-1]
+        if points:
+            curves.append(Curve(item["name"], tuple(points)))
+        if len(curves) == HISTORY_METRICS:
+            break
+    main = next((c for c in curves if c.name == "loss"), curves[0] if curves else None)
+    return tuple([main, *(c for c in curves if c is not main)] if main is not None else [])
+
+
+def progress_of(status: Mapping[str, Any] | None, now: datetime) -> JobProgress | None:
+    """The job's progress from its status (the API server's JSON), or None for a job that never reported.
+
+    The display strings are the operator's (``status.progress``, ``status.eta``); a status written without them
+    (by another tool, in Trainer's bare shape) gets them computed from ``trainerStatus`` the way the operator would.
+    """
+    status = status or {}
+    trainer = status.get("trainerStatus")
+    trainer = trainer if isinstance(trainer, Mapping) else {}
+    curves = _curves(status.get("metricHistory"))
+    if not trainer and not curves:
+        return None
+    percent = _count(trainer.get("progressPercentage"), 0, 100)
+    step = _count(trainer.get("step"), 0)
+    total = _count(trainer.get("totalSteps"), 1)
+    label = status.get("progress")
+    if not isinstance(label, str):
+        label = f"{percent}%" if percent is not None else (f"step {step}" if step is not None else "")
+    eta = status.get("eta")
+    if not isinstance(eta, str):
+        eta = progress.duration(_count(trainer.get("estimatedRemainingSeconds"), 0))
+    metrics = tuple(
+        (str(m["name"]), str(m["value"]))
+        for m in trainer.get("metrics") or ()
+        if isinstance(m, Mapping) and m.get("name") is not None and m.get("value") is not None
+    )
+    raw_time = trainer.get("lastUpdatedTime")
+    updated = parse_time(raw_time) if isinstance(raw_time, str) else None
+    if updated is not None and updated.tzinfo is None:  # no zone: not a Kubernetes time, and not comparable
+        updated = None
+    return JobProgress(
+        label=label,
+        percent=percent,
+        step=step,
+        total=total,
+        eta=eta,
+        updated=updated,
+        reported=text.age(raw_time, now, unknown="") if updated is not None else "",
+        metrics=metrics[: progress.MAX_METRICS],
+        curves=curves,
+    )
+
+
+def _number(value: float) -> str:
+    """An axis label: four significant digits (``0.0421``, ``1.235e+04``)."""
+    return f"{value:.4g}"
+
+
+def metric_chart(curve: Curve, width: int = 320, height: int = 120) -> Markup:
+    """A small SVG line chart of one curve, drawn on the server: the polyline, the latest point, and the extremes
+    as labels (the value's min and max at the left, the first and last step below). No charting library.
+
+    The x axis spans the first to the last step, the y axis the least to the greatest value; a single point, or a
+    flat line, sits in the middle of the axis that has no extent. The metric's name is the user's: escaped.
+    """
+    left, right, top, bottom = 48, 8, 8, 18
+    inner_w, inner_h = width - left - right, height - top - bottom
+    xs, ys = [p[0] for p in curve.points], [p[1] for p in curve.points]
+    x_lo, x_hi, y_lo, y_hi = min(xs), max(xs), min(ys), max(ys)
+
+    def px(x: int) -> float:
+        return left + inner_w / 2 if x_hi == x_lo else left + inner_w * (x - x_lo) / (x_hi - x_lo)
+
+    def py(y: float) -> float:
+        return top + inner_h / 2 if y_hi == y_lo else top + inner_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+    points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in curve.points)
+    name = escape(curve.name)
+    last_x, last_y = curve.points[-1]
+    return Markup(
+        "\n".join(
+            [
+                f'<svg xmlns="http://www.w3.org/2000/svg" class="metric-chart" role="img" '
+                f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" data-metric="{name}" '
+                f'data-points="{len(curve.points)}">',
+                f"<title>{name} by step</title>",
+                f'<line x1="{left}" y1="{top + inner_h}" x2="{left + inner_w}" y2="{top + inner_h}" class="axis"/>',
+                f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + inner_h}" class="axis"/>',
+                f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="tick y-max">{_number(y_hi)}</text>',
+                f'<text x="{left - 4}" y="{top + inner_h}" text-anchor="end" class="tick y-min">{_number(y_lo)}</text>',
+                f'<text x="{left}" y="{height - 4}" class="tick x-first">{xs[0]}</text>',
+                f'<text x="{left + inner_w}" y="{height - 4}" text-anchor="end" class="tick x-last">{xs[-1]}</text>',
+                f'<polyline class="curve" fill="none" points="{points}"/>',
+                f'<circle class="latest" cx="{px(last_x):.1f}" cy="{py(last_y):.1f}" r="2.5">'
+                f"<title>{name} {_number(last_y)} at step {last_x}</title></circle>",
+                "</svg>",
+            ]
+        )
+    )

@@ -46,8 +46,9 @@ def test_submit_wait_get_describe_delete_with_exit_codes_a_script_can_use(backen
     table = mljob(e2e, "get", "-n", ns)
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
-    assert header.split() == ["NAME", "FRAMEWORK", "PHASE", "READY", "RESTARTS", "AGE"]
+    assert header.split() == ["NAME", "FRAMEWORK", "PHASE", "READY", "RESTARTS", "PROGRESS", "ETA", "AGE"]
     assert row.split()[:5] == ["quick", "pytorch", "Succeeded", "0/3", "0"]
+    assert row[header.index("PROGRESS") : header.index("AGE")].strip() == ""  # it never reported: empty cells
     every = mljob(e2e, "get", "-A")
     assert any(line.split()[:2] == [ns, "quick"] for line in every.stdout.splitlines()), every.stdout
     as_json = json.loads(mljob(e2e, "get", "quick", "-n", ns, "-o", "json").stdout)

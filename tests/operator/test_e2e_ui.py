@@ -1,7 +1,9 @@
 """`mljob ui` in headless Chromium (Debian's, driven by Playwright) against the local control plane.
 
 The UI runs as a person starts it (`mljob ui --port 0`, the cluster from KUBECONFIG) beside the session's shared
-operator. Screenshots of every page land in test-artifacts/ui/ (kept by CI, and the README's picture).
+operator. Screenshots of every page land in test-artifacts/ui/ (kept by CI, and the README's picture). A job's
+training progress is written into its status subresource as the operator's progress endpoint writes it
+(:mod:`mljob.core.progress`), so the page's bar and curves are tested on the object shape the API server keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ import pytest
 from harness import E2EJob, Forever, Kube, Role, Run
 from playwright.sync_api import Browser, expect, sync_playwright
 from test_e2e_deployment import DEPLOY, kubectl
+
+from mljob.core import progress
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 WAIT_MS = 90_000  # generous: a loaded 2-core machine runs the operator, the control plane and the browser
@@ -79,6 +84,27 @@ def job_row(page: Any, namespace: str, name: str) -> Any:
     return page.locator(f'tr.job[data-namespace="{namespace}"][data-name="{name}"]')
 
 
+HOSTILE = "<img src=x onerror=alert(1)>"
+"""A metric name is the user's: the page must show it as text."""
+
+
+def report_progress(kube: Kube, name: str, *reports: dict[str, Any]) -> dict[str, Any]:
+    """Patch the job's status subresource with what the operator's progress endpoint writes after ``reports`` (one
+    a second, the last one now), and check that the API server kept all of it (it prunes what the CRD lacks)."""
+    state = progress.Progress()
+    now = datetime.now(UTC)
+    for i, body in enumerate(reports):
+        at = now - timedelta(seconds=len(reports) - 1 - i)
+        state = progress.fold(state, progress.parse_report({"trainerStatus": body}, at), at)
+    fields = state.to_status()
+    kube.custom.patch_namespaced_custom_object_status(
+        "mljob.io", "v1alpha1", kube.namespace, "mljobs", name, {"status": fields}
+    )
+    kept = kube.status(name)
+    assert {k: kept.get(k) for k in fields} == fields, f"the API server pruned some of {fields}: {kept}"
+    return fields
+
+
 def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(e2e: Any, backend: Kube, ui: str, browser: Browser):
     ns = backend.namespace
     other = f"{ns[:56]}-other"
@@ -119,14 +145,62 @@ def test_the_list_shows_jobs_and_a_jobs_page_follows_its_phase_live(e2e: Any, ba
         expect(master_log).to_have_text("step 1 loss 0.93\nstep 2 loss 0.71")
         expect(page.locator('section.log[data-replica="worker-0"] pre')).to_have_text("worker 0 ready")
         expect(page.locator('section.log[data-replica="worker-1"] .notice')).to_contain_text("no log: ")
+        expect(page.locator("#progress")).to_have_count(0)  # no report yet: no progress section
+
+        # Training reports come in: the open page shows the bar, the curves and the latest metrics, live.
+        page.evaluate("window.notReloaded = true")
+        steps = range(10, 430, 10)
+        fields = report_progress(
+            backend, "endless",
+            *({"step": s, "totalSteps": 1000, "metrics": [{"name": "accuracy", "value": f"{s / 1000:.3f}"},
+                                                         {"name": "loss", "value": f"{100 / (s + 50):.4f}"},
+                                                         {"name": HOSTILE, "value": "1"}]} for s in steps),
+        )  # fmt: skip
+        bar = page.locator("#progress .bar")
+        expect(bar.locator(".fill")).to_have_attribute("style", "width: 42%", timeout=WAIT_MS)
+        expect(bar).to_have_attribute("aria-valuenow", "42")
+        expect(page.locator("#progress .progress-label")).to_have_text("42%")
+        expect(page.locator("#progress .steps")).to_have_text("420/1000")
+        if fields["eta"]:
+            expect(page.locator("#progress .eta")).to_have_text(f"ETA {fields['eta']}")
+        expect(page.locator("#progress .reported")).to_contain_text(" ago")
+        charts = page.locator("#progress figure.chart")
+        expect(charts).to_have_count(3)
+        expect(charts.first).to_have_attribute("data-metric", "loss")  # the loss curve leads
+        loss = page.locator('#progress svg.metric-chart[data-metric="loss"]')
+        expect(loss).to_have_attribute("data-points", str(len(steps)))
+        points = loss.locator("polyline").get_attribute("points")
+        assert points is not None
+        assert len(points.split()) == len(steps)
+        expect(loss.locator(".x-first")).to_have_text("10")
+        expect(loss.locator(".x-last")).to_have_text("420")
+        expect(loss.locator(".y-max")).to_have_text(f"{100 / 60:.4g}")
+        expect(page.locator('table.metrics tr[data-metric="loss"] td.value')).to_have_text(f"{100 / 470:.4f}")
+        hostile = page.locator("table.metrics tbody tr").filter(has_text=HOSTILE)
+        expect(hostile).to_have_count(1)  # shown as text ...
+        expect(page.locator("#progress img")).to_have_count(0)  # ... never as markup
+        assert page.evaluate("window.notReloaded") is True, "the progress came in place, without a reload"
         page.screenshot(path=ARTIFACTS / "job-running.png", full_page=True)
 
         page.evaluate("window.notReloaded = true")
         backend.exit("endless-master-0", 0)  # the master finishes: the job succeeds, and the open page shows it
         expect(page.locator("#phase")).to_have_text("Succeeded", timeout=WAIT_MS)
         expect(page.locator('table.conditions tr[data-type="Succeeded"]')).to_contain_text("True")
+        # The operator ends a finished job's progress: a full bar, the last step, no time left; the curves stay.
+        expect(page.locator("#progress .bar .fill")).to_have_attribute("style", "width: 100%", timeout=WAIT_MS)
+        expect(page.locator("#progress .steps")).to_have_text("1000/1000")
+        expect(page.locator("#progress .eta")).to_have_count(0)
+        expect(page.locator('#progress svg.metric-chart[data-metric="loss"]')).to_have_attribute(
+            "data-points", str(len(steps))
+        )
         assert page.evaluate("window.notReloaded") is True, "the page was updated in place, not reloaded"
         page.screenshot(path=ARTIFACTS / "job-succeeded.png", full_page=True)
+
+        page.goto(ui)  # the list: a compact bar for the job that reported, an empty cell for the one that did not
+        expect(job_row(page, ns, "endless").locator("td.progress .progress-label")).to_have_text("100%")
+        expect(job_row(page, ns, "endless").locator("td.progress .bar .fill")).to_have_attribute("style", "width: 100%")
+        expect(job_row(page, ns, "quick").locator("td.progress")).to_have_text("")
+        page.screenshot(path=ARTIFACTS / "jobs-progress.png", full_page=True)
 
         missing = page.goto(f"{ui}jobs/{ns}/nope")
         assert missing is not None
