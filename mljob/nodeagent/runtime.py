@@ -48,7 +48,7 @@ point() {  # make mount point $1 (a folder, or a file when $2 is f); see "A bind
   while [ ! -e "$p" ]; do p=$(dirname "$p"); done
   if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ] && ! inside "$p"; then
     layers=$((layers + 1)); u=layer$layers j=0
-    subs=$(awk -v p="$p/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)
+    subs=$(awk -v p="$(readlink -f "$p")/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)  # resolved, as there
     for m in $subs; do  # the mounts below $p (the pod's /etc/hosts...): kept, on top of the overlay
       j=$((j + 1)); if [ -d "$m" ]; then mkdir "$u.m$j"; else : > "$u.m$j"; fi; mount --bind "$m" "$u.m$j" || return 1
     done
@@ -99,10 +99,11 @@ than ``/`` (the ServiceAccount token's ``/var/run/secrets/kubernetes.io/servicea
 ``/run`` only) is made in an overlay of that folder, private to the container's mount namespace (its upper layer
 in a tmpfs on the container's scratch folder): the host is left untouched, and in particular no
 ``/var/run/secrets/kubernetes.io`` appears on it, which tools such as Kubeflow's SDK take as "running in a pod".
-The mounts below that folder (the pod's own ``/etc/hosts`` and ``resolv.conf``...) are bound again on top of the
-overlay, so the container still sees them. A missing top-level
-``mountPath`` (``/data``) is made on the host as an empty folder, as before: an overlay of ``/`` would hide
-``/proc``, ``/sys`` and ``/dev``.
+The mounts below that folder (the pod's own ``/etc/hosts`` and ``resolv.conf``..., and an earlier volume's: two
+``mountPath``s under ``/var/run/secrets`` make two overlays) are bound again on top of the overlay, so the container
+still sees them; they are found by the folder's resolved path, as ``mountinfo`` names them (``/var/run`` is
+``/run``). A missing top-level ``mountPath`` (``/data``) is made on the host as an empty folder, as before: an
+overlay of ``/`` would hide ``/proc``, ``/sys`` and ``/dev``.
 
 A mount point inside a volume the shim has already bound (a folder of an emptyDir mounted at ``/tmp``) is made in
 that volume's folder, as runc makes a nested mount's point inside the outer volume.

@@ -179,6 +179,23 @@ def test_the_service_account_token_volume_works_against_the_api_server(env):
     assert env.kubectl("logs", "insider").strip() == created["metadata"]["uid"]
 
 
+def test_two_volumes_under_one_missing_folder_are_both_seen(env):
+    """Kubeflow Trainer's progress token at /var/run/secrets/kubeflow/trainer beside the ServiceAccount's at
+    /var/run/secrets/kubernetes.io/serviceaccount: each missing folder is made in an overlay, and the second overlay
+    (of /var/run/secrets, made by the first) keeps the first volume on top (found by /run's resolved path)."""
+    configmap(env, "two-a", {"a": "first"})
+    configmap(env, "two-b", {"b": "second"})
+    volumes = [{"name": "one", "configMap": {"name": "two-a"}}, {"name": "two", "configMap": {"name": "two-b"}}]
+    mounts = [
+        {"name": "one", "mountPath": "/var/run/secrets/kubeflow/trainer", "readOnly": True},
+        {"name": "two", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+    ]
+    script = "cat /var/run/secrets/kubeflow/trainer/a; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/b"
+    env.pod("nested", sh(script, volumeMounts=mounts), volumes=volumes)
+    env.phase("nested", "Succeeded")
+    assert env.kubectl("logs", "nested") == "first\nsecond\n"
+
+
 def _has_sa(env) -> bool:
     try:
         env.api.read_namespaced_service_account("default", env.namespace)
