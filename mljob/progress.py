@@ -12,12 +12,14 @@ operator keeps the latest report of the job. See docs/progress.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import numbers
 import os
 import ssl
+import sys
 import threading
 import time
 import urllib.error
@@ -162,7 +164,6 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _post(url: str, body: dict[str, Any]) -> bool:
-    global _warned
     token = _read_token()
     headers = {"Content-Type": "application/json"}
     if token:
@@ -173,16 +174,28 @@ def _post(url: str, body: dict[str, Any]) -> bool:
         with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as response:
             return bool(200 <= response.status < 300)
     except urllib.error.HTTPError as error:
-        reason = error.read(300).decode(errors="replace")
-        if not _warned:
-            logger.warning("progress report refused: HTTP %s %s", error.code, reason)
-            _warned = True
+        try:
+            reason = error.read(300).decode(errors="replace")
+        except OSError:
+            reason = ""
+        _say_once(f"progress report refused: HTTP {error.code} {reason}")
         return False
     except (OSError, ValueError) as error:
-        if not _warned:
-            logger.warning("progress report not sent: %s", error)
-            _warned = True
+        ca = os.environ.get(ENV_CA_CERT)
+        trust = f" (CA file {ca}: {'present' if ca and os.path.exists(ca) else 'missing'})" if ca else ""
+        _say_once(f"progress report not sent to {url}: {error}{trust}")
         return False
+
+
+def _say_once(text: str) -> None:
+    """The first failure, on stderr where the job's log is: a framework's logging setup (or none) must not hide
+    it, and one line is enough; the next reports are tried as usual."""
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.debug(text)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"[mljob.progress] {text}", file=sys.stderr, flush=True)
 
 
 def keras_callback(total: int | None = None, every: float = 1.0) -> Any:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from agentkit import local_cluster
 
 from controlplane.cluster import BIN, ControlPlane, StartError
@@ -216,3 +217,51 @@ def test_the_ui_is_served_as_a_pod_and_reached_with_port_forward(local: LocalClu
     assert status == 200
     assert "<title>MLJobs" in page
     assert "held-for-the-ui" in page
+
+
+def test_a_training_job_reports_progress_through_the_operators_service(local: LocalCluster, tmp_path: Path):
+    """examples/pytorch-ddp, trained longer: its Master's reports reach the operator's progress endpoint through
+    the ``mljob-operator`` Service (kube-proxy, CoreDNS, the webhook's certificate, a token the node agent projects
+    for the job's audience), and the job's status moves while it trains and ends at 100%."""
+    cp = local.control_plane
+    overlay = write_overlay(EXAMPLES / "pytorch-ddp", tmp_path / "ddp-progress")
+    job = yaml.safe_load((overlay / "job.yaml").read_text())
+    job["metadata"]["name"] = "ddp-progress"
+    for spec in job["spec"]["replicaSpecs"].values():
+        for env in spec["template"]["spec"]["containers"][0]["env"]:
+            if env["name"] == "STEPS":
+                env["value"] = "3000"  # some seconds of training: several coalesced writes while it runs
+    (overlay / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    kustomization["patches"][0]["target"]["name"] = "ddp-progress"
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    cp.kubectl("apply", "-k", str(overlay))
+
+    seen: list[int] = []
+
+    def finished() -> dict | None:
+        body = json.loads(cp.kubectl("get", "mljob/ddp-progress", "-o", "json"))
+        status = body.get("status") or {}
+        percent = (status.get("trainerStatus") or {}).get("progressPercentage")
+        if status.get("phase") == "Running" and percent is not None and (not seen or seen[-1] != percent):
+            seen.append(percent)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = until(finished, DEADLINE, "ddp-progress to finish", interval=0.3)
+    assert status["phase"] == "Succeeded", status
+    log = cp.kubectl("logs", "ddp-progress-master-0")
+    assert len([p for p in seen if p < 100]) >= 2, (
+        f"progress seen while Running: {seen}; the Master's log: {log[-2000:]}"
+    )
+    assert seen == sorted(seen), seen
+    assert status["trainerStatus"]["progressPercentage"] == 100
+    assert status["trainerStatus"]["step"] == status["trainerStatus"]["totalSteps"] == 3000
+    assert status["progress"] == "100%"
+    assert any(m["name"] == "loss" for m in status["trainerStatus"]["metrics"])
+    (master,) = [p for p in job_pods(cp, "ddp-progress") if p["metadata"]["name"] == "ddp-progress-master-0"]
+    env = {e["name"]: e.get("value") for e in master["spec"]["containers"][0]["env"]}
+    assert env["KUBEFLOW_TRAINER_SERVER_URL"] == (
+        "https://mljob-operator.mljob-system.svc:9445/apis/mljob.io/v1alpha1/namespaces/default/mljobs/ddp-progress/status"
+    )
+    assert "progress report" not in log  # no refusal, no failure to send
+    print(f"ddp-progress: progress seen while Running: {seen}")
