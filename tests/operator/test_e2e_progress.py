@@ -37,6 +37,17 @@ sent = update_trainjob_status(progress_percent=42, estimated_remaining_seconds=3
 print("SENT", sent)
 sys.exit(0 if sent else 1)
 """
+TRANSFORMERS_REPORT = """
+from transformers import TrainerControl, TrainerState
+from transformers.integrations.integration_utils import KubeflowCallback
+callback = KubeflowCallback()  # as Trainer registers it when KUBEFLOW_TRAINER_SERVER_URL is set
+state, control = TrainerState(max_steps=100, global_step=0), TrainerControl()
+callback.on_train_begin(None, state, control)
+callback.on_log(None, state, control, logs={"loss": 0.125, "learning_rate": 0.001})
+state.global_step = 100
+callback.on_train_end(None, state, control)
+print("REPORTED")
+"""
 MLJOB_REPORT = """
 import logging, sys
 logging.basicConfig()
@@ -187,6 +198,29 @@ def test_kubeflows_sdk_helper_and_mljobs_report_into_the_status_and_success_ends
     assert late == 409, said
     assert trainer(b, job.name)["progressPercentage"] == 100
     assert get(f"http://127.0.0.1:{metrics_port}/metrics") is not None
+
+
+def test_transformers_kubeflow_callback_reports_unchanged(world, e2e, tmp_path):
+    """HuggingFace Transformers' ``KubeflowCallback`` (5.23.0), which its Trainer adds when Trainer's env is set:
+    its start report (0%, ``total_steps``) and its forced end report (100%, the logged loss) reach the status."""
+    w, _, _ = operator_world(world)
+    b = w.kube
+    job = E2EJob("hf", "pytorch", {"Master": Role(1, (Forever(),))})
+    b.submit(job)
+    b.wait_phase(job.name, "Running")
+    pod = b.get("pods", "hf-master-0")
+    assert pod is not None
+    wired = wiring(tmp_path, pod, token_for(b, "hf-master-0", job.name))
+    done = subprocess.run([str(SDK_PYTHON), "-c", TRANSFORMERS_REPORT], env={**os.environ, **wired},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = b.wait(lambda: trainer(b, job.name).get("progressPercentage") == 100 and b.status(job.name),
+                    what="the callback's end report")  # fmt: skip
+    metrics = {m["name"]: m["value"] for m in status["trainerStatus"]["metrics"]}
+    assert metrics["loss"] == "0.125"
+    assert metrics["total_steps"] == "100"  # from its start report: the latest of each name is kept
+    assert status["trainerStatus"]["estimatedRemainingSeconds"] == 0
+    assert b.phase(job.name) == "Running"  # 100% reported; the job ends when its pods do
 
 
 def test_bad_reports_are_refused_with_a_clear_code_and_the_job_runs_on(world, e2e, tmp_path):
