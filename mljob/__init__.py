@@ -17,6 +17,7 @@ _WHERE = {
     "RestartPolicy": "mljob.api",
     "Address": "mljob.framework",
     "Cluster": "mljob.framework",
+    "Elastic": "mljob.framework",
     "Framework": "mljob.framework",
     "LocalWiring": "mljob.framework",
     "NoOptions": "mljob.framework",
@@ -31,7 +32,18 @@ _WHERE = {
 if TYPE_CHECKING:
     from mljob.api import MLJob, RestartPolicy
     from mljob.client import Client
-    from mljob.framework import Address, Cluster, Framework, LocalWiring, NoOptions, Outcome, Problem, Replica, Role
+    from mljob.framework import (
+        Address,
+        Cluster,
+        Elastic,
+        Framework,
+        LocalWiring,
+        NoOptions,
+        Outcome,
+        Problem,
+        Replica,
+        Role,
+    )
     from mljob.hookspecs import hookimpl
 
 
@@ -49,6 +61,7 @@ __all__ = [
     "Address",
     "Client",
     "Cluster",
+    "Elastic",
     "Framework",
     "LocalWiring",
     "MLJob",

@@ -302,6 +302,15 @@ class MetricCurve(Model):
     )
 
 
+class ElasticStatus(Model):
+    """An elastic job's membership as the operator sees it: the elastic role's replicas running now (torchrun's
+    agents re-form the group around them), within the bounds."""
+
+    running: NonNegativeInt = Field(0, description="Replicas of the elastic role running now.")
+    min_replicas: NonNegativeInt = Field(0, description="The fewest the job trains with (elasticPolicy).")
+    max_replicas: NonNegativeInt = Field(0, description="The most the job may be scaled to (elasticPolicy).")
+
+
 class MLJobStatus(Model):
     """What the operator observed; the phase is derived from the conditions."""
 
@@ -318,6 +327,14 @@ class MLJobStatus(Model):
     eta: str | None = Field(None, description="Estimated time left for a person: 3m10s.")
     metric_history: list[MetricCurve] | None = Field(
         None, max_length=8, description="Numeric metrics over time, for the UI."
+    )
+    elastic: ElasticStatus | None = Field(None, description="An elastic job's current membership.")
+    selector: str | None = Field(
+        None,
+        description=(
+            "The label selector of an elastic job's elastic role's pods: the scale subresource's, which a "
+            "HorizontalPodAutoscaler reads."
+        ),
     )
 
 

@@ -109,6 +109,17 @@ class LocalWiring:
     """File name -> content, written into the run's folder before any replica starts."""
 
 
+@dataclass(frozen=True)
+class Elastic:
+    """A job whose ``role`` may grow and shrink within ``[min_replicas, max_replicas]`` while it runs (torchrun's
+    elastic agent): a lost replica of that role is not the job's failure while at least ``min_replicas`` run, and
+    its replica count may change without a restart of the others (``kubectl scale``)."""
+
+    role: str
+    min_replicas: int
+    max_replicas: int
+
+
 class NoOptions(BaseModel):
     """The options model of a framework that takes none: any key is an error."""
 
@@ -199,6 +210,13 @@ class Framework:
         held pod in the pass that sees the last one Ready. Not used by the local runtime.
         """
         return ()
+
+    def elastic(self, job: MLJob) -> Elastic | None:
+        """Whether ``job`` is elastic, and in which role and bounds; default never (every replica is needed).
+
+        An elastic job's :meth:`env` must not depend on that role's replica count: its pods keep running when the
+        count changes (the operator leaves the count out of the pods' spec fingerprint)."""
+        return None
 
     def succeeded(self, job: MLJob, outcomes: Mapping[Replica, Outcome]) -> bool:
         """The framework's success rule over every replica of the job."""

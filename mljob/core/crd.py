@@ -36,13 +36,35 @@ OPAQUE = {
 _DROPPED = {"title", "additionalProperties", "$defs", "anyOf", "$ref", "const"}
 
 SUSPENDED = "(has({s}.runPolicy) && has({s}.runPolicy.suspend) && {s}.runPolicy.suspend)"
+ELASTIC = "(has({s}.frameworkOptions) && has({s}.frameworkOptions.elasticPolicy))"
+ELASTIC_ROLE = "Worker"
+"""The role whose count an elastic job may change while it runs, and the scale subresource scales: PyTorch's
+(the only elastic framework; CEL cannot ask a plugin). Its bounds are the plugin's to check (the webhook)."""
+ONLY_COUNT_CHANGED = (
+    "self.replicaSpecs.size() == oldSelf.replicaSpecs.size() && self.replicaSpecs.all(k, k in oldSelf.replicaSpecs "
+    f"&& (k == '{ELASTIC_ROLE}' ? (self.replicaSpecs[k].template == oldSelf.replicaSpecs[k].template "
+    "&& has(self.replicaSpecs[k].restartPolicy) == has(oldSelf.replicaSpecs[k].restartPolicy) "
+    "&& (!has(self.replicaSpecs[k].restartPolicy) "
+    "|| self.replicaSpecs[k].restartPolicy == oldSelf.replicaSpecs[k].restartPolicy)) "
+    ": self.replicaSpecs[k] == oldSelf.replicaSpecs[k]))"
+)
+SCALE = {
+    "specReplicasPath": f".spec.replicaSpecs.{ELASTIC_ROLE}.replicas",
+    "statusReplicasPath": ".status.elastic.running",
+    "labelSelectorPath": ".status.selector",
+}
+"""``kubectl scale mljob/NAME --replicas=N`` and a HorizontalPodAutoscaler change the Worker count, as with a
+PyTorchJob (whose CRD scales ``pytorchReplicaSpecs.Worker``); only an elastic job takes the change while it runs."""
 SPEC_RULES = [
     {
         # A transition rule (it reads oldSelf): runs on UPDATE only. Allowed whether the old or the
         # new object is suspended, because Kueue unsuspends and injects node selectors in one update.
+        # An elastic job's Worker count may change while it runs (kubectl scale, an autoscaler).
         "rule": f"{SUSPENDED.format(s='oldSelf')} || {SUSPENDED.format(s='self')} "
-        "|| self.replicaSpecs == oldSelf.replicaSpecs",
-        "message": "replicaSpecs is immutable unless the job is suspended (spec.runPolicy.suspend: true)",
+        "|| self.replicaSpecs == oldSelf.replicaSpecs "
+        f"|| ({ELASTIC.format(s='self')} && {ELASTIC.format(s='oldSelf')} && {ONLY_COUNT_CHANGED})",
+        "message": "replicaSpecs is immutable unless the job is suspended (spec.runPolicy.suspend: true); "
+        f"an elastic job's {ELASTIC_ROLE} replicas may change",
         "fieldPath": ".replicaSpecs",
         "reason": "FieldValueForbidden",
     },
@@ -216,7 +238,7 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": openapi_schema()},
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE},
                     "additionalPrinterColumns": [
                         {"name": "Framework", "type": "string", "jsonPath": ".spec.framework"},
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

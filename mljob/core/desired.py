@@ -18,10 +18,10 @@ from mljob.core.names import QUEUE_LABEL
 from mljob.core.placement import NOT_SERVED, gang_scheduler
 from mljob.core.plan import Event, Plan
 from mljob.core.progress import Endpoint
-from mljob.core.render import JOB_OBJECT_KINDS, owner_reference, render
+from mljob.core.render import JOB_OBJECT_KINDS, elastic_of, owner_reference, render
 from mljob.core.status import derive_phase, set_condition, spec_hash, status_patch, terminal
 from mljob.core.validation import DEFAULT_LIMITS, INVALID_SPEC, PLUGIN_ERROR, Limits, check_job
-from mljob.framework import Framework, Problem
+from mljob.framework import Elastic, Framework, Problem
 from mljob.plugins import PluginError, Plugins
 
 
@@ -46,6 +46,8 @@ class Desired:
     """The API kind the job came as (its children's labels and owner are that kind's)."""
     objects: tuple[dict[str, Any], ...] = ()
     """The framework's per-job ConfigMaps and Secrets (:meth:`Framework.objects`): created before any pod."""
+    elastic: Elastic | None = None
+    """The role that may grow and shrink while the job runs, and its bounds (:meth:`Framework.elastic`)."""
 
     @property
     def service(self) -> dict[str, Any] | None:
@@ -114,6 +116,7 @@ def desire(
             kind=kind,
         )
     try:
+        elastic = elastic_of(job, framework)
         children = render(
             job, framework, plugins, uid=job.metadata.uid, gang=placement.default, kind=kind, endpoint=endpoint
         )
@@ -129,8 +132,18 @@ def desire(
     queued = None
     if kind.owns_workload and queueing.queue_name(job) is not None and queueing.prebuilt_workload(job) is None:
         queued = queueing.workload(job, owner_reference(job, job.metadata.uid, kind))
+    fingerprint = spec_hash(job, elastic.role if elastic is not None else None)
     return Desired(
-        framework, pods, services, grouped, backend, queued, spec_hash=spec_hash(job), kind=kind, objects=objects
+        framework,
+        pods,
+        services,
+        grouped,
+        backend,
+        queued,
+        spec_hash=fingerprint,
+        kind=kind,
+        objects=objects,
+        elastic=elastic,
     )
 
 

@@ -149,6 +149,8 @@ class Draft:
         self.finished: Phase | None = None
         self.accepted = False
         self.running_after: float | None = None
+        self.elastic = self.old.elastic
+        self.selector = self.old.selector
 
     def event(self, type: EventType, reason: str, message: str, closing: bool = False) -> None:
         self.events.append(Event(type, reason, message, closing))
@@ -226,6 +228,8 @@ class Draft:
             observed_generation=self.job.metadata.generation,
             message=self.message,
             **self._progress(phase),
+            elastic=self.elastic,
+            selector=self.selector,
         )
         annotations = None
         if self.ledger.changed:

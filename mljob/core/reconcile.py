@@ -35,18 +35,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from mljob.api import ConditionType, MLJob, Phase, parse_time
+from mljob.api import ConditionType, ElasticStatus, MLJob, Phase, parse_time
 from mljob.core import children as podlib
 from mljob.core import kueue as queueing
 from mljob.core import rules
 from mljob.core.desired import Desired, Placement, desire, placement_problems, reject
 from mljob.core.kinds import JobKind, dispatched
 from mljob.core.kueue import QUEUED
+from mljob.core.names import LABEL_JOB, LABEL_ROLE
 from mljob.core.placement import waits_for
 from mljob.core.plan import Delete, Draft, Event, Plan, StatusPatch
 from mljob.core.rules import Seen, State
 from mljob.core.status import PodRecord, clear_condition, condition, is_true, terminal
-from mljob.framework import Framework, Outcome, Replica, replicas_of
+from mljob.framework import Elastic, Framework, Outcome, Replica, replicas_of
 
 __all__ = [
     "QUEUED",
@@ -140,7 +141,8 @@ def _running(draft: Draft, desired: Desired, flavors: Mapping[str, Mapping[str, 
         draft.event("Warning", "Restarted", note)
     if seen.restarted:
         draft.message = seen.restarted[-1]
-    _progress(draft, seen, judgement)
+    _progress(draft, seen, judgement, desired.elastic)
+    _membership(draft, desired)
     if judgement.deadline is not None:
         draft.wake.append(judgement.deadline)
     _schedule_timeout(draft, desired, seen)
@@ -304,9 +306,16 @@ def _held_back(draft: Draft, desired: Desired, missing: Sequence[dict[str, Any]]
     return now, why
 
 
-def _progress(draft: Draft, seen: _Observed, judgement: rules.Judgement) -> None:
-    """Running when every unfinished replica runs; Restarting once it has run and one does not."""
-    outcomes = judgement.outcomes
+def _progress(draft: Draft, seen: _Observed, judgement: rules.Judgement, elastic: Elastic | None = None) -> None:
+    """Running when every unfinished replica runs; Restarting once it has run and one does not.
+
+    An elastic job runs on while at least its minimum of the elastic role runs: a member lost or being added (a
+    scale-up's new pod) is not a restart of the job; its status.elastic and MembershipChanged events say it."""
+    outcomes = dict(judgement.outcomes)
+    if elastic is not None:
+        members = [r for r in outcomes if r.role == elastic.role]
+        if sum(outcomes[r] is Outcome.RUNNING for r in members) >= elastic.min_replicas:
+            outcomes = {r: o for r, o in outcomes.items() if r.role != elastic.role or o is Outcome.RUNNING}
     unfinished = [o for o in outcomes.values() if o is not Outcome.SUCCEEDED]
     all_running = bool(unfinished) and all(o is Outcome.RUNNING for o in unfinished)
     has_run = draft.is_true(ConditionType.RUNNING) or draft.is_true(ConditionType.RESTARTING)
@@ -325,6 +334,37 @@ def _progress(draft: Draft, seen: _Observed, judgement: rules.Judgement) -> None
     if seen.waiting and not seen.restarted:
         draft.message = seen.waiting
     draft.replica_statuses = draft.count_replicas()
+
+
+def _membership(draft: Draft, desired: Desired) -> None:
+    """An elastic job's membership in its status (the elastic role's pods running now), its pods' selector for
+    the scale subresource, and an event each time the count moves: a worker lost, one added by ``kubectl scale``."""
+    elastic = desired.elastic
+    if elastic is None:
+        return
+    role = elastic.role.lower()
+    going = {d.name for d in draft.deletes.values() if d.kind == "Pod"}
+    running = sum(
+        1
+        for name, pod in draft.pods.items()
+        if name not in going
+        and (found := podlib.replica_of(pod, draft.kind)) is not None
+        and found[0] == role
+        and podlib.running(pod)
+        and not podlib.terminating(pod)
+    )
+    before = draft.old.elastic
+    draft.elastic = ElasticStatus(running=running, min_replicas=elastic.min_replicas, max_replicas=elastic.max_replicas)
+    draft.selector = ",".join(f"{k}={v}" for k, v in {LABEL_JOB: draft.job.name, LABEL_ROLE: role}.items())
+    if before is not None and before.running != running:
+        wanted = (
+            draft.job.spec.replica_specs[elastic.role].replicas if elastic.role in draft.job.spec.replica_specs else 0
+        )
+        message = (
+            f"{running} of {wanted} {elastic.role} replicas running, was {before.running} "
+            f"(elastic: {elastic.min_replicas} to {elastic.max_replicas})"
+        )
+        draft.event("Normal" if running >= elastic.min_replicas else "Warning", "MembershipChanged", message)
 
 
 def _schedule_timeout(draft: Draft, desired: Desired, seen: _Observed) -> None:

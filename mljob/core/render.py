@@ -17,7 +17,7 @@ from mljob.core import placement, progress
 from mljob.core.kinds import MLJOB, JobKind
 from mljob.core.names import LABEL_SPEC_HASH
 from mljob.core.status import spec_hash
-from mljob.framework import Address, Framework, Replica, replicas_of
+from mljob.framework import Address, Elastic, Framework, Replica, replicas_of
 from mljob.plugins import PluginError
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def render_pod(
             "labels": {
                 **(meta.get("labels") or {}),
                 **labels(job, framework, replica, kind),
-                LABEL_SPEC_HASH: fingerprint or spec_hash(job),
+                LABEL_SPEC_HASH: fingerprint or fingerprint_of(job, framework),
             },
             "ownerReferences": [owner_reference(job, uid, kind)],
         },
@@ -166,6 +166,20 @@ def render_pod(
     if plugins is not None:
         plugins.mutate_pod(job, replica, pod)
     return pod
+
+
+def elastic_of(job: MLJob, framework: Framework) -> Elastic | None:
+    """The framework's :meth:`~mljob.framework.Framework.elastic` for ``job``; what it raises is its PluginError."""
+    try:
+        return framework.elastic(job)
+    except Exception as error:
+        raise PluginError(framework.name, "elastic", error) from error
+
+
+def fingerprint_of(job: MLJob, framework: Framework) -> str:
+    """The pods' ``mljob.io/spec-hash``: :func:`~mljob.core.status.spec_hash`, blind to an elastic role's count."""
+    elastic = elastic_of(job, framework)
+    return spec_hash(job, elastic.role if elastic is not None else None)
 
 
 def render_service(job: MLJob, framework: Framework, cluster: ServiceCluster, uid: str | None = None) -> dict[str, Any]:
@@ -278,7 +292,7 @@ def render(
         *placement.objects(job, backend, owner_reference(job, uid, kind)),
         *render_objects(job, framework, cluster, uid, kind),
     ]
-    fingerprint = spec_hash(job)
+    fingerprint = fingerprint_of(job, framework)
     replicas = replicas_of(job)
     pods = [
         render_pod(job, framework, r, cluster, plugins, uid, backend, fingerprint, kind, endpoint) for r in replicas

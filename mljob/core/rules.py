@@ -10,7 +10,8 @@ Order of precedence, first match wins (docs/job-lifecycle.md):
 1. **Success**: the framework's success rule is met. The job's result exists (a chief that saved its
    model and exited 0); a worker failing in the same instant does not undo it.
 2. **A permanent failure**: a replica exited and its restart policy does not retry that exit
-   (``Never``; ``ExitCode`` with 1-127). Also: every replica has finished and the success rule is
+   (``Never``; ``ExitCode`` with 1-127); never a replica of an elastic job's elastic role, which is replaced.
+   Also: every replica has finished and the success rule is
    still not met (nothing is left that could meet it). Of several failures in one look, a role that
    runs until stopped is named first (it never exits because a peer did: an MPI worker whose death
    ended its launcher's ``mpirun``), then replica order.
@@ -205,10 +206,15 @@ def judge(
     failures: list[tuple[Replica, str]] = []
     wanted: list[Restart] = []
     restarted: list[str] = []  # why each replica restarted just now or must restart, in replica order
+    try:
+        elastic = framework.elastic(job)
+    except Exception as error:
+        return Judgement(outcomes, Finish(False, PLUGIN_ERROR, str(PluginError(framework.name, "elastic", error))))
+    elastic_role = elastic.role if elastic is not None else None
     for replica, now_seen in seen.items():
         if now_seen.restarted is not None:
             restarted.append(now_seen.restarted.describe(replica))
-        outcomes[replica] = _outcome(job, framework, replica, now_seen, failures, wanted)
+        outcomes[replica] = _outcome(job, framework, replica, now_seen, failures, wanted, elastic_role)
         if wanted and wanted[-1].replica == replica and not wanted[-1].counted:
             restarted.append(wanted[-1].why)
     ends = deadline(job, started)
@@ -233,17 +239,25 @@ def _outcome(
     seen: Seen,
     failures: list[tuple[Replica, str]],
     wanted: list[Restart],
+    elastic_role: str | None = None,
 ) -> Outcome:
-    """One replica's outcome for the success rule; an exit adds a failure or a restart."""
+    """One replica's outcome for the success rule; an exit adds a failure or a restart.
+
+    A replica of an elastic job's elastic role is never a failure of the job: whatever its exit, and whatever its
+    restart policy, it is replaced (recreated), counted against backoffLimit like any restart; the others carry
+    on, and torchrun's agents re-form the group with and then without it."""
     if seen.state is not State.EXITED:
         return {State.RUNNING: Outcome.RUNNING, State.SUCCEEDED: Outcome.SUCCEEDED}.get(seen.state, Outcome.PENDING)
     stop = seen.stop or Stop()
     result = verdict(restart_policy(job, framework, replica.role), stop)
     if result is Verdict.SUCCEEDED:
         return Outcome.SUCCEEDED
-    if result is Verdict.FAILED:
+    if result is Verdict.FAILED and replica.role != elastic_role:
         failures.append((replica, stop.describe(replica)))
         return Outcome.FAILED
+    if result is Verdict.FAILED:
+        wanted.append(Restart(replica, f"{stop.describe(replica)} (elastic: replaced)", seen.counted))
+        return Outcome.PENDING
     wanted.append(Restart(replica, stop.describe(replica), seen.counted))
     return Outcome.PENDING
 

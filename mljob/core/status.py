@@ -128,9 +128,12 @@ def status_patch(old: MLJobStatus | None, new: MLJobStatus) -> dict[str, Any] | 
     return diff or None
 
 
-def spec_hash(job: MLJob) -> str:
-    """A fingerprint of what the pods are rendered from; changes to the run policy do not count."""
+def spec_hash(job: MLJob, elastic_role: str | None = None) -> str:
+    """A fingerprint of what the pods are rendered from; changes to the run policy do not count, nor, in an
+    elastic job, its elastic role's replica count (scaling adds or removes pods; the others run on)."""
     spec = job.spec.model_dump(mode="json", by_alias=True, include={"framework", "replica_specs", "framework_options"})
+    if elastic_role is not None and elastic_role in spec["replicaSpecs"]:
+        spec["replicaSpecs"][elastic_role] = {**spec["replicaSpecs"][elastic_role], "replicas": None}
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
