@@ -197,6 +197,14 @@ def openapi_schema() -> dict[str, Any]:
     spec = structural(properties["spec"], defs, ("spec",))
     spec["properties"]["framework"]["x-kubernetes-validations"] = FRAMEWORK_RULES
     spec["x-kubernetes-validations"] = SPEC_RULES
+    # The one option the CRD's rules read (an elastic job's Worker count may change): declared, so CEL knows it.
+    spec["properties"]["frameworkOptions"]["properties"] = {
+        "elasticPolicy": {
+            "description": "An elastic job's policy (PyTorch: torchrun's elastic agent); the plugin checks it.",
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
+    }
     status = structural(properties["status"], defs, ("status",))
     conditions = status["properties"]["conditions"]
     # One condition per type (Kubernetes convention), merged by type under server-side apply.

@@ -119,10 +119,12 @@ def test_metadata_is_left_to_the_api_server():
 def test_templates_and_options_are_opaque_objects():
     props = schema()["properties"]["spec"]["properties"]
     template = props["replicaSpecs"]["additionalProperties"]["properties"]["template"]
-    for node in (template, props["frameworkOptions"]):
+    options = props["frameworkOptions"]
+    for node in (template, options, options["properties"]["elasticPolicy"]):
         assert node["type"] == "object"
         assert node["x-kubernetes-preserve-unknown-fields"] is True
-        assert "properties" not in node
+    assert "properties" not in template
+    assert list(options["properties"]) == ["elasticPolicy"]  # declared only for the CRD's rule to read
 
 
 def test_optional_fields_are_nullable_and_enums_kept():

@@ -1,0 +1,64 @@
+"""The scale subresource and the replicaSpecs rule on the real API server (issue 25): ``kubectl scale`` changes an
+elastic MLJob's Worker count, and only an elastic one's, while it runs; the scale subresource reports the
+membership and the selector a HorizontalPodAutoscaler reads. No operator acts in the namespace: what is checked
+is the CRD, which the API server enforces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from harness import E2EJob, Forever, Kube, Role
+
+from controlplane.cluster import BIN
+
+
+def kubectl(b: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "kubectl"), f"--kubeconfig={b.kubeconfig}", "-n", b.namespace, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def body(b: Kube, name: str, elastic: bool) -> dict[str, Any]:
+    made = E2EJob(name, "pytorch", {"Worker": Role(3, (Forever(),))}).body(b.namespace)
+    if elastic:
+        made["spec"]["frameworkOptions"] = {"elasticPolicy": {"minReplicas": 2, "maxReplicas": 4}}
+    return made
+
+
+def test_kubectl_scale_changes_an_elastic_jobs_workers_and_refuses_a_plain_running_one(world):
+    b = world(operator=False).kube
+    b.create("mljobs", body(b, "stretchy", elastic=True))
+    b.create("mljobs", body(b, "plain", elastic=False))
+
+    scaled = kubectl(b, "scale", "mljob/stretchy", "--replicas=4")
+    assert scaled.returncode == 0, scaled.stderr
+    assert b.job("stretchy")["spec"]["replicaSpecs"]["Worker"]["replicas"] == 4
+
+    refused = kubectl(b, "scale", "mljob/plain", "--replicas=4")
+    assert refused.returncode != 0
+    assert "replicaSpecs is immutable unless the job is suspended" in refused.stderr, refused.stderr
+    assert b.job("plain")["spec"]["replicaSpecs"]["Worker"]["replicas"] == 3
+
+    # Anything else of an elastic job's replicaSpecs stays immutable.
+    patch = {"spec": {"replicaSpecs": {"Worker": {"restartPolicy": "Never"}}}}
+    changed = kubectl(b, "patch", "mljob/stretchy", "--type=merge", "-p", json.dumps(patch))
+    assert changed.returncode != 0
+    assert "replicaSpecs is immutable" in changed.stderr, changed.stderr
+
+
+def test_the_scale_subresource_reports_the_membership_and_the_selector(world):
+    b = world(operator=False).kube
+    b.create("mljobs", body(b, "hpa", elastic=True))
+    status = {"status": {"elastic": {"running": 3, "minReplicas": 2, "maxReplicas": 4},
+                         "selector": "mljob.io/job-name=hpa,mljob.io/replica-type=worker"}}  # fmt: skip
+    b.custom.patch_namespaced_custom_object_status("mljob.io", "v1alpha1", b.namespace, "mljobs", "hpa", status)
+    got = kubectl(b, "get", "--raw", f"/apis/mljob.io/v1alpha1/namespaces/{b.namespace}/mljobs/hpa/scale")
+    assert got.returncode == 0, got.stderr
+    scale = json.loads(got.stdout)
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 3
+    assert scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == "mljob.io/job-name=hpa,mljob.io/replica-type=worker"
