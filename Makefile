@@ -111,12 +111,14 @@ bench-smoke: setup controlplane
 	$(BIN)/python bench/render.py --smoke
 	$(BIN)/python bench/launch.py --smoke
 	$(BIN)/python bench/operator.py --smoke
+	$(BIN)/python bench/progress.py --smoke
 	$(BIN)/python bench/headtohead.py --smoke
 
 bench: setup controlplane
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/launch.py
 	$(BIN)/python bench/operator.py
+	$(BIN)/python bench/progress.py
 	$(BIN)/python bench/headtohead.py --json bench/results/headtohead.json
 
 # Everything CI checks: lint, the whole test suite (real training and the operator on the real control plane
