@@ -436,11 +436,13 @@ class Coalescer:
     written: dict[Any, float] = field(default_factory=dict)
     """When each job was last written."""
 
-    def touch(self, key: Any, now: float) -> None:
-        """A report of ``key`` came at ``now``."""
-        if key not in self.pending:
-            last = self.written.get(key)
-            self.pending[key] = now if last is None else max(now, last + self.interval)
+    def touch(self, key: Any, now: float) -> bool:
+        """A report of ``key`` came at ``now``; True when that made it pending (a writer waiting needs waking)."""
+        if key in self.pending:
+            return False
+        last = self.written.get(key)
+        self.pending[key] = now if last is None else max(now, last + self.interval)
+        return True
 
     def due(self, now: float) -> list[Any]:
         """The jobs to write now, taken off the pending list (and marked written at ``now``)."""

@@ -6,12 +6,13 @@ report reaching the passive replica of a peering is not lost): it writes only th
 what the reconciler decides.
 
 A request is checked cheapest first, and a refusal never touches the job:
-1. the size (413, Trainer's 64 KiB) and a per-job rate (429 with ``Retry-After``; a flood costs nothing further);
-2. the bearer token (401 without one, 403 otherwise): a ``TokenReview`` for the job's own audience, so a token of
+1. the bearer token (401 without one, 403 otherwise): a ``TokenReview`` for the job's own audience, so a token of
    another job fails, then the pod the token is bound to must be one of this job's (its ``mljob.io/job-name``
    label and uid). Verdicts are kept for a minute by the token's hash: a job reporting ten times a second costs
-   one review a minute per pod;
-3. the payload (422 with the field path); a finished job takes no more reports (409).
+   one review a minute per pod. Reviews of tokens not seen lately are limited for all jobs together (429);
+2. a rate per pod (429 with ``Retry-After``), counted for its own token only: nobody else can use it up;
+3. the size (413, Trainer's 64 KiB) and the payload (422 with the field path); a finished job takes no more
+   reports (409).
 
 Good reports are folded in memory and coalesced (:class:`~mljob.core.progress.Coalescer`): one status merge patch
 per job per interval, however many reports come.
@@ -36,19 +37,23 @@ import aiohttp.web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mljob.api import API_VERSION, PLURAL, Phase
+from mljob.api import API_VERSION, PLURAL
 from mljob.core import progress
 from mljob.core.kinds import MLJOB
 from mljob.core.names import LABEL_JOB
 from mljob.kube import Api, ApiError
+from mljob.operator.controller import finished
 
 logger = logging.getLogger("mljob.operator.progress")
 
 Key = tuple[str, str]
 DEFAULT_PORT = 9445
 RATE = 20.0
-"""Reports a second one job may send, on average (a burst of twice that is taken): the SDK helper sends one per
+"""Reports a second one pod may send, on average (a burst of twice that is taken): the SDK helper sends one per
 five seconds and mljob's one a second, so only a runaway loop meets it."""
+REVIEWS = 50.0
+"""TokenReviews a second for tokens not seen lately, all jobs together (a burst of twice that): a new pod costs one
+a minute; a flood of made-up tokens is answered 429 rather than passed on to the API server."""
 TOKEN_TTL = 60.0
 """Seconds a token's verdict is kept; never beyond the token's own expiry."""
 REFUSED_TTL = 10.0
@@ -96,11 +101,12 @@ class Bucket:
 
 @dataclass
 class Verdict:
-    """What a token's review said for one job: ``code`` 0 is allowed."""
+    """What a token's review said for one job: ``code`` 0 is allowed, for the reports of ``pod``."""
 
     code: int
     message: str
     until: float
+    pod: str = ""
 
 
 def token_expiry(token: str) -> float | None:
@@ -125,7 +131,8 @@ class ProgressServer:
     clock: Callable[[], float] = time.monotonic
     states: dict[Key, progress.Progress] = field(default_factory=dict)
     coalescer: progress.Coalescer = field(init=False)
-    buckets: dict[Key, Bucket] = field(default_factory=dict)
+    buckets: dict[tuple[Key, str], Bucket] = field(default_factory=dict)
+    reviews: Bucket = field(default_factory=lambda: Bucket(REVIEWS, 2 * REVIEWS))
     verdicts: dict[tuple[str, Key], Verdict] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Requests by answer code, and ``patches`` (the bench reads these)."""
@@ -184,18 +191,25 @@ class ProgressServer:
             return refuse(405, "MethodNotAllowed", "progress is reported with POST")
         key = (request.match_info["namespace"], request.match_info["name"])
         now = self.clock()
-        bucket = self.buckets.setdefault(key, Bucket(self.rate, 2 * self.rate))
-        wait = bucket.take(now)
-        if wait:
-            return refuse(429, "TooManyRequests", f"more than {self.rate:g} reports a second for mljobs/{key[1]}",
-                          {"Retry-After": str(max(1, round(wait)))})  # fmt: skip
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme != "Bearer" or not token.strip():
             return refuse(401, "Unauthorized", "a bearer token bound to one of the job's pods is required")
-        verdict = await self.authorize(token.strip(), key, now)
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        verdict = self.verdicts.get((digest, key))
+        if verdict is None or verdict.until <= now:
+            # A token not seen lately costs a TokenReview: those are limited for all jobs together, so a flood of
+            # made-up tokens costs the API server little and never uses up a job's own allowance.
+            wait = self.reviews.take(now)
+            if wait:
+                return self._too_many(wait, "reviews of new tokens")
+            verdict = await self.authorize(token.strip(), key, now)
         if verdict.code:
             return refuse(verdict.code, "Forbidden", verdict.message)
+        bucket = self.buckets.setdefault((key, verdict.pod), Bucket(self.rate, 2 * self.rate))
+        wait = bucket.take(now)
+        if wait:  # per pod: a job whose every rank reports is not throttled for its size
+            return self._too_many(wait, f"{self.rate:g} reports a second from pod {verdict.pod}")
         try:
             body = await request.read()
         except aiohttp.web.HTTPRequestEntityTooLarge:
@@ -206,7 +220,7 @@ class ProgressServer:
         except progress.ReportError as error:
             return refuse(422, "Invalid", str(error))
         known = self.lookup(key)
-        if known is not None and MLJOB.phase_of(known) in (Phase.SUCCEEDED, Phase.FAILED):
+        if known is not None and finished(known):
             self.forget(key)
             return refuse(409, "Conflict", f"mljobs/{key[1]} has finished: its progress is final")
         if not report.empty:
@@ -214,9 +228,12 @@ class ProgressServer:
             if state is None:
                 state = progress.from_status((known or {}).get("status"), wall)
             self.states[key] = progress.fold(state, report, wall)
-            self.coalescer.touch(key, now)
-            self._wake.set()
+            if self.coalescer.touch(key, now):
+                self._wake.set()
         return aiohttp.web.json_response(json.loads(body or b"{}"))
+
+    def _too_many(self, wait: float, what: str) -> aiohttp.web.Response:
+        return refuse(429, "TooManyRequests", f"more than {what}", {"Retry-After": str(max(1, round(wait)))})
 
     async def authorize(self, token: str, key: Key, now: float) -> Verdict:
         """Whether ``token`` may report for job ``key``: kept verdicts first, else a TokenReview and the pod."""
@@ -267,13 +284,14 @@ class ProgressServer:
         expiry = token_expiry(token)
         if expiry is not None:
             until = min(until, now + max(0.0, expiry - time.time()))
-        return Verdict(0, "", until)
+        return Verdict(0, "", until, str(pod_name))
 
     def forget(self, key: Key) -> None:
         """A job finished or gone: its state, pending write and series go."""
         self.states.pop(key, None)
         self.coalescer.forget(key)
-        self.buckets.pop(key, None)
+        for bucket in [b for b in self.buckets if b[0] == key]:
+            del self.buckets[bucket]
 
     async def write_forever(self) -> None:
         """Write each job's progress when it falls due: at most one patch per job per interval."""
@@ -295,7 +313,7 @@ class ProgressServer:
         if state is None:
             return
         known = self.lookup(key)
-        if known is not None and MLJOB.phase_of(known) in (Phase.SUCCEEDED, Phase.FAILED):
+        if known is not None and finished(known):
             self.forget(key)  # the reconciler ended its progress; a late write must not undo that
             return
         fields = state.to_status()
