@@ -7,8 +7,10 @@ Formats, from Kubeflow's training-operator API (``kubeflow.org/v1``) and its old
 * v1: ``spec.{tf,pytorch,mx,xgb,jax,paddle}ReplicaSpecs`` (role -> replicas, restartPolicy, template) and
   ``spec.runPolicy`` (cleanPodPolicy, ttlSecondsAfterFinished, activeDeadlineSeconds, backoffLimit,
   schedulingPolicy, suspend); releases before runPolicy kept those four at ``spec`` level, and both are read.
-  TFJob's ``successPolicy`` and PyTorchJob's ``nprocPerNode`` (or ``elasticPolicy.nProcPerNode``) become
-  ``frameworkOptions``.
+  TFJob's ``successPolicy``, PyTorchJob's ``nprocPerNode`` and its ``elasticPolicy`` become ``frameworkOptions``;
+  an elastic policy's bounds are written out as Kubeflow's defaulter stores them (one given, the other the same;
+  neither, both the Worker count), its HPA ``metrics`` are named (mljob creates no autoscaler: the job's scale
+  subresource is there for the user's own) and so is ``standalone: true`` (a rendezvous in every pod).
 * MPIJob, the MPI Operator's ``v2beta1`` or training-operator's ``v1``: ``spec.mpiReplicaSpecs`` (Launcher, Worker);
   ``slotsPerWorker``, ``launcherCreationPolicy``, ``mpiImplementation`` and ``sshAuthMountPath`` become the MPI
   plugin's ``frameworkOptions``; v1's spec-level ``cleanPodPolicy`` is read like the other spec-level policies.
@@ -90,7 +92,7 @@ def convert(doc: Any) -> Converted:
     if run_policy:
         job_spec["runPolicy"] = run_policy
     handled |= {"runPolicy", *RUN_POLICY}
-    options, seen = _options(framework, spec, out)
+    options, seen = _options(framework, spec, out, job_spec["replicaSpecs"])
     if options:
         job_spec["frameworkOptions"] = options
     handled |= seen
@@ -194,7 +196,9 @@ def _run_policy(spec: Mapping[str, Any], out: Converted) -> dict[str, Any]:
     return policy
 
 
-def _options(framework: str, spec: Mapping[str, Any], out: Converted) -> tuple[dict[str, Any], set[str]]:
+def _options(
+    framework: str, spec: Mapping[str, Any], out: Converted, roles: Mapping[str, Any]
+) -> tuple[dict[str, Any], set[str]]:
     options: dict[str, Any] = {}
     seen: set[str] = set()
     if framework == "tensorflow" and "successPolicy" in spec:
@@ -202,14 +206,11 @@ def _options(framework: str, spec: Mapping[str, Any], out: Converted) -> tuple[d
         options["successPolicy"] = spec["successPolicy"]
     if framework == "pytorch":
         elastic = spec.get("elasticPolicy")
+        if "elasticPolicy" in spec and elastic is None:
+            seen.add("elasticPolicy")  # null: no policy, as Kubeflow reads it
         if isinstance(elastic, Mapping):
             seen.add("elasticPolicy")
-            if "nProcPerNode" in elastic:
-                options["nprocPerNode"] = elastic["nProcPerNode"]
-            for key in sorted(set(elastic) - {"nProcPerNode"}):
-                out.dropped.append(
-                    Problem(f"spec.elasticPolicy.{key}", "elastic training (a changing world size) is not supported")
-                )
+            options["elasticPolicy"] = _elastic_policy(elastic, roles, out)
         if "nprocPerNode" in spec:
             seen.add("nprocPerNode")
             options["nprocPerNode"] = spec["nprocPerNode"]
@@ -236,6 +237,39 @@ def _options(framework: str, spec: Mapping[str, Any], out: Converted) -> tuple[d
             why = f"{spec['jobMode']!r} (tuning) has no MLJob equivalent; only MXTrain (training) converts"
             out.dropped.append(Problem("spec.jobMode", why))
     return options, seen
+
+
+ELASTIC_DROPPED = {
+    "metrics": (
+        "mljob creates no HorizontalPodAutoscaler: point your own at the job's scale subresource (scaleTargetRef "
+        "the MLJob; kubectl scale works too), within minReplicas and maxReplicas"
+    ),
+    "standalone": (
+        "torchrun's --standalone gives every pod a rendezvous of its own, so the pods never form one job; mljob runs "
+        "the job's rendezvous on worker 0 (Kubeflow's PET_STANDALONE=\"\" also stops torchrun, which reads an integer)"
+    ),
+}
+"""A PyTorchJob's ``elasticPolicy`` fields that are not carried over, and why (``standalone: false`` is carried as
+its absence)."""
+
+
+def _elastic_policy(elastic: Mapping[str, Any], roles: Mapping[str, Any], out: Converted) -> dict[str, Any]:
+    """A PyTorchJob's ``elasticPolicy`` as the PyTorch plugin's, with the bounds Kubeflow's ``setElasticPolicy``
+    defaults written out, so the MLJob's bounds never follow its Worker count."""
+    policy = {k: copy.deepcopy(v) for k, v in elastic.items() if v is not None and k not in ELASTIC_DROPPED}
+    for key, why in ELASTIC_DROPPED.items():
+        if elastic.get(key) not in (None, False, []):
+            out.dropped.append(Problem(f"spec.elasticPolicy.{key}", why))
+    low, high = policy.get("minReplicas"), policy.get("maxReplicas")
+    if low is None and high is None:
+        workers = (roles.get("Worker") or {}).get("replicas")
+        if workers is not None:
+            policy["minReplicas"] = policy["maxReplicas"] = workers
+    elif low is None:
+        policy["minReplicas"] = high
+    elif high is None:
+        policy["maxReplicas"] = low
+    return policy
 
 
 def _launcher_containers(spec: Mapping[str, Any]) -> list[str]:

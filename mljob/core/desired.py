@@ -132,7 +132,7 @@ def desire(
     queued = None
     if kind.owns_workload and queueing.queue_name(job) is not None and queueing.prebuilt_workload(job) is None:
         queued = queueing.workload(job, owner_reference(job, job.metadata.uid, kind))
-    fingerprint = spec_hash(job, elastic.role if elastic is not None else None)
+    fingerprint = spec_hash(job, elastic)
     return Desired(
         framework,
         pods,

@@ -178,8 +178,7 @@ def elastic_of(job: MLJob, framework: Framework) -> Elastic | None:
 
 def fingerprint_of(job: MLJob, framework: Framework) -> str:
     """The pods' ``mljob.io/spec-hash``: :func:`~mljob.core.status.spec_hash`, blind to an elastic role's count."""
-    elastic = elastic_of(job, framework)
-    return spec_hash(job, elastic.role if elastic is not None else None)
+    return spec_hash(job, elastic_of(job, framework))
 
 
 def render_service(job: MLJob, framework: Framework, cluster: ServiceCluster, uid: str | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from mljob.api import Condition, ConditionType, MLJob, MLJobStatus, Phase
+from mljob.framework import Elastic
 
 LEDGER_ANNOTATION = "mljob.io/ledger"
 """JSON: ``{"spec": hash, "restarts": {role: n}, "pods": {name: {"uid", "seen", "recreated"}}}``."""
@@ -128,12 +129,14 @@ def status_patch(old: MLJobStatus | None, new: MLJobStatus) -> dict[str, Any] | 
     return diff or None
 
 
-def spec_hash(job: MLJob, elastic_role: str | None = None) -> str:
+def spec_hash(job: MLJob, elastic: Elastic | None = None) -> str:
     """A fingerprint of what the pods are rendered from; changes to the run policy do not count, nor, in an
-    elastic job, its elastic role's replica count (scaling adds or removes pods; the others run on)."""
+    elastic job, its elastic role's replica count (scaling adds or removes pods; the others run on). Its bounds
+    do count: where they default to the count, a scale changes them, and the pods' ``PET_NNODES`` with them."""
     spec = job.spec.model_dump(mode="json", by_alias=True, include={"framework", "replica_specs", "framework_options"})
-    if elastic_role is not None and elastic_role in spec["replicaSpecs"]:
-        spec["replicaSpecs"][elastic_role] = {**spec["replicaSpecs"][elastic_role], "replicas": None}
+    if elastic is not None and elastic.role in spec["replicaSpecs"]:
+        spec["replicaSpecs"][elastic.role] = {**spec["replicaSpecs"][elastic.role], "replicas": None}
+        spec["elastic"] = [elastic.min_replicas, elastic.max_replicas]
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mljob.cli.app import app
+from mljob.core.convert import convert as convert_document
 from mljob.core.render import render
 from mljob.core.validation import check_document
 from mljob.plugins import load_plugins
@@ -80,17 +81,55 @@ def test_a_pytorch_master_worker_job(runner):
     assert spec["replicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
 
 
-def test_elastic_pytorch_keeps_nproc_per_node_and_names_what_elastic_training_needed(runner):
+def test_elastic_pytorch_carries_its_elastic_policy(runner):
     code, docs, notes = convert(runner, "pytorch-elastic-echo.yaml")
     assert code == 0
+    assert notes == []
     spec = spec_of(docs)
-    assert spec["frameworkOptions"] == {"nprocPerNode": 2}
-    assert sorted(n.split(":")[1].strip() for n in notes) == [
-        "spec.elasticPolicy.maxReplicas",
-        "spec.elasticPolicy.maxRestarts",
-        "spec.elasticPolicy.minReplicas",
-        "spec.elasticPolicy.rdzvBackend",
+    assert spec["frameworkOptions"] == {
+        "elasticPolicy": {"rdzvBackend": "c10d", "minReplicas": 1, "maxReplicas": 2, "maxRestarts": 100,
+                          "nProcPerNode": 2},
+    }  # fmt: skip
+
+
+def test_elastic_pytorch_names_its_hpa_metrics_as_not_carried_over(runner):
+    code, docs, notes = convert(runner, "pytorch-elastic-imagenet.yaml")
+    assert code == 0
+    spec = spec_of(docs)
+    assert spec["frameworkOptions"] == {
+        "elasticPolicy": {"rdzvBackend": "c10d", "minReplicas": 1, "maxReplicas": 3, "maxRestarts": 100},
+    }
+    assert notes == [
+        "not carried over: spec.elasticPolicy.metrics: mljob creates no HorizontalPodAutoscaler: point your own at "
+        "the job's scale subresource (scaleTargetRef the MLJob; kubectl scale works too), within minReplicas and "
+        "maxReplicas"
     ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "bounds"),
+    [({}, (3, 3)), ({"minReplicas": 2}, (2, 2)), ({"maxReplicas": 4}, (4, 4)), ({"minReplicas": 1, "maxReplicas": 5},
+                                                                              (1, 5))],
+)  # fmt: skip
+def test_elastic_bounds_are_written_out_as_kubeflows_defaulter_stores_them(policy, bounds):
+    worker = {"replicas": 3, "template": {"spec": {"containers": [{"name": "pytorch", "image": "i"}]}}}
+    doc = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "e"},
+           "spec": {"elasticPolicy": policy, "pytorchReplicaSpecs": {"worker": worker}}}  # fmt: skip
+    converted = convert_document(doc)
+    assert converted.dropped == converted.problems == []
+    assert converted.job is not None
+    elastic = converted.job["spec"]["frameworkOptions"]["elasticPolicy"]
+    assert (elastic["minReplicas"], elastic["maxReplicas"]) == bounds
+
+
+def test_a_standalone_elastic_policy_is_named():
+    worker = {"replicas": 1, "template": {"spec": {"containers": [{"name": "pytorch", "image": "i"}]}}}
+    doc = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "e"},
+           "spec": {"elasticPolicy": {"standalone": True}, "pytorchReplicaSpecs": {"Worker": worker}}}  # fmt: skip
+    converted = convert_document(doc)
+    assert [d.path for d in converted.dropped] == ["spec.elasticPolicy.standalone"]
+    assert converted.job is not None
+    assert converted.job["spec"]["frameworkOptions"] == {"elasticPolicy": {"minReplicas": 1, "maxReplicas": 1}}
 
 
 def test_an_mxnet_training_job(runner):

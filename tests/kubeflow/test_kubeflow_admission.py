@@ -449,3 +449,13 @@ def test_elastic_nproc_per_node_alone_is_a_warning():
     ]
     assert warnings("PyTorchJob", good("PyTorchJob")) == []
     assert warnings("TFJob", good("TFJob")) == []
+
+
+def test_elastic_hpa_metrics_are_admitted_with_a_warning_that_mljob_makes_no_autoscaler():
+    metrics = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}}]
+    body = edited("PyTorchJob", lambda b: b["spec"].update(elasticPolicy={"maxReplicas": 3, "metrics": metrics}))
+    assert review("PyTorchJob", body) == []
+    assert warnings("PyTorchJob", body) == [
+        "spec.elasticPolicy.metrics: mljob creates no HorizontalPodAutoscaler; create your own with scaleTargetRef "
+        "this PyTorchJob (its scale subresource), within minReplicas and maxReplicas"
+    ]

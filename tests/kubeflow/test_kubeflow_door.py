@@ -17,7 +17,8 @@ from mljob.core.desired import desire
 from mljob.core.kubeflow.door import KUBEFLOW_KINDS, status_patch
 from mljob.core.reconcile import plan
 from mljob.core.status import merge_diff
-from mljob.core.validation import parse_job
+from mljob.core.validation import check_job, parse_job
+from mljob.framework import Elastic
 from mljob.plugins import load_plugins
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -124,10 +125,62 @@ def test_kubeflow_defaults_apply_clean_pod_policy_none() -> None:
 
 
 def test_what_mljob_does_not_offer_is_a_problem_with_the_kubeflow_path() -> None:
-    body = pytorchjob()
-    body["spec"]["elasticPolicy"] = {"minReplicas": 1, "maxReplicas": 3}
+    body = elastic_pytorchjob(standalone=True)
     _, problems = KUBEFLOW_KINDS["PyTorchJob"].view(body)
-    assert [p.path for p in problems] == ["spec.elasticPolicy.maxReplicas", "spec.elasticPolicy.minReplicas"]
+    assert [p.path for p in problems] == ["spec.elasticPolicy.standalone"]
+    assert problems[0].message.startswith("not supported by mljob: torchrun's --standalone")
+
+
+def elastic_pytorchjob(workers: int = 3, **policy: Any) -> dict[str, Any]:
+    body = pytorchjob()
+    specs = body["spec"]["pytorchReplicaSpecs"]
+    del specs["Master"]
+    specs["Worker"]["replicas"] = workers
+    body["spec"]["elasticPolicy"] = {"rdzvBackend": "c10d", "minReplicas": 1, "maxReplicas": 4, **policy}
+    return body
+
+
+def test_an_elastic_pytorchjob_runs_elastic_with_kubeflows_elastic_env() -> None:
+    job, desired = rendered(elastic_pytorchjob(maxRestarts=100))
+    assert desired.problems == ()
+    assert PLUGINS.framework("pytorch").elastic(job) == Elastic("Worker", 1, 4)
+    env = [(e["name"], e["value"]) for e in desired.pods[1]["spec"]["containers"][0]["env"]]
+    assert env == [
+        ("PYTHONUNBUFFERED", "1"),
+        ("PET_NPROC_PER_NODE", "auto"),
+        ("PET_RDZV_ENDPOINT", "mnist-worker-0:23456"),  # Kubeflow's host: the Service of worker 0
+        ("PET_RDZV_BACKEND", "c10d"),
+        ("PET_NNODES", "1:4"),
+        ("PET_MAX_RESTARTS", "100"),
+        ("PET_RDZV_ID", "mnist"),
+        ("PET_RDZV_CONF", "is_host=0"),
+        ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1"),
+    ]
+    roles = [p["metadata"]["labels"].get("training.kubeflow.org/job-role") for p in desired.pods]
+    assert roles == ["master", None, None]  # IsMasterRole: worker 0 without a Master
+
+
+def test_an_elastic_pytorchjobs_hpa_metrics_run_without_an_autoscaler() -> None:
+    metrics = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}}]
+    job, desired = rendered(elastic_pytorchjob(metrics=metrics))
+    assert "metrics" not in job.spec.framework_options["elasticPolicy"]
+    assert len(desired.pods) == 3
+
+
+def test_an_elastic_pytorchjobs_problems_name_its_own_fields() -> None:
+    door = KUBEFLOW_KINDS["PyTorchJob"]
+    body = elastic_pytorchjob(workers=5, rdzvPort=0)
+    view, problems = door.view(body)
+    assert problems == []  # the plugin's checks run on the MLJob view
+    job, _ = parse_job(dict(view))
+    assert job is not None
+    checked = check_job(job, PLUGINS, gang_may_wait=True)
+    assert [door.path_of(p.path) for p in checked.problems] == ["spec.elasticPolicy.rdzvPort"]
+    job, _ = parse_job(dict(door.view(elastic_pytorchjob(workers=5))[0]))
+    assert job is not None
+    assert [door.path_of(p.path) for p in check_job(job, PLUGINS).problems] == [
+        "spec.pytorchReplicaSpecs.Worker.replicas"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -136,6 +189,7 @@ def test_what_mljob_does_not_offer_is_a_problem_with_the_kubeflow_path() -> None
         ("spec.replicaSpecs.Worker.template.spec.containers[0].image", "spec.pytorchReplicaSpecs.Worker.template.spec"
          ".containers[0].image"),
         ("spec.frameworkOptions.nprocPerNode", "spec.nprocPerNode"),
+        ("spec.frameworkOptions.elasticPolicy.rdzvConf[0].key", "spec.elasticPolicy.rdzvConf[0].key"),
         ("spec.framework", "kind"),
         ("spec.runPolicy.backoffLimit", "spec.runPolicy.backoffLimit"),
     ],

@@ -126,7 +126,8 @@ def review(kind: str, body: Any, old: Any = None) -> list[Problem]:
 
 
 def warnings(kind: str, body: Any) -> list[str]:
-    """What Kubeflow's webhook answers with a warning, not a refusal (a deprecated field)."""
+    """What Kubeflow's webhook answers with a warning, not a refusal (a deprecated field); and, mljob's own, an
+    elastic policy's HPA ``metrics``, which make no autoscaler here."""
     facts = KINDS.get(kind)
     if facts is None or facts.kind != "PyTorchJob":
         return []
@@ -135,9 +136,15 @@ def warnings(kind: str, body: Any) -> list[str]:
     except (ValidationError, AttributeError):
         return []
     elastic = job.spec.elastic_policy if isinstance(job.spec, PyTorchJobSpec) else None
+    found = []
     if elastic is not None and elastic.n_proc_per_node is not None:
-        return ["spec.elasticPolicy.nProcPerNode is deprecated, use spec.nprocPerNode instead"]
-    return []
+        found.append("spec.elasticPolicy.nProcPerNode is deprecated, use spec.nprocPerNode instead")
+    if elastic is not None and elastic.metrics:  # mljob's own word: Kubeflow creates the HPA
+        found.append(
+            "spec.elasticPolicy.metrics: mljob creates no HorizontalPodAutoscaler; create your own with "
+            "scaleTargetRef this PyTorchJob (its scale subresource), within minReplicas and maxReplicas"
+        )
+    return found
 
 
 def managed_elsewhere(body: Mapping[str, Any] | KubeflowJob) -> bool:

@@ -54,8 +54,10 @@ MANAGED_BY = "kubeflow.org/training-operator"
 MULTIKUEUE = "kueue.x-k8s.io/multikueue"
 MANAGERS = (MANAGED_BY, MULTIKUEUE)
 """The ``managedBy`` values Kubeflow's webhook accepts."""
-SUPPORTED_DROPS = {"status", "spec.runPolicy.managedBy", "spec.enableDynamicWorker"}
-"""What ``convert`` leaves behind that the door handles itself (or that changes nothing here)."""
+SUPPORTED_DROPS = {"status", "spec.runPolicy.managedBy", "spec.enableDynamicWorker", "spec.elasticPolicy.metrics"}
+"""What ``convert`` leaves behind that the door handles itself (or that changes nothing here). An elastic
+PyTorchJob's HPA ``metrics`` make no autoscaler here: the job runs, and the admission review warns
+(:func:`.admission.warnings`) that an HPA of the user's own must target the PyTorchJob's scale subresource."""
 
 Leads = Callable[[Mapping[str, Any], Replica], bool]
 
@@ -81,7 +83,11 @@ LEADS: dict[str, Leads] = {
     "JAXJob": lambda specs, r: r.index == 0,
     "PaddleJob": lambda specs, r: r.role == "Master",
 }
-OPTIONS = {"nprocPerNode": "spec.nprocPerNode", "successPolicy": "spec.successPolicy"}
+OPTIONS = {
+    "nprocPerNode": "spec.nprocPerNode",
+    "successPolicy": "spec.successPolicy",
+    "elasticPolicy": "spec.elasticPolicy",
+}
 """``frameworkOptions`` keys and the Kubeflow field each comes from."""
 
 
@@ -156,8 +162,9 @@ class KubeflowJobKind(JobKind):
     def view(self, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
         """The object as an MLJob: the spec ``mljob convert`` makes of it with Kubeflow's defaults, and its status.
 
-        What Kubeflow offers and mljob does not (elastic training, MXNet tuning) is a problem with its path: the job
-        fails with it rather than run as something else.
+        What Kubeflow offers and mljob does not (MXNet tuning, an elastic policy's ``standalone``) is a problem with
+        its path: the job fails with it rather than run as something else. An elastic PyTorchJob runs elastic, its
+        policy as the PyTorch plugin's ``frameworkOptions.elasticPolicy``.
         """
         converted = convert({k: v for k, v in body.items() if k != "status"})
         problems = list(converted.problems)
