@@ -301,7 +301,7 @@ async def test_a_plugin_that_blows_up_fails_only_its_job():
     api = FakeApi(job_body())
     c = await started(api)
 
-    def explode(job, plugins, placement=None, limits=None, kind=None):
+    def explode(job, plugins, placement=None, limits=None, kind=None, endpoint=None):
         raise RuntimeError("unexpected")
 
     import mljob.operator.controller as controller_module

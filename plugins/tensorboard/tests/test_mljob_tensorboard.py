@@ -298,17 +298,27 @@ def test_sigterm_stops_tensorboard_and_the_sidecar_with_status_0(tmp_path: Path)
     env = fake_tensorboard(tmp_path, "exec sleep 1000")
     proc = subprocess.Popen(["sh", "-c", SCRIPT, "tensorboard"], env=env)
     pid = int(starts(tmp_path, 1)[0].split()[0])
+    born = _started(pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     give_up = time.monotonic() + 60
-    while _alive(pid) and time.monotonic() < give_up:
+    while _alive(pid, born) and time.monotonic() < give_up:
         time.sleep(0.05)
-    assert not _alive(pid), "tensorboard outlived its sidecar"
+    assert not _alive(pid, born), "tensorboard outlived its sidecar"
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> str | None:
+    """The process's start time (``/proc/PID/stat`` field 22): a recycled pid is another process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+
+
+def _alive(pid: int, born: str | None = None) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] != "Z" and (born is None or fields[19] == born)
