@@ -62,3 +62,50 @@ def test_the_scale_subresource_reports_the_membership_and_the_selector(world):
     assert scale["spec"]["replicas"] == 3
     assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "mljob.io/job-name=hpa,mljob.io/replica-type=worker"
+
+
+def test_an_elastic_pytorchjob_scales_through_its_own_scale_subresource(world, kubeflow_crds):
+    """A PyTorchJob with an elasticPolicy, served with --kubeflow PyTorchJob (kwok pods): ``kubectl scale
+    pytorchjob`` (Kubeflow's CRD scales pytorchReplicaSpecs.Worker) adds a Worker pod and touches no other, and
+    the scale subresource reads the selector mljob writes in replicaStatuses.Worker."""
+    w = world(operator=False)
+    b = w.kube
+    w.operator.extra_args = ["--kubeflow", "PyTorchJob"]
+    w.operator.start()
+    template = {
+        "metadata": {"annotations": {"kwok.mljob.io/runs": "forever"}},
+        "spec": {"containers": [{"name": "pytorch", "image": "pytorch/pytorch:2.5.1-cpu", "command": ["torchrun"]}]},
+    }
+    body = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": "stretch"},
+        "spec": {
+            "elasticPolicy": {"minReplicas": 2, "maxReplicas": 4, "maxRestarts": 5},
+            "pytorchReplicaSpecs": {"Worker": {"replicas": 2, "restartPolicy": "OnFailure", "template": template}},
+        },
+    }
+    b.custom.create_namespaced_custom_object("kubeflow.org", "v1", b.namespace, "pytorchjobs", body)
+
+    def workers() -> dict[str, str]:
+        return {
+            p["metadata"]["name"]: p["metadata"]["uid"]
+            for p in b.list("pods", "training.kubeflow.org/job-name=stretch")
+        }
+
+    before = b.wait(lambda: len(workers()) == 2 and workers(), what="the two Worker pods")
+    scaled = kubectl(b, "scale", "pytorchjob/stretch", "--replicas=3")
+    assert scaled.returncode == 0, scaled.stderr
+    after = b.wait(lambda: len(workers()) == 3 and workers(), what="a third Worker pod")
+    assert {name: after[name] for name in before} == before  # the others are not recreated
+    assert "stretch-worker-2" in after
+    env = {e["name"]: e.get("value") for e in b.get("pods", "stretch-worker-2")["spec"]["containers"][0]["env"]}
+    assert env["PET_NNODES"] == "2:4"
+    got = b.wait(
+        lambda: (
+            r := kubectl(b, "get", "--raw", f"/apis/kubeflow.org/v1/namespaces/{b.namespace}/pytorchjobs/stretch/scale")
+        ).returncode == 0 and json.loads(r.stdout)["status"].get("selector") and json.loads(r.stdout),
+        what="the PyTorchJob's scale subresource with a selector",
+    )  # fmt: skip
+    assert got["spec"]["replicas"] == 3
+    assert "training.kubeflow.org/job-name=stretch" in got["status"]["selector"]
