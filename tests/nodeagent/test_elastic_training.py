@@ -2,8 +2,9 @@
 
 ``kubectl apply -k`` of the example's overlay (controlplane/examples.py) with a checkpoint folder of this test's and
 a longer run, the real operator (``mljob operator``), two node agents running every pod in a network namespace of
-its own. Three Workers train; worker-1's pod is deleted (not worker 0: its agent hosts the c10d rendezvous,
-docs/elastic.md), the operator recreates it and the group re-forms from the last checkpoint; then ``kubectl scale
+its own. Three Workers train; worker-1's pod is deleted with the nodes cordoned, as when its node goes (not worker 0:
+its agent hosts the c10d rendezvous, docs/elastic.md): the two left train on as a group of 2 from the last
+checkpoint while the replacement waits for room; uncordoned, it joins and the group is 3 again; then ``kubectl scale
 mljob/pytorch-elastic --replicas=4`` adds worker-3, which joins the running group. The job must succeed with the
 loss fallen, every re-formed group must have resumed from a checkpoint, and the operator must have said the
 membership (``status.elastic``, ``MembershipChanged`` events). The times from the deletion to training resumed and
@@ -197,14 +198,23 @@ def test_a_lost_worker_is_replaced_and_a_scaled_up_one_joins_the_training(
               DEADLINE, "training past step 40 with world=3", interval=0.2)  # fmt: skip
         print(f"apply -> step 40 with world=3: {time.monotonic() - applied:.1f} s")
 
-        # A Worker lost: its pod deleted at once, as a node that goes.
+        # A Worker lost with its node: the nodes cordoned (no room for a replacement), its pod deleted at once.
+        for node in local.agent_names:
+            kubectl("cordon", node)
         seen = watch.places()
         deleted = time.monotonic()
         kubectl("delete", "pod", f"{JOB}-worker-1", "--grace-period=0", "--force", "--wait=false")
-        resumed = until(lambda: watch.memberships(seen), DEADLINE,
-                        "the group to re-form after the deletion", interval=0.1)  # fmt: skip
+        resumed = until(lambda: [m for m in watch.memberships(seen) if m["world"] == "2"], DEADLINE,
+                        "the two left to train on as a group of 2", interval=0.1)  # fmt: skip
         resumed_in = time.monotonic() - deleted
-        print(f"pod deleted -> training resumed: {resumed_in:.1f} s ({resumed[0].group(0)})")
+        print(f"pod deleted -> training resumed with 2: {resumed_in:.1f} s ({resumed[0].group(0)})")
+        until(lambda: len({m["replica"] for m in watch.memberships(seen) if m["world"] == "2"}) == 2, DEADLINE,
+              "both survivors in the group of 2", interval=0.2)  # fmt: skip
+        assert watch.status().get("phase") == "Running"
+        # Room again: the replacement (Pending until now) joins, and the group is 3 again.
+        seen = watch.places()
+        for node in local.agent_names:
+            kubectl("uncordon", node)
         until(lambda: len({m["replica"] for m in watch.memberships(seen) if m["world"] == "3"}) == 3, DEADLINE,
               "the replacement to train in a group of 3", interval=0.2)  # fmt: skip
 
@@ -243,6 +253,7 @@ def test_a_lost_worker_is_replaced_and_a_scaled_up_one_joins_the_training(
     assert sorted(m["replica"] for m in found if int(m["step"]) == 0) == ["worker-0", "worker-1", "worker-2"], (
         memberships
     )
+    assert {m["replica"] for m in found if m["world"] == "2"} == {"worker-0", "worker-2"}, memberships
     assert [m for m in found if m["world"] == "4"], memberships
     assert {m["replica"] for m in found if m["world"] == "4"} == {"worker-0", "worker-1", "worker-2", "worker-3"}
     # The operator recreated the deleted pod (a deletion is no restart of the job: restartCount stays as it was),
