@@ -109,3 +109,28 @@ def test_an_elastic_pytorchjob_scales_through_its_own_scale_subresource(world, k
     )  # fmt: skip
     assert got["spec"]["replicas"] == 3
     assert "training.kubeflow.org/job-name=stretch" in got["status"]["selector"]
+
+
+def test_a_horizontal_pod_autoscaler_scales_an_elastic_job_through_the_scale_subresource(world):
+    """The controller-manager's HPA controller, real: an autoscaler whose minReplicas is above the job's Worker
+    count raises it (it reads the count and writes it through the scale subresource; no metrics are needed for
+    that rule)."""
+    b = world(operator=False).kube
+    b.create("mljobs", body(b, "auto", elastic=True))
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "auto"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "mljob.io/v1alpha1", "kind": "MLJob", "name": "auto"},
+            "minReplicas": 4,
+            "maxReplicas": 4,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization",
+                                                                                    "averageUtilization": 80}}}],
+        },
+    }  # fmt: skip
+    from kubernetes import client
+
+    client.AutoscalingV2Api(b.api).create_namespaced_horizontal_pod_autoscaler(b.namespace, hpa)
+    b.wait(lambda: b.job("auto")["spec"]["replicaSpecs"]["Worker"]["replicas"] == 4, timeout=120,
+           what="the autoscaler to scale the Workers to its minimum")  # fmt: skip
