@@ -49,12 +49,15 @@ point() {  # make mount point $1 (a folder, or a file when $2 is f); see "A bind
   if [ "$p" != "$1" ] && [ "$p" != / ] && [ -n "$scratch" ] && ! inside "$p"; then
     layers=$((layers + 1)); u=layer$layers j=0
     subs=$(awk -v p="$(readlink -f "$p")/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo)  # resolved, as there
+    kept=
     for m in $subs; do  # the mounts below $p (the pod's /etc/hosts...): kept, on top of the overlay
-      j=$((j + 1)); if [ -d "$m" ]; then mkdir "$u.m$j"; else : > "$u.m$j"; fi; mount --bind "$m" "$u.m$j" || return 1
+      j=$((j + 1)); if [ -d "$m" ]; then mkdir "$u.m$j"; else : > "$u.m$j"; fi
+      mount --bind "$m" "$u.m$j" 2>/dev/null && kept="$kept $j:$m"  # one gone meanwhile (a pod's netns) is no loss
     done
     mkdir "$u" "$u.work" && mount -t overlay overlay -o "lowerdir=$p,upperdir=$u,workdir=$u.work" "$p" || return 1
-    j=0
-    for m in $subs; do j=$((j + 1)); mount --no-canonicalize --bind "$u.m$j" "$m" || return 1; done
+    for e in $kept; do
+      j=${e%%:*} m=${e#*:}; mount --no-canonicalize --bind "$u.m$j" "$m" 2>/dev/null || [ ! -e "$m" ] || return 1
+    done
   fi
   if [ "$2" = d ]; then mkdir -p "$1"; else mkdir -p "$(dirname "$1")" && { [ -e "$1" ] || : > "$1"; }; fi
 }
@@ -102,7 +105,9 @@ in a tmpfs on the container's scratch folder): the host is left untouched, and i
 The mounts below that folder (the pod's own ``/etc/hosts`` and ``resolv.conf``..., and an earlier volume's: two
 ``mountPath``s under ``/var/run/secrets`` make two overlays) are bound again on top of the overlay, so the container
 still sees them; they are found by the folder's resolved path, as ``mountinfo`` names them (``/var/run`` is
-``/run``). A missing top-level ``mountPath`` (``/data``) is made on the host as an empty folder, as before: an
+``/run``). Under ``/run`` that includes other pods' network namespaces (``/run/netns``), which come and go as the
+shim works: one gone by the time it is bound is skipped, not a failure of the container. A missing top-level
+``mountPath`` (``/data``) is made on the host as an empty folder, as before: an
 overlay of ``/`` would hide ``/proc``, ``/sys`` and ``/dev``.
 
 A mount point inside a volume the shim has already bound (a folder of an emptyDir mounted at ``/tmp``) is made in

@@ -37,7 +37,7 @@ import aiohttp.web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mljob.api import API_VERSION, PLURAL
+from mljob.api import API_VERSION, PLURAL, parse_time
 from mljob.core import progress
 from mljob.core.kinds import MLJOB
 from mljob.core.names import LABEL_JOB
@@ -309,6 +309,9 @@ class ProgressServer:
                     logger.exception("progress: writing %s/%s failed", *key)
 
     async def _write(self, key: Key) -> None:
+        """Patch the job's progress fields, unless the job holds newer ones: every replica takes reports (the
+        Service spreads a pod's reports over them), so another replica may have written a later report first.
+        The read job's resourceVersion is the patch's precondition; a conflict is tried again next interval."""
         state = self.states.get(key)
         if state is None:
             return
@@ -316,22 +319,54 @@ class ProgressServer:
         if known is not None and finished(known):
             self.forget(key)  # the reconciler ended its progress; a late write must not undo that
             return
+        try:
+            current = await self.api.request("GET", f"/apis/{API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}")
+        except ApiError as error:
+            if error.status == 404:
+                self.forget(key)
+                return
+            raise
+        if finished(current):
+            self.forget(key)
+            return
+        if newer((current.get("status") or {}).get("trainerStatus"), state):
+            return  # another replica wrote a later report; ours is dropped (its next one may be newer)
         fields = state.to_status()
         trainer = fields["trainerStatus"]
         for name in ("progressPercentage", "estimatedRemainingSeconds", "metrics", "step", "totalSteps"):
             trainer.setdefault(name, None)  # a merge patch keeps what it does not name: null clears
         self._count("patches")
+        rv = (current.get("metadata") or {}).get("resourceVersion")
         try:
-            await self.api.patch_job(key[0], key[1], None, {"status": fields}, status=True, kind=MLJOB)
+            await self.api.patch_job(key[0], key[1], rv, {"status": fields}, status=True, kind=MLJOB)
         except ApiError as error:
             if error.status == 404:
                 self.forget(key)
+                return
+            if error.status == 409:  # the job moved since the read: the next interval writes
+                self.coalescer.touch(key, self.clock())
+                self._wake.set()
                 return
             raise
 
     def series(self) -> Iterator[tuple[Key, progress.Progress]]:
         """The jobs with progress in memory: running jobs that reported to this replica."""
         yield from list(self.states.items())
+
+
+def newer(written: Any, state: progress.Progress) -> bool:
+    """Whether the job's ``trainerStatus`` is from a later report than ``state`` (by report time, to the second as
+    written, then by step): then ``state`` must not overwrite it."""
+    if not isinstance(written, Mapping) or state.updated is None:
+        return False
+    when = parse_time(written.get("lastUpdatedTime"))
+    if when is None:
+        return False
+    ours = state.updated.replace(microsecond=0)
+    if when != ours:
+        return when > ours
+    step = written.get("step")
+    return isinstance(step, int) and state.step is not None and step > state.step
 
 
 class ProgressCollector(Collector):
