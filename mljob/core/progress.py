@@ -96,6 +96,95 @@ class Report:
         """Trainer answers a request without ``trainerStatus`` with 200 and writes nothing: so does mljob."""
         return self == Report()
 
+    def wire(self) -> dict[str, Any]:
+        """The report as it was understood, Trainer's 200 body (it echoes the parsed request): ``{}`` for a
+        request without ``trainerStatus``."""
+        if self.empty:
+            return {}
+        return {"trainerStatus": trainer_fields(self.percent, self.eta_seconds, self.metrics, self.step, self.total,
+                                                self.time)}  # fmt: skip
+
+
+def trainer_fields(
+    percent: int | None,
+    eta: int | None,
+    metrics: Sequence[tuple[str, str]],
+    step: int | None,
+    total: int | None,
+    time: datetime | None,
+) -> dict[str, Any]:
+    """``trainerStatus`` in Trainer's shape (plus ``step`` and ``totalSteps``), the fields that are known."""
+    out: dict[str, Any] = {}
+    if percent is not None:
+        out["progressPercentage"] = percent
+    if eta is not None:
+        out["estimatedRemainingSeconds"] = eta
+    if metrics:
+        out["metrics"] = [{"name": n, "value": v} for n, v in metrics]
+    if step is not None:
+        out["step"] = step
+    if total is not None:
+        out["totalSteps"] = total
+    if time is not None:
+        out["lastUpdatedTime"] = format_time(time)
+    return out
+
+
+REASONS = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "RequestEntityTooLarge",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+"""Kubernetes' ``metav1.StatusReason`` for each code an endpoint answers."""
+
+
+def failure(code: int, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A Kubernetes ``Status`` body for a refusal, as the API server (and Trainer's endpoint) writes one."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": REASONS.get(code, "Unknown"),
+        "code": code,
+    }
+    if details:
+        body["details"] = dict(details)
+    return body
+
+
+@dataclass
+class TokenBucket:
+    """A rate limit: ``rate`` requests a second on average, ``burst`` at once. Times are monotonic seconds."""
+
+    rate: float
+    burst: float
+    tokens: float = field(init=False)
+    """Requests that may go now: full at first, one used by each request let through, refilled at ``rate``."""
+    at: float | None = field(default=None, init=False)
+    """When ``tokens`` was last worked out."""
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self, now: float) -> float:
+        """Take one request: 0 when it may go, else the seconds until one would be let through."""
+        if self.at is not None:
+            self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
 
 def _int(value: object, where: str, low: int, high: int) -> int:
     """A JSON integer in ``[low, high]``; a float with no fraction (``42.0``) is taken, as Go's decoder takes it."""
@@ -252,19 +341,7 @@ class Progress:
     def to_status(self) -> dict[str, Any]:
         """``status.trainerStatus`` (Trainer's shape, plus ``step`` and ``totalSteps``), and mljob's display
         strings and curves: the merge patch's ``status`` fields."""
-        trainer: dict[str, Any] = {}
-        if self.percent is not None:
-            trainer["progressPercentage"] = self.percent
-        if self.eta_seconds is not None:
-            trainer["estimatedRemainingSeconds"] = self.eta_seconds
-        if self.metrics:
-            trainer["metrics"] = [{"name": n, "value": v} for n, v in self.metrics]
-        if self.step is not None:
-            trainer["step"] = self.step
-        if self.total is not None:
-            trainer["totalSteps"] = self.total
-        if self.updated is not None:
-            trainer["lastUpdatedTime"] = format_time(self.updated)
+        trainer = trainer_fields(self.percent, self.eta_seconds, self.metrics, self.step, self.total, self.updated)
         out: dict[str, Any] = {"trainerStatus": trainer, "progress": self.display(), "eta": duration(self.eta_seconds)}
         if self.curves:
             out["metricHistory"] = [{"name": c.name, "x": list(c.x), "y": list(c.y)} for c in self.curves]

@@ -34,7 +34,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -42,15 +42,15 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from mljob.api import format_time
 from mljob.core.progress import (
     ENV_CA_CERT,
     ENV_TOKEN,
     ENV_URL,
     MAX_BODY,
     Progress,
-    Report,
     ReportError,
+    TokenBucket,
+    failure,
     finished,
     fold,
     from_status,
@@ -66,17 +66,6 @@ BURST = 100
 TOKEN_FILE = "progress-token"
 SHUTDOWN_SECONDS = 1.0
 """How long the end of the run waits for a report still being answered."""
-_REASONS = {
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    413: "RequestEntityTooLarge",
-    422: "Invalid",
-    429: "TooManyRequests",
-    500: "InternalError",
-}
-"""Kubernetes' ``metav1.StatusReason`` for each code answered."""
 
 
 def _path_pattern() -> re.Pattern[str]:
@@ -87,67 +76,6 @@ def _path_pattern() -> re.Pattern[str]:
 
 
 PATH = _path_pattern()
-
-
-@dataclass
-class TokenBucket:
-    """A rate limit: ``rate`` requests a second on average, ``burst`` at once. Times are monotonic seconds."""
-
-    rate: float = RATE
-    burst: int = BURST
-    tokens: float = field(init=False)
-    """Requests that may go now: full at first, one used by each request let through, refilled at ``rate``."""
-    at: float | None = field(default=None, init=False)
-    """When ``tokens`` was last worked out."""
-
-    def __post_init__(self) -> None:
-        self.tokens = float(self.burst)
-
-    def take(self, now: float) -> float:
-        """Take one request: 0 when it may go, else the seconds until one would be let through."""
-        if self.at is not None:
-            self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
-def failure(code: int, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A Kubernetes ``Status`` body for a refusal, as the API server (and Trainer's endpoint) writes one."""
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": _REASONS.get(code, "Unknown"),
-        "code": code,
-    }
-    if details:
-        body["details"] = dict(details)
-    return body
-
-
-def echo(report: Report) -> dict[str, Any]:
-    """The report as it was understood, Trainer's 200 body: ``{}`` for a request without ``trainerStatus``."""
-    if report.empty:
-        return {}
-    status: dict[str, Any] = {}
-    if report.percent is not None:
-        status["progressPercentage"] = report.percent
-    if report.eta_seconds is not None:
-        status["estimatedRemainingSeconds"] = report.eta_seconds
-    if report.metrics:
-        status["metrics"] = [{"name": n, "value": v} for n, v in report.metrics]
-    if report.time is not None:
-        status["lastUpdatedTime"] = format_time(report.time)
-    if report.step is not None:
-        status["step"] = report.step
-    if report.total is not None:
-        status["totalSteps"] = report.total
-    return {"trainerStatus": status}
 
 
 def final(progress: Progress, succeeded: bool, now: datetime) -> Progress:
@@ -293,4 +221,4 @@ class ProgressServer:
             causes = [{"reason": "FieldValueInvalid", "field": error.field_path, "message": error.message}]
             return 422, failure(422, f"Invalid report: {error}", {"causes": causes}), {}
         self.progress = fold(self.progress, report, now)
-        return 200, echo(report), {}
+        return 200, report.wire(), {}

@@ -62,41 +62,9 @@ POD_NAME = "authentication.kubernetes.io/pod-name"
 POD_UID = "authentication.kubernetes.io/pod-uid"
 
 
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    """A Kubernetes ``Status``, as Trainer's server (and the API server) answers a refusal."""
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-def refuse(code: int, reason: str, message: str, headers: Mapping[str, str] | None = None) -> aiohttp.web.Response:
-    return aiohttp.web.json_response(status_body(code, reason, message), status=code, headers=headers)
-
-
-@dataclass
-class Bucket:
-    """A token bucket: ``rate`` a second, up to ``burst`` at once."""
-
-    rate: float
-    burst: float
-    tokens: float = -1.0
-    at: float = 0.0
-
-    def take(self, now: float) -> float:
-        """0 when a request may go now, else the seconds until one may."""
-        if self.tokens < 0:
-            self.tokens, self.at = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+def refuse(code: int, message: str, headers: Mapping[str, str] | None = None) -> aiohttp.web.Response:
+    """A refusal as a Kubernetes ``Status`` (:func:`~mljob.core.progress.failure`), as Trainer's server answers."""
+    return aiohttp.web.json_response(progress.failure(code, message), status=code, headers=headers)
 
 
 @dataclass
@@ -131,8 +99,8 @@ class ProgressServer:
     clock: Callable[[], float] = time.monotonic
     states: dict[Key, progress.Progress] = field(default_factory=dict)
     coalescer: progress.Coalescer = field(init=False)
-    buckets: dict[tuple[Key, str], Bucket] = field(default_factory=dict)
-    reviews: Bucket = field(default_factory=lambda: Bucket(REVIEWS, 2 * REVIEWS))
+    buckets: dict[tuple[Key, str], progress.TokenBucket] = field(default_factory=dict)
+    reviews: progress.TokenBucket = field(default_factory=lambda: progress.TokenBucket(REVIEWS, 2 * REVIEWS))
     verdicts: dict[tuple[str, Key], Verdict] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Requests by answer code, and ``patches`` (the bench reads these)."""
@@ -179,7 +147,7 @@ class ProgressServer:
 
     async def unknown(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         self._count("404")
-        return refuse(404, "NotFound", f"no progress endpoint at {request.path}")
+        return refuse(404, f"no progress endpoint at {request.path}")
 
     async def handle(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         response = await self._handle(request)
@@ -188,13 +156,13 @@ class ProgressServer:
 
     async def _handle(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         if request.method != "POST":
-            return refuse(405, "MethodNotAllowed", "progress is reported with POST")
+            return refuse(405, "progress is reported with POST")
         key = (request.match_info["namespace"], request.match_info["name"])
         now = self.clock()
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme != "Bearer" or not token.strip():
-            return refuse(401, "Unauthorized", "a bearer token bound to one of the job's pods is required")
+            return refuse(401, "a bearer token bound to one of the job's pods is required")
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         verdict = self.verdicts.get((digest, key))
         if verdict is None or verdict.until <= now:
@@ -205,24 +173,24 @@ class ProgressServer:
                 return self._too_many(wait, "reviews of new tokens")
             verdict = await self.authorize(token.strip(), key, now)
         if verdict.code:
-            return refuse(verdict.code, "Forbidden", verdict.message)
-        bucket = self.buckets.setdefault((key, verdict.pod), Bucket(self.rate, 2 * self.rate))
+            return refuse(verdict.code, verdict.message)
+        bucket = self.buckets.setdefault((key, verdict.pod), progress.TokenBucket(self.rate, 2 * self.rate))
         wait = bucket.take(now)
         if wait:  # per pod: a job whose every rank reports is not throttled for its size
             return self._too_many(wait, f"{self.rate:g} reports a second from pod {verdict.pod}")
         try:
             body = await request.read()
         except aiohttp.web.HTTPRequestEntityTooLarge:
-            return refuse(413, "RequestEntityTooLarge", f"a report is at most {progress.MAX_BODY} bytes")
+            return refuse(413, f"a report is at most {progress.MAX_BODY} bytes")
         wall = datetime.now(UTC)
         try:
             report = progress.parse_report(body, wall)
         except progress.ReportError as error:
-            return refuse(422, "Invalid", str(error))
+            return refuse(422, str(error))
         known = self.lookup(key)
         if known is not None and finished(known):
             self.forget(key)
-            return refuse(409, "Conflict", f"mljobs/{key[1]} has finished: its progress is final")
+            return refuse(409, f"mljobs/{key[1]} has finished: its progress is final")
         if not report.empty:
             state = self.states.get(key)
             if state is None:
@@ -230,10 +198,10 @@ class ProgressServer:
             self.states[key] = progress.fold(state, report, wall)
             if self.coalescer.touch(key, now):
                 self._wake.set()
-        return aiohttp.web.json_response(json.loads(body or b"{}"))
+        return aiohttp.web.json_response(report.wire())
 
     def _too_many(self, wait: float, what: str) -> aiohttp.web.Response:
-        return refuse(429, "TooManyRequests", f"more than {what}", {"Retry-After": str(max(1, round(wait)))})
+        return refuse(429, f"more than {what}", {"Retry-After": str(max(1, round(wait)))})
 
     async def authorize(self, token: str, key: Key, now: float) -> Verdict:
         """Whether ``token`` may report for job ``key``: kept verdicts first, else a TokenReview and the pod."""

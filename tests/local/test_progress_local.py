@@ -21,11 +21,22 @@ import yaml
 from localfw import Tiny, container, tiny_plugins, write_job
 
 from mljob import MLJob, Replica
-from mljob.core.progress import ENV_CA_CERT, ENV_TOKEN, ENV_URL, MAX_BODY, Progress, fold, parse_report, path
+from mljob.core.progress import (
+    ENV_CA_CERT,
+    ENV_TOKEN,
+    ENV_URL,
+    MAX_BODY,
+    Progress,
+    TokenBucket,
+    failure,
+    fold,
+    parse_report,
+    path,
+)
 from mljob.local import run_file
 from mljob.local.display import Counts, Display, final_progress, live_progress, status_text
 from mljob.local.launch import Launch
-from mljob.local.progress import ProgressServer, TokenBucket, bearer, echo, failure, final
+from mljob.local.progress import ProgressServer, bearer, final
 from mljob.local.supervisor import Supervisor
 
 URL = re.compile(r"http://127\.0\.0\.1:\d+/apis/mljob\.io/v1alpha1/namespaces/default/mljobs/tiny/status")
@@ -348,10 +359,10 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 def test_echo_is_the_report_as_parsed():
     body = {"trainerStatus": {"step": 4.0, "totalSteps": 8, "metrics": [{"name": "loss", "value": 0.5}], "x": 1}}
-    assert echo(parse_report(body, NOW)) == {
+    assert parse_report(body, NOW).wire() == {
         "trainerStatus": {"metrics": [{"name": "loss", "value": "0.5"}], "step": 4, "totalSteps": 8}
     }
-    assert echo(parse_report({}, NOW)) == {}
+    assert parse_report({}, NOW).wire() == {}
 
 
 def progress_of(*reports: dict[str, Any]) -> Progress:
