@@ -49,8 +49,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the control plane is a package of the repository
 
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from report import grid  # noqa: E402
+
 from controlplane import ControlPlane  # noqa: E402
 from controlplane.audit import AuditLog, Request  # noqa: E402
+from controlplane.cluster import free_port  # noqa: E402
 from controlplane.waiting import until as wait_for  # noqa: E402
 from mljob.core import progress  # noqa: E402
 from mljob.core.crd import crd  # noqa: E402
@@ -100,27 +104,21 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 
 def scrape(port: int) -> dict[str, float]:
-    """From the operator's /metrics: the progress endpoint's answers by code and its patches, and the reconcile
-    passes (count and seconds, every result)."""
+    """From the operator's /metrics (prometheus_client's own parser): the progress endpoint's answers by code and
+    its patches, and the reconcile passes (count and seconds, every result)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("mljob_progress_patches_total "):
-            found["patches"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("mljob_reconcile_duration_seconds_count", "mljob_reconcile_duration_seconds_sum")):
-            key = "passes" if "_count" in line.split(" ", 1)[0] else "pass_seconds"
-            found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-        elif line.startswith("mljob_progress_reports_total{"):
-            code = line.split('code="', 1)[1].split('"', 1)[0]
-            found[code] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mljob_progress_patches_total":
+                found["patches"] = sample.value
+            elif sample.name == "mljob_progress_reports_total":
+                found[sample.labels["code"]] = sample.value
+            elif sample.name in ("mljob_reconcile_duration_seconds_count", "mljob_reconcile_duration_seconds_sum"):
+                key = "passes" if sample.name.endswith("_count") else "pass_seconds"
+                found[key] = found.get(key, 0.0) + sample.value
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -278,18 +276,6 @@ def pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def grid(rows: Sequence[Sequence[str]]) -> str:
-    """Columns aligned: the first to the left, the rest to the right; a rule under the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def by_key(requests: Sequence[Request]) -> Counter[str]:
