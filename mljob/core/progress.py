@@ -601,11 +601,3 @@ def pod_wiring(pod: dict[str, Any], endpoint: Endpoint, namespace: str, name: st
                 },
             }
         )
-
-
-def reported_series(curves: Sequence[Mapping[str, Any]] | None, name: str) -> tuple[list[int], list[float]]:
-    """One curve of ``status.metricHistory`` as (x, y) lists, empty when the job has none by that name."""
-    for item in curves or ():
-        if item.get("name") == name:
-            return list(item.get("x") or []), list(item.get("y") or [])
-    return [], []

@@ -171,7 +171,7 @@ class ProgressServer:
             wait = self.reviews.take(now)
             if wait:
                 return self._too_many(wait, "reviews of new tokens")
-            verdict = await self.authorize(token.strip(), key, now)
+            verdict = await self.authorize(token.strip(), digest, key, now)
         if verdict.code:
             return refuse(verdict.code, verdict.message)
         bucket = self.buckets.setdefault((key, verdict.pod), progress.TokenBucket(self.rate, 2 * self.rate))
@@ -203,12 +203,9 @@ class ProgressServer:
     def _too_many(self, wait: float, what: str) -> aiohttp.web.Response:
         return refuse(429, f"more than {what}", {"Retry-After": str(max(1, round(wait)))})
 
-    async def authorize(self, token: str, key: Key, now: float) -> Verdict:
-        """Whether ``token`` may report for job ``key``: kept verdicts first, else a TokenReview and the pod."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        kept = self.verdicts.get((digest, key))
-        if kept is not None and kept.until > now:
-            return kept
+    async def authorize(self, token: str, digest: str, key: Key, now: float) -> Verdict:
+        """Whether ``token`` (its hash ``digest``) may report for job ``key``: a TokenReview and the pod; the verdict
+        is kept by the hash, which the handler looks up first."""
         verdict = await self._review(token, key, now)
         if len(self.verdicts) > 10_000:  # a flood of distinct tokens: start over rather than grow
             self.verdicts.clear()
